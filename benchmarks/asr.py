@@ -1,0 +1,218 @@
+"""ASR benchmark: feed a recording at real-time pace, step the incremental ASR, measure.
+
+The harness has two coroutines sharing an `AudioRing` and a `VadTimeline`:
+
+- the **feeder** pushes 20 ms chunks (at real-time pace when ``realtime``) and
+  records, per chunk, the wall time at which the media time of its end arrived;
+- the **worker** runs ``asr.step(t)`` in an executor thread for t on the hop grid,
+  as soon as the ring and VAD reach t, then ``asr.flush`` at the end.
+
+Commit latency of a word = wall time its step returned minus the wall time at
+which the audio up to the word's end was fed. rtf = compute seconds / audio seconds.
+
+Run: ``python -m benchmarks.asr --librivox --out benchmarks/results/asr_librivox.json``
+or ``python -m benchmarks.asr FILE.wav --reference REF.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import json
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from models.wer import wer as word_error_rate
+from models.whisper import load_whisper
+from stream.asr import IncrementalASR
+from stream.buffers import AudioRing
+from stream.vad import VadTimeline
+
+__all__ = ["load_audio", "librivox_clip", "run_asr_bench"]
+
+SAMPLE_RATE = 16000
+CHUNK_S = 0.02
+LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+AudioSource = str | Path | Sequence[str | Path] | np.ndarray
+
+
+def load_audio(source: AudioSource) -> np.ndarray:
+    """16 kHz mono float32 of a file, of several files concatenated, or of an array as is."""
+    if isinstance(source, np.ndarray):
+        return np.asarray(source, dtype=np.float32).reshape(-1)
+    paths = [source] if isinstance(source, str | Path) else list(source)
+    parts: list[np.ndarray] = []
+    for path in paths:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        with av.open(str(path)) as container:
+            for frame in container.decode(audio=0):
+                parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+            parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+def librivox_clip(directory: Path = LIBRIVOX_DIR) -> tuple[list[Path], str]:
+    """The 5 LibriVox wavs (sorted) and their reference text (no <s>, </s>, ids)."""
+    wavs = sorted(directory.glob("*.wav"))
+    lines = (directory / "transcription").read_text().splitlines()
+    ref = " ".join(re.sub(r"</?s>|\([^)]*\)", " ", ln) for ln in lines if ln.strip())
+    return wavs, " ".join(ref.split())
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {"mean": float("nan"), "p50": float("nan"), "p95": float("nan"), "max": float("nan")}
+    a = np.asarray(xs, dtype=np.float64)
+    return {
+        "mean": round(float(a.mean()), 3),
+        "p50": round(float(np.percentile(a, 50)), 3),
+        "p95": round(float(np.percentile(a, 95)), 3),
+        "max": round(float(a.max()), 3),
+    }
+
+
+async def _bench(audio: np.ndarray, asr: IncrementalASR, realtime: bool) -> dict[str, Any]:
+    """Feed ``audio`` into ``asr.ring``/``asr.vad`` and step ``asr``; return raw measurements."""
+    loop = asyncio.get_running_loop()
+    ring, vad = asr.ring, asr.vad
+    duration = audio.size / SAMPLE_RATE
+    arrived = asyncio.Condition()
+    fed_t: list[float] = []  # media time reached after each chunk
+    fed_wall: list[float] = []  # wall time at which it was reached
+    compute: list[float] = []
+    latencies: list[float] = []
+    words: list[Any] = []
+    wall0 = time.perf_counter()
+
+    async def feeder() -> None:
+        chunk = int(round(CHUNK_S * SAMPLE_RATE))
+        for i0 in range(0, audio.size, chunk):
+            x = audio[i0 : i0 + chunk]
+            t_end = (i0 + x.size) / SAMPLE_RATE
+            if realtime:
+                await asyncio.sleep(max(0.0, wall0 + t_end - time.perf_counter()))
+            ring.write(x)
+            vad.push(x)
+            fed_t.append(ring.end_time)
+            fed_wall.append(time.perf_counter())
+            async with arrived:
+                arrived.notify_all()
+            if not realtime and i0 % (chunk * 50) == 0:
+                await asyncio.sleep(0)
+
+    def timed(fn: Any, t: float) -> tuple[Any, float]:
+        c0 = time.perf_counter()
+        out = fn(t)
+        return out, time.perf_counter() - c0
+
+    def record(update: Any) -> None:
+        done = time.perf_counter()
+        for w in update.committed if update else []:
+            k = min(bisect.bisect_left(fed_t, w.t1 - 1e-6), len(fed_wall) - 1)
+            latencies.append(done - fed_wall[k])
+            words.append(w)
+
+    async def worker() -> None:
+        k = 1
+        while k * asr.hop_s <= duration + 1e-9:
+            t = round(k * asr.hop_s, 6)
+            async with arrived:
+                await arrived.wait_for(
+                    lambda t=t: ring.end_time >= t and vad.end_time >= t - 0.03 - 1e-9
+                )
+            update, dt = await loop.run_in_executor(None, timed, asr.step, t)
+            compute.append(dt)
+            record(update)
+            k += 1
+        async with arrived:
+            await arrived.wait_for(lambda: ring.end_time >= duration - 1e-9)
+        update, dt = await loop.run_in_executor(None, timed, asr.flush, duration)
+        compute.append(dt)
+        record(update)
+
+    await asyncio.gather(feeder(), worker())
+    return {
+        "wall_s": time.perf_counter() - wall0,
+        "compute": compute,
+        "latencies": latencies,
+        "words": words,
+    }
+
+
+def run_asr_bench(
+    wav_path: AudioSource,
+    reference_text: str,
+    realtime: bool = True,
+    model: Any = None,
+    **asr_options: Any,
+) -> dict[str, Any]:
+    """Feed a recording through IncrementalASR (real-time pace by default) and measure it."""
+    audio = load_audio(wav_path)
+    model = model if model is not None else load_whisper()
+    asr = IncrementalASR(model, AudioRing(), VadTimeline(), **asr_options)
+    raw = asyncio.run(_bench(audio, asr, realtime))
+    duration = audio.size / SAMPLE_RATE
+    hypothesis = " ".join(w.w for w in raw["words"])
+    return {
+        "wer": round(word_error_rate(reference_text, hypothesis), 4),
+        "rtf": round(sum(raw["compute"]) / duration, 3),
+        "commit_latency_s": _stats(raw["latencies"]),
+        "words": len(raw["words"]),
+        "audio_s": round(duration, 3),
+        "realtime": realtime,
+        "steps": len(raw["compute"]),
+        "decode_calls": asr.decode_calls,
+        "step_compute_s": _stats(raw["compute"]),
+        "hop_s": asr.hop_s,
+        "options": dict(vars(asr.opts)),
+        "hypothesis": hypothesis,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: run the benchmark and print (and optionally write) its JSON."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("wav", nargs="*", help="audio file(s), concatenated in the given order")
+    p.add_argument("--reference", help="reference text file")
+    p.add_argument("--librivox", action="store_true", help="use the pocketsphinx LibriVox clip")
+    p.add_argument("--offline", action="store_true", help="feed as fast as possible")
+    p.add_argument("--out", help="write the JSON (without the hypothesis text) here")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="IncrementalASR option override (JSON value)",
+    )
+    a = p.parse_args(argv)
+    if a.librivox:
+        wavs, ref = librivox_clip()
+        source: AudioSource = wavs
+    else:
+        if not a.wav or not a.reference:
+            p.error("give WAV files and --reference, or --librivox")
+        source, ref = a.wav, Path(a.reference).read_text()
+    opts = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
+    result = run_asr_bench(source, ref, realtime=not a.offline, **opts)
+    result["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    if a.out:
+        record = {k: v for k, v in result.items() if k != "hypothesis"}
+        Path(a.out).write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

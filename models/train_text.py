@@ -1,0 +1,549 @@
+"""Train the text-only A/H model (``models/weights/text_ah_lite.{npz,json}``) from BAH splits.
+
+Reproduce the shipped weights (seeded and deterministic, well under a minute on 2 cores)::
+
+    python -m models.train_text --split-dir DIR --out-dir models/weights
+
+``DIR`` holds the BAH video-level ``train.txt`` and ``val.txt``. The model is
+fit on train.txt only; val.txt is used once, to choose the decision
+thresholds and to report metrics. ``--cv-table`` instead prints the
+candidate comparison (grouped 5-fold CV on train, 3 fold seeds, and val).
+
+Recipe (``DEFAULT_CONFIG``):
+1. Vocabulary/idf and cue statistics from the full train transcripts.
+2. Every train answer plus 4 random word prefixes of it (total prefix weight
+   equal to the answer's), all with the video label: the service scores the
+   transcript *so far*.
+3. On that set, an L2 logistic regression for A/H (``z_text``) and a
+   multinomial one for the question being answered (its A/H base rate in
+   train gives ``z_q``), over word 1-2-gram TF-IDF + codebook cue counts.
+4. Out-of-fold scores (5 folds over train, stratified and grouped by
+   participant) fit the final mix ``sigmoid(a*z_text + b*z_q + c)`` and the
+   context head ``sigmoid(a'*z_text + b_q)`` used when the prompt is known.
+5. Thresholds maximising macro F1 on val (``metrics.best_threshold``), with
+   and without the prompt as context; val metrics go into the JSON metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
+
+from models.bah import QUESTION_PROMPTS, BahItem, read_split
+from models.metrics import average_precision, best_threshold, evaluate_scores
+from models.text_ah import (
+    DEFAULT_STEM,
+    QUESTIONS,
+    FeatureSpec,
+    TextAHModel,
+    char_terms,
+    tokenize,
+    word_terms,
+)
+
+__all__ = [
+    "TrainConfig",
+    "DEFAULT_CONFIG",
+    "CANDIDATES",
+    "fit_spec",
+    "design_matrix",
+    "prefix_augment",
+    "fit_stage1",
+    "oof_scores",
+    "cross_validate",
+    "fit_model",
+    "evaluate_model",
+    "train_text_model",
+    "cv_table",
+    "main",
+]
+
+MODEL_VERSION = "1.0.0"
+CV_FOLDS = 5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of the text model recipe."""
+
+    word_ngrams: tuple[int, int] = (1, 2)
+    min_df_word: int = 2
+    char_ngrams: tuple[int, int] | None = None
+    min_df_char: int = 3
+    char_weight: float = 1.0
+    cue_weight: float = 0.1
+    C: float = 1.0
+    # Random prefixes per answer, and their total weight relative to the full answer.
+    n_prefix: int = 4
+    prefix_weight: float = 1.0
+    min_prefix_words: int = 3
+    # Probability of dropping each word in the prefix copies (ASR deletion noise).
+    word_drop: float = 0.0
+    # Multinomial question head whose train A/H rate feeds the final mix.
+    question_head: bool = True
+    C_question: float = 10.0
+    min_words: int = 3
+
+
+DEFAULT_CONFIG = TrainConfig()
+
+# The candidates of the model card's comparison table (``--cv-table``).
+_BASE = replace(DEFAULT_CONFIG, cue_weight=0.0, n_prefix=0, question_head=False)
+CANDIDATES: dict[str, TrainConfig] = {
+    "tfidf word 1-2 + LR": _BASE,
+    "tfidf word 1-3 + LR": replace(_BASE, word_ngrams=(1, 3)),
+    "tfidf word 1-2 + LR (C=10)": replace(_BASE, C=10.0),
+    "+ char 2-5": replace(_BASE, char_ngrams=(2, 5)),
+    "+ cues": replace(_BASE, cue_weight=0.1),
+    "+ cues + prefixes": replace(_BASE, cue_weight=0.1, n_prefix=4),
+    "+ cues + prefixes + word drop 0.1": replace(_BASE, cue_weight=0.1, n_prefix=4, word_drop=0.1),
+    "+ cues + prefixes + question head (shipped)": DEFAULT_CONFIG,
+    "+ char 2-5 + cues + prefixes + question head": replace(DEFAULT_CONFIG, char_ngrams=(2, 5)),
+}
+
+
+# ------------------------------------------------------------------------------- features
+
+
+def _vocab_idf(docs: Sequence[Sequence[str]], min_df: int) -> tuple[dict[str, int], np.ndarray]:
+    df: Counter[str] = Counter()
+    for terms in docs:
+        df.update(set(terms))
+    terms = sorted(t for t, c in df.items() if c >= min_df)
+    vocab = {t: i for i, t in enumerate(terms)}
+    dfa = np.array([df[t] for t in terms], dtype=np.float64)
+    idf = np.log((1.0 + len(docs)) / (1.0 + dfa)) + 1.0  # smoothed idf
+    return vocab, idf
+
+
+def fit_spec(texts: Sequence[str], cfg: TrainConfig) -> FeatureSpec:
+    """Fit vocabularies, idf and cue statistics on full answers."""
+    toks = [tokenize(t) for t in texts]
+    word_vocab, word_idf = _vocab_idf(
+        [word_terms(t, cfg.word_ngrams) for t in toks], cfg.min_df_word
+    )
+    char_vocab: dict[str, int] = {}
+    char_idf = np.zeros(0)
+    if cfg.char_ngrams is not None and cfg.char_weight > 0:
+        cdocs = [char_terms(t, cfg.char_ngrams) for t in toks]
+        char_vocab, char_idf = _vocab_idf(cdocs, cfg.min_df_char)
+    spec = FeatureSpec(
+        word_ngrams=cfg.word_ngrams,
+        char_ngrams=cfg.char_ngrams if char_vocab else None,
+        char_weight=cfg.char_weight if char_vocab else 0.0,
+        cue_weight=cfg.cue_weight,
+        word_vocab=word_vocab,
+        char_vocab=char_vocab,
+        word_idf=word_idf,
+        char_idf=char_idf,
+    )
+    if cfg.cue_weight > 0:
+        raw = np.stack([FeatureSpec.raw_cues(t) for t in toks])
+        spec.cue_mean = raw.mean(axis=0)
+        std = raw.std(axis=0)
+        spec.cue_std = np.where(std > 1e-12, std, 1.0)
+    return spec
+
+
+def design_matrix(spec: FeatureSpec, texts: Sequence[str]) -> sparse.csr_matrix:
+    """Return the sparse feature matrix (rows = texts) of a fitted spec."""
+    indptr = [0]
+    indices: list[np.ndarray] = []
+    data: list[np.ndarray] = []
+    for t in texts:
+        idx, val = spec.featurize(t)
+        indices.append(idx)
+        data.append(val)
+        indptr.append(indptr[-1] + idx.size)
+    return sparse.csr_matrix(
+        (np.concatenate(data), np.concatenate(indices), np.asarray(indptr)),
+        shape=(len(texts), spec.n_features),
+    )
+
+
+def prefix_augment(
+    texts: Sequence[str], cfg: TrainConfig, rng: np.random.Generator
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Return (texts, weights, source index): each answer, then random word prefixes of it."""
+    out_t: list[str] = []
+    out_w: list[float] = []
+    out_src: list[int] = []
+    for i, text in enumerate(texts):
+        out_t.append(text)
+        out_w.append(1.0)
+        out_src.append(i)
+        words = text.split()
+        n = len(words)
+        if cfg.n_prefix <= 0 or n <= cfg.min_prefix_words:
+            continue
+        w = cfg.prefix_weight / cfg.n_prefix
+        for _ in range(cfg.n_prefix):
+            k = int(rng.integers(cfg.min_prefix_words, n))  # min_prefix_words .. n-1 words
+            pw = words[:k]
+            if cfg.word_drop > 0:
+                keep = rng.random(k) >= cfg.word_drop
+                pw = [x for x, kp in zip(pw, keep, strict=True) if kp]
+            out_t.append(" ".join(pw))
+            out_w.append(w)
+            out_src.append(i)
+    return out_t, np.asarray(out_w), np.asarray(out_src)
+
+
+def _question_rates(labels: np.ndarray, questions: Sequence[int | None]) -> np.ndarray:
+    """A/H rate per BAH question in the training items (Laplace-smoothed)."""
+    q = np.array([-1 if x is None else x for x in questions])
+    return np.array([(labels[q == j].sum() + 1.0) / ((q == j).sum() + 2.0) for j in QUESTIONS])
+
+
+def fit_stage1(
+    texts: Sequence[str],
+    labels: Sequence[int],
+    questions: Sequence[int | None],
+    cfg: TrainConfig,
+    seed: int,
+) -> TextAHModel:
+    """Fit features, the A/H head and the question head; the mix is left at identity."""
+    y = np.asarray(labels, dtype=np.int64)
+    spec = fit_spec(texts, cfg)
+    at, aw, src = prefix_augment(texts, cfg, np.random.default_rng(seed))
+    X = design_matrix(spec, at)
+    lr = LogisticRegression(C=cfg.C, max_iter=5000, tol=1e-8)
+    lr.fit(X, y[src], sample_weight=aw)
+    model = TextAHModel(
+        spec=spec,
+        coef=lr.coef_[0].astype(np.float64),
+        intercept=float(lr.intercept_[0]),
+        min_words=cfg.min_words,
+    )
+    if cfg.question_head:
+        qa = np.array([-1 if x is None else x for x in questions])[src]
+        keep = qa > 0
+        if set(qa[keep].tolist()) != set(QUESTIONS):
+            raise ValueError("the question head needs training answers to all seven questions")
+        qlr = LogisticRegression(C=cfg.C_question, max_iter=5000, tol=1e-8)
+        qlr.fit(X[keep], qa[keep], sample_weight=aw[keep])
+        if tuple(int(c) for c in qlr.classes_) != QUESTIONS:
+            raise AssertionError(f"unexpected question classes {qlr.classes_}")
+        model.q_coef = qlr.coef_.astype(np.float64)
+        model.q_intercept = qlr.intercept_.astype(np.float64)
+        model.q_rates = _question_rates(y, questions)
+    return model
+
+
+def _folds(
+    items: Sequence[BahItem], n_splits: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    y = np.array([it.label for it in items])
+    groups = np.array([it.participant or it.video_id for it in items])
+    skf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return list(skf.split(np.zeros(len(items)), y, groups))
+
+
+def _prefix(text: str, frac: float) -> str:
+    words = text.split()
+    return " ".join(words[: max(1, math.ceil(frac * len(words)))])
+
+
+def oof_scores(
+    items: Sequence[BahItem],
+    cfg: TrainConfig,
+    seed: int,
+    n_splits: int = CV_FOLDS,
+    prefix_fracs: Sequence[float] = (),
+    progress: bool = False,
+) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+    """Out-of-fold (z_text, z_q) rows for full answers, and for prefixes at word fractions."""
+    texts = [it.transcript for it in items]
+    y = [it.label for it in items]
+    q = [it.question for it in items]
+    Z = np.zeros((len(items), 2))
+    Zp = {f: np.zeros((len(items), 2)) for f in prefix_fracs}
+    folds = _folds(items, n_splits, seed)
+    if progress:
+        from tqdm import tqdm
+
+        folds = tqdm(folds, desc="out-of-fold", leave=False, file=sys.stderr)
+    for k, (tr, te) in enumerate(folds):
+        m = fit_stage1(
+            [texts[i] for i in tr], [y[i] for i in tr], [q[i] for i in tr], cfg, seed + 1000 + k
+        )
+        for i in te:
+            Z[i] = m.scores(texts[i])
+            for f in prefix_fracs:
+                Zp[f][i] = m.scores(_prefix(texts[i], f))
+    return Z, Zp
+
+
+def fit_mix(Z: np.ndarray, y: np.ndarray, use_q: bool) -> tuple[float, float, float]:
+    """Fit ``sigmoid(a*z_text + b*z_q + c)`` on out-of-fold scores (b = 0 without use_q)."""
+    X = Z if use_q else Z[:, :1]
+    lr = LogisticRegression(C=100.0, max_iter=1000, tol=1e-10)
+    lr.fit(X, y)
+    b = float(lr.coef_[0, 1]) if use_q else 0.0
+    return float(lr.coef_[0, 0]), b, float(lr.intercept_[0])
+
+
+def fit_context_head(
+    z_text: np.ndarray, y: np.ndarray, questions: Sequence[int | None]
+) -> tuple[float, dict[int, float]]:
+    """Fit ``sigmoid(a*z_text + b_q)`` (one offset per BAH question) on out-of-fold scores."""
+    mask = np.array([qq is not None for qq in questions])
+    onehot = np.array([[1.0 if qq == j else 0.0 for j in QUESTIONS] for qq in questions])
+    X = np.column_stack([z_text, onehot])[mask]
+    lr = LogisticRegression(C=10.0, fit_intercept=False, max_iter=1000, tol=1e-10)
+    lr.fit(X, y[mask])
+    c = lr.coef_[0]
+    return float(c[0]), {j: float(c[1 + i]) for i, j in enumerate(QUESTIONS)}
+
+
+def _sig(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _mixed(Z: np.ndarray, mix: tuple[float, float, float]) -> np.ndarray:
+    a, b, c = mix
+    return _sig(a * Z[:, 0] + b * Z[:, 1] + c)
+
+
+def cross_validate(
+    items: Sequence[BahItem],
+    cfg: TrainConfig,
+    seed: int = 0,
+    n_splits: int = CV_FOLDS,
+    prefix_fracs: Sequence[float] = (0.1, 0.25, 0.5),
+) -> dict[str, float]:
+    """Grouped stratified k-fold CV on train: AUC, AP, macro F1 (OOF threshold), prefixes."""
+    y = np.array([it.label for it in items])
+    q = [it.question for it in items]
+    Z, Zp = oof_scores(items, cfg, seed, n_splits, prefix_fracs)
+    # The 2-3 parameter mix is fit on the same out-of-fold scores (negligible optimism).
+    mix = fit_mix(Z, y, cfg.question_head)
+    p = _mixed(Z, mix)
+    out = {
+        "auc": float(roc_auc_score(y, p)),
+        "ap": average_precision(y, p),
+        "macro_f1": best_threshold(y, p)[1],
+        "log_loss": float(log_loss(y, p)),
+    }
+    for f, Zf in Zp.items():
+        pf = _mixed(Zf, mix)
+        out[f"auc_prefix{int(f * 100)}"] = float(roc_auc_score(y, pf))
+        out[f"log_loss_prefix{int(f * 100)}"] = float(log_loss(y, pf))
+    a, offs = fit_context_head(Z[:, 0], y, q)
+    pc = _sig(a * Z[:, 0] + np.array([offs[qq] if qq else 0.0 for qq in q]))
+    out["ctx_auc"] = float(roc_auc_score(y, pc))
+    out["ctx_macro_f1"] = best_threshold(y, pc)[1]
+    return out
+
+
+# ------------------------------------------------------------------------------- main recipe
+
+
+def fit_model(
+    train: Sequence[BahItem], cfg: TrainConfig, seed: int, progress: bool = False
+) -> tuple[TextAHModel, dict[str, Any]]:
+    """Fit the full recipe on train items; return the model and its out-of-fold CV summary."""
+    y = np.array([it.label for it in train])
+    q = [it.question for it in train]
+    Z, _ = oof_scores(train, cfg, seed, CV_FOLDS, progress=progress)
+    mix = fit_mix(Z, y, cfg.question_head)
+    ctx_a, ctx_offsets = fit_context_head(Z[:, 0], y, q)
+    p = _mixed(Z, mix)
+    thr_oof, f1_oof = best_threshold(y, p)
+    cv = {
+        "folds": CV_FOLDS,
+        "grouped_by": "participant",
+        "auc": float(roc_auc_score(y, p)),
+        "ap": average_precision(y, p),
+        "macro_f1_at_oof_threshold": f1_oof,
+        "oof_threshold": thr_oof,
+    }
+    model = fit_stage1([it.transcript for it in train], y.tolist(), q, cfg, seed)
+    model.mix_a, model.mix_b, model.mix_c = mix
+    model.ctx_a, model.ctx_offsets = ctx_a, ctx_offsets
+    return model, cv
+
+
+def evaluate_model(
+    model: TextAHModel, items: Sequence[BahItem], with_context: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (labels, probabilities) on split items; context = the item's BAH prompt.
+
+    A transcript below ``model.min_words`` words (no probability) is scored with
+    the model's no-evidence probability ``model.prior(context)``, as a session does.
+    """
+    y = np.array([it.label for it in items])
+    p = np.empty(len(items))
+    for i, it in enumerate(items):
+        ctx = QUESTION_PROMPTS.get(it.question) if with_context and it.question else None
+        v = model.predict_one(it.transcript, ctx)
+        p[i] = model.prior(ctx) if v is None else v
+    return y, p
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def train_text_model(
+    split_dir: Path, out_dir: Path, seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
+    """Train on train.txt, tune thresholds on val.txt, write the weights; return val metrics."""
+    t0 = time.perf_counter()
+
+    def log(msg: str) -> None:
+        """Print a timestamped progress line on stderr."""
+        if progress:
+            print(f"[train_text {time.perf_counter() - t0:5.1f}s] {msg}", file=sys.stderr)
+
+    split_dir, out_dir = Path(split_dir), Path(out_dir)
+    cfg = DEFAULT_CONFIG
+    train = read_split(split_dir / "train.txt")
+    val = read_split(split_dir / "val.txt")
+    log(f"train {len(train)} videos, val {len(val)} videos")
+    model, cv = fit_model(train, cfg, seed, progress=progress)
+    model.name, model.version = DEFAULT_STEM, MODEL_VERSION
+    log(f"CV on train: AUC {cv['auc']:.4f}, AP {cv['ap']:.4f}")
+
+    # Thresholds on val, computed with the model exactly as saved and loaded.
+    model.save(out_dir)
+    loaded = TextAHModel.load(out_dir)
+    yv, pv = evaluate_model(loaded, val, with_context=False)
+    yc, pc = evaluate_model(loaded, val, with_context=True)
+    thr, _ = best_threshold(yv, pv)
+    thr_c, _ = best_threshold(yc, pc)
+    val_metrics = evaluate_scores(yv, pv, thr)
+    val_ctx = evaluate_scores(yc, pc, thr_c)
+    model.threshold, model.threshold_context = thr, thr_c
+    model.metadata = {
+        "description": (
+            "Text-only A/H probability of a (partial) answer transcript: word 1-2-gram TF-IDF "
+            "+ codebook cue counts, L2 logistic regression on answers and random prefixes, "
+            "mixed with the A/H base rate of the question inferred from the text; a known BAH "
+            "prompt as context replaces the inferred question."
+        ),
+        "trained_on": "BAH video-level split-0 train.txt (public LIVIAETS/bah-dataset)",
+        "data_sha256": {f: _sha256(split_dir / f) for f in ("train.txt", "val.txt")},
+        "seed": seed,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+        "metrics": {
+            "val": val_metrics,
+            "val_with_context": val_ctx,
+            "val_macro_f1_at_oof_threshold": evaluate_scores(yv, pv, cv["oof_threshold"])[
+                "macro_f1"
+            ],
+            "cv_train": cv,
+            "threshold_rule": (
+                "max macro F1 on val over numpy.arange(0, 1, 0.001), p >= t positive, "
+                "lower median of the maximisers"
+            ),
+        },
+        "library_versions": {"numpy": np.__version__, "sklearn": _sklearn_version()},
+        "train_seconds": round(time.perf_counter() - t0, 1),
+    }
+    model.save(out_dir)
+    log(
+        f"val macro F1 {val_metrics['macro_f1']:.4f} (threshold {thr:.3f}), "
+        f"AP {val_metrics['ap']:.4f}; with context {val_ctx['macro_f1']:.4f} "
+        f"(threshold {thr_c:.3f}); wrote {out_dir}/{DEFAULT_STEM}.{{npz,json}}"
+    )
+    return {
+        "val": val_metrics,
+        "val_with_context": val_ctx,
+        "cv_train": cv,
+        "threshold": thr,
+        "threshold_context": thr_c,
+        "train_seconds": model.metadata["train_seconds"],
+        "out_dir": str(out_dir),
+    }
+
+
+def _sklearn_version() -> str:
+    import sklearn
+
+    return str(sklearn.__version__)
+
+
+def cv_table(split_dir: Path, seeds: Sequence[int] = (0, 1, 2), progress: bool = True) -> str:
+    """Return a markdown table comparing ``CANDIDATES`` (CV on train over seeds, and val)."""
+    train = read_split(Path(split_dir) / "train.txt")
+    val = read_split(Path(split_dir) / "val.txt")
+    y_tr = np.array([it.label for it in train])
+    rows = [
+        "| candidate | CV AUC | CV AP | CV macro F1 | CV log loss 10% / 25% prefix "
+        "| CV +prompt macro F1 | val AUC | val AP | val macro F1 (val thr / OOF thr) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    # The question prior alone (true question known), as in the data README.
+    cvq = []
+    for s in seeds:
+        p = np.zeros(len(train))
+        for tr, te in _folds(train, CV_FOLDS, s):
+            rates = _question_rates(y_tr[tr], [train[i].question for i in tr])
+            p[te] = [rates[QUESTIONS.index(train[i].question)] for i in te]
+        cvq.append((roc_auc_score(y_tr, p), average_precision(y_tr, p), best_threshold(y_tr, p)))
+    rates = _question_rates(y_tr, [it.question for it in train])
+    yv = np.array([it.label for it in val])
+    pv = np.array([rates[QUESTIONS.index(it.question)] for it in val])
+    rows.append(
+        f"| question prior alone (needs the prompt) | {np.mean([c[0] for c in cvq]):.3f} "
+        f"| {np.mean([c[1] for c in cvq]):.3f} | {np.mean([c[2][1] for c in cvq]):.3f} | – | – "
+        f"| {roc_auc_score(yv, pv):.3f} | {average_precision(yv, pv):.3f} "
+        f"| {best_threshold(yv, pv)[1]:.3f} / "
+        f"{evaluate_scores(yv, pv, cvq[0][2][0])['macro_f1']:.3f} |"
+    )
+    for name, cfg in CANDIDATES.items():
+        t0 = time.perf_counter()
+        rs = [cross_validate(train, cfg, seed=s) for s in seeds]
+        m = {k: float(np.mean([r[k] for r in rs])) for k in rs[0]}
+        model, cv = fit_model(train, cfg, seeds[0])
+        yv, pv = evaluate_model(model, val, with_context=False)
+        rows.append(
+            f"| {name} | {m['auc']:.3f} | {m['ap']:.3f} | {m['macro_f1']:.3f} "
+            f"| {m['log_loss_prefix10']:.3f} / {m['log_loss_prefix25']:.3f} "
+            f"| {m['ctx_macro_f1']:.3f} | {roc_auc_score(yv, pv):.3f} "
+            f"| {average_precision(yv, pv):.3f} | {best_threshold(yv, pv)[1]:.3f} / "
+            f"{evaluate_scores(yv, pv, cv['oof_threshold'])['macro_f1']:.3f} |"
+        )
+        if progress:
+            print(f"{rows[-1]}  ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m models.train_text --split-dir DIR --out-dir models/weights``."""
+    ap = argparse.ArgumentParser(
+        prog="python -m models.train_text", description="Train the text-only A/H model."
+    )
+    ap.add_argument("--split-dir", type=Path, required=True, help="dir with train.txt, val.txt")
+    ap.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "weights")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    ap.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    ap.add_argument("--cv-table", action="store_true", help="print the candidate comparison")
+    args = ap.parse_args(argv)
+    if args.cv_table:
+        print(cv_table(args.split_dir, progress=not args.quiet))
+        return 0
+    res = train_text_model(args.split_dir, args.out_dir, seed=args.seed, progress=not args.quiet)
+    print(json.dumps(res, separators=(",", ":")) if args.json else json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

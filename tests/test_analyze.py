@@ -1,0 +1,72 @@
+"""`ahstream analyze`: the same session code on files, as fast as it runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from models.wer import wer
+from tests.conftest import ROOT
+
+
+def _analyze(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "stream.cli", "analyze", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _committed(events):
+    return [w["w"] for e in events if e["type"] == "transcript" and e["final"] for w in e["words"]]
+
+
+def test_analyze_matches_the_live_run(tmp_path, talking_face_mp4, speech, live_call_events):
+    out_dir = tmp_path / "out"
+    run = _analyze(
+        talking_face_mp4,
+        talking_face_mp4.with_name("video_only.mp4"),
+        "--out-dir",
+        out_dir,
+        "--json",
+    )
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(summary["results"]) == 2
+    events = _read(out_dir / "talking_face.jsonl")
+    assert events[0]["type"] == "session.started" and events[-1]["type"] == "session.ended"
+    offline = _committed(events)
+    live = _committed(live_call_events)
+    assert wer(speech[1], " ".join(offline)) <= 0.15
+    # Same media, same media-time schedule: the same words (Opus coding aside) and decision.
+    assert wer(" ".join(offline), " ".join(live)) <= 0.05
+    assert events[-1]["decision"]["label"] == live_call_events[-1]["decision"]["label"]
+    frames = [e for e in events if e["type"] == "frame"]
+    assert len(frames) >= 8 * (events[-1]["duration"] - 1)
+
+
+def test_analyze_is_deterministic(tmp_path, audio_only_wav):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert _analyze(audio_only_wav, "--out", a).returncode == 0
+    assert _analyze(audio_only_wav, "--out", b).returncode == 0
+    ea, eb = _read(a), _read(b)
+    assert _committed(ea) and _committed(ea) == _committed(eb)
+    assert [e["p"] for e in ea if e["type"] == "frame"] == [
+        e["p"] for e in eb if e["type"] == "frame"
+    ]
+
+
+def test_analyze_reports_bad_files_clearly(tmp_path):
+    run = _analyze(tmp_path / "missing.mp4")
+    assert run.returncode == 2 and "no such file" in run.stderr
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 100)
+    run = _analyze(junk, "--json")
+    assert run.returncode == 1 and "cannot open" in run.stderr

@@ -1,0 +1,195 @@
+"""Incremental ASR on the real bundled Whisper tiny.en with real (synthesised or read) speech."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+try:
+    from tests.media import espeak_speech, librivox_speech, silence
+except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
+    from media import espeak_speech, librivox_speech, silence
+
+import stream.asr as asr_module
+from models.wer import normalize_words, wer
+from models.whisper import Word, load_whisper
+from stream.asr import ASRUpdate, IncrementalASR
+from stream.buffers import AudioRing
+from stream.vad import VadTimeline
+
+SR = 16000
+FILLERS = {"um", "uh", "umm", "uhm", "hmm", "er", "erm", "ah"}
+FILLER_SENTENCE = "I want to, um, start running, uh, but I don't know."
+
+
+@pytest.fixture(scope="module")
+def model():
+    try:
+        return load_whisper()
+    except Exception as exc:  # pragma: no cover - only without the bundled model
+        pytest.skip(f"Whisper model unavailable: {exc}")
+
+
+@pytest.fixture(scope="module")
+def librivox():
+    return librivox_speech()
+
+
+def run_stream(
+    model, audio: np.ndarray, prefill: bool = False, **options
+) -> tuple[IncrementalASR, list[ASRUpdate]]:
+    """Step the ASR over ``audio`` like the session does (offline, no pacing), then flush.
+
+    By default the ring and VAD receive audio only up to each step's media time (20 ms
+    chunks); with ``prefill`` they hold the whole recording from the start.
+    """
+    ring, vad = AudioRing(), VadTimeline()
+    asr = IncrementalASR(model, ring, vad, **options)
+    chunk = SR // 50
+    fed = 0
+
+    def feed_to(i: int) -> None:
+        nonlocal fed
+        while fed < min(i, audio.size):
+            x = audio[fed : fed + chunk]
+            ring.write(x)
+            vad.push(x)
+            fed += x.size
+
+    if prefill:
+        feed_to(audio.size)
+    updates: list[ASRUpdate] = []
+    duration = audio.size / SR
+    k = 1
+    while k * asr.hop_s <= duration + 1e-9:
+        t = round(k * asr.hop_s, 6)
+        feed_to(int(round(t * SR)) + chunk)  # ring.end_time >= t and vad.end_time >= t - 0.03
+        u = asr.step(t)
+        if u is not None:
+            updates.append(u)
+        k += 1
+    feed_to(audio.size)
+    u = asr.flush(duration)
+    if u is not None:
+        updates.append(u)
+    return asr, updates
+
+
+@pytest.fixture(scope="module")
+def librivox_run(model, librivox):
+    audio, _ = librivox
+    return run_stream(model, audio)
+
+
+def test_librivox_committed_wer(librivox, librivox_run):
+    _, reference = librivox
+    asr, updates = librivox_run
+    committed = [w for u in updates for w in u.committed]
+    assert committed == asr.committed_words
+    assert wer(reference, asr.text) <= 0.08, asr.text
+
+
+def test_media_times_monotonic_and_within_audio(librivox, librivox_run):
+    audio, _ = librivox
+    asr, updates = librivox_run
+    words = asr.committed_words
+    assert len(words) > 50
+    duration = audio.size / SR
+    prev_end = 0.0
+    for w in words:
+        assert 0.0 <= w.t0 <= w.t1 <= duration + 1e-6, w
+        assert w.t0 >= prev_end - 1e-6, w
+        prev_end = w.t1
+    # Committed words never lie beyond the media time of the step that committed them.
+    for u in updates:
+        for w in u.committed + u.tentative:
+            assert w.t1 <= u.t + 1e-6
+    # The first words sit where the speech is: "and mister john dashwood" starts the clip.
+    assert normalize_words(" ".join(w.w for w in words[:4]))[-3:] == ["mister", "john", "dashwood"]
+    assert words[0].t0 < 1.0
+
+
+def test_deterministic_and_causal(model, librivox, librivox_run):
+    audio, _ = librivox
+    first, _ = librivox_run
+    # Same audio, but the ring and VAD hold the whole recording before the first step:
+    # a step must only look at media up to its t, so the committed words are identical.
+    second, _ = run_stream(model, audio, prefill=True)
+    assert second.committed_words == first.committed_words
+
+
+def _filler_count(words: list[Word]) -> int:
+    return sum(1 for w in normalize_words(" ".join(x.w for x in words)) if w in FILLERS)
+
+
+def test_fillers_are_kept(model):
+    speech = espeak_speech(FILLER_SENTENCE, rate_wpm=150, voice="en-us")
+    audio = np.concatenate([silence(0.5), speech, silence(1.0)])
+    asr, _ = run_stream(model, audio)
+    assert _filler_count(asr.committed_words) >= 1, asr.text
+    assert wer(FILLER_SENTENCE, asr.text) <= 0.25, asr.text
+    # Without the disfluent style prompt Whisper drops them: the measure is what keeps them.
+    plain, _ = run_stream(model, audio, filler_prompt="")
+    assert _filler_count(plain.committed_words) == 0, plain.text
+
+
+def test_silence_and_noise_are_never_decoded(model, monkeypatch):
+    calls = []
+    real = asr_module.decode_window
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(asr_module, "decode_window", spy)
+    audio = np.concatenate([silence(3.0), silence(3.0, noise_db=-45.0, seed=1)])
+    asr, updates = run_stream(model, audio)
+    assert calls == [] and asr.decode_calls == 0
+    assert asr.committed_words == []
+    assert all(not u.committed and not u.tentative for u in updates)
+
+
+def test_end_of_speech_finalises_the_utterance(model):
+    text = "Maybe I could try walking to the station in the morning."
+    speech = espeak_speech(text, rate_wpm=160, voice="en-us")
+    lead, tail = 0.5, 2.0
+    audio = np.concatenate([silence(lead), speech, silence(tail)])
+    ring, vad = AudioRing(), VadTimeline()
+    asr = IncrementalASR(model, ring, vad)
+    ring.write(audio)
+    vad.push(audio)
+    speech_end = lead + speech.size / SR
+    final: ASRUpdate | None = None
+    k = 1
+    while k * asr.hop_s <= audio.size / SR and final is None:
+        u = asr.step(round(k * asr.hop_s, 6))
+        if u is not None and u.final:
+            final = u
+        k += 1
+    assert final is not None, "no end-of-speech finalisation before the audio ended"
+    # Finalised a few hundred ms after the speech ended, without flush().
+    assert final.t - speech_end <= asr.opts.end_pause_s + asr.opts.hop_s + 0.4
+    assert final.tentative == []
+    assert wer(text, asr.text) <= 0.25, asr.text
+    assert all(w.t1 <= speech_end + 0.3 for w in asr.committed_words)
+    # Afterwards: silence, no more decoding.
+    calls = asr.decode_calls
+    while k * asr.hop_s <= audio.size / SR:
+        u = asr.step(round(k * asr.hop_s, 6))
+        assert u is None or not (u.committed or u.tentative)
+        k += 1
+    assert asr.decode_calls == calls
+    assert asr.flush(audio.size / SR) is None
+
+
+def test_wer_normalisation():
+    assert normalize_words("And Mr. John Dashwood, ill-disposed!") == [
+        "and",
+        "mister",
+        "john",
+        "dashwood",
+        "ill",
+        "disposed",
+    ]
+    assert wer("a b c d", "a x c") == pytest.approx(0.5)
+    assert wer("he was not", "He was not.") == 0.0

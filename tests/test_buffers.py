@@ -1,0 +1,43 @@
+"""AudioRing and LatestFrameSlot: bounded, on the media timeline, drops counted."""
+
+import numpy as np
+import pytest
+
+from stream.buffers import AudioRing, LatestFrameSlot, VideoFrame
+
+
+def test_ring_keeps_timeline_across_wraparound():
+    ring = AudioRing(sample_rate=100, span_s=1.0)  # capacity 100 samples
+    x = np.arange(250, dtype=np.float32)
+    for i in range(0, 250, 30):
+        ring.write(x[i : i + 30])
+    assert ring.end_index == 250
+    assert ring.start_index == 150
+    assert ring.overwritten == 150
+    np.testing.assert_array_equal(ring.read(150, 250), x[150:250])
+    np.testing.assert_array_equal(ring.read_time(2.0, 2.5), x[200:250])
+    with pytest.raises(IndexError):
+        ring.read(100, 160)
+
+
+def test_ring_fills_forward_gaps_and_drops_backward_overlap():
+    ring = AudioRing(sample_rate=100, span_s=10.0)
+    ring.write(np.ones(50, dtype=np.float32), t=0.0)
+    ring.write(np.full(10, 2.0, dtype=np.float32), t=1.0)  # 50 samples of silence first
+    assert ring.gap_samples == 50
+    assert ring.end_index == 110
+    assert np.all(ring.read(50, 100) == 0)
+    written = ring.write(np.full(20, 3.0, dtype=np.float32), t=1.0)  # 10 overlap, 10 new
+    assert written == 10 and ring.dropped_overlap == 10
+    np.testing.assert_array_equal(ring.read(100, 120), [2.0] * 10 + [3.0] * 10)
+
+
+def test_latest_frame_slot_keeps_newest_and_counts_drops():
+    slot = LatestFrameSlot()
+    for i in range(5):
+        slot.put(VideoFrame(t=i * 0.1, image=None, width=2, height=2))
+    assert slot.dropped == 4
+    assert slot.take_until(0.3) is None  # the newest is from the future: kept
+    frame = slot.take_until(0.4)
+    assert frame is not None and frame.t == pytest.approx(0.4)
+    assert slot.take() is None

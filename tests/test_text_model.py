@@ -1,0 +1,265 @@
+"""Tests of the BAH split reader and of the shipped text A/H model (models/text_ah.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.bah import (
+    QUESTION_PROMPTS,
+    BahFormatError,
+    participant_of,
+    question_of,
+    read_split,
+)
+from models.metrics import evaluate_scores
+from models.text_ah import (
+    DEFAULT_STEM,
+    WEIGHTS_DIR,
+    TextAHModel,
+    context_question,
+    count_words,
+    lexical_cues,
+    load,
+    normalize_text,
+)
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared/data/bah-transcripts"
+
+
+@pytest.fixture(scope="module")
+def model() -> TextAHModel:
+    return load()
+
+
+def _need_data() -> Path:
+    if not (DATA_DIR / "train.txt").is_file() or not (DATA_DIR / "val.txt").is_file():
+        pytest.skip(f"BAH transcripts not available at {DATA_DIR}")
+    return DATA_DIR
+
+
+def _meta() -> dict:
+    return json.loads((WEIGHTS_DIR / f"{DEFAULT_STEM}.json").read_text(encoding="utf-8"))
+
+
+def _need_same_data(meta: dict) -> Path:
+    d = _need_data()
+    for name, sha in meta["data_sha256"].items():
+        if hashlib.sha256((d / name).read_bytes()).hexdigest() != sha:
+            pytest.skip(f"{d / name} differs from the data the shipped model was trained on")
+    return d
+
+
+# ------------------------------------------------------------------------------- split reading
+
+
+def test_read_split_parses_commas_and_question(tmp_path: Path) -> None:
+    f = tmp_path / "s.txt"
+    f.write_text(
+        "Videos/1/Visite_1/1_Question_4_2024-11-19_15-12-23_Video.mp4,1,Well, I, uh, wish.\n"
+        "\n"
+        "Videos/2/Visite_1/2_Question_7_2024-11-19 15-12-23_Video-DESKTOP-X.mp4,0,\n",
+        encoding="utf-8",
+    )
+    items = read_split(f)
+    assert len(items) == 2
+    assert items[0].label == 1 and items[0].transcript == "Well, I, uh, wish."
+    assert items[0].question == 4 and items[0].participant == "1"
+    assert items[1].label == 0 and items[1].transcript == "" and items[1].question == 7
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["Videos/1/Visite_1/1_Question_1_x.mp4,1\n", "Videos/1/x.mp4,2,text\n", ",1,text\n"],
+)
+def test_read_split_reports_line_number(tmp_path: Path, bad: str) -> None:
+    f = tmp_path / "s.txt"
+    f.write_text("Videos/1/Visite_1/1_Question_1_x.mp4,0,fine\n" + bad, encoding="utf-8")
+    with pytest.raises(BahFormatError, match=r"s\.txt:2:"):
+        read_split(f)
+
+
+def test_question_and_participant_of() -> None:
+    vid = "Videos/82725/Visite_1/82725_Question_1_2024-11-19_15-12-23_Video.mp4"
+    assert question_of(vid) == 1 and participant_of(vid) == "82725"
+    assert question_of("something_else.mp4") is None
+    assert sorted(QUESTION_PROMPTS) == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_real_splits_read() -> None:
+    d = _need_data()
+    train, val = read_split(d / "train.txt"), read_split(d / "val.txt")
+    assert (len(train), sum(i.label for i in train)) == (616, 340)
+    assert (len(val), sum(i.label for i in val)) == (110, 59)
+    assert all(i.question in QUESTION_PROMPTS for i in train + val)
+
+
+# ------------------------------------------------------------------------------- text handling
+
+
+def test_normalisation_ignores_case_and_punctuation(model: TextAHModel) -> None:
+    a = "Well, I DON'T know... I guess I should—maybe—start running? 5 times."
+    b = "well i don't know i guess i should maybe start running 5 times"
+    assert normalize_text(a) == normalize_text(b)
+    assert model.predict([a])[0] == model.predict([b])[0]
+    assert count_words("  ") == 0 and count_words("I don't, know.") == 3
+
+
+def test_lexical_cues() -> None:
+    c = lexical_cues("Um, I don't know, I I think maybe I should but I keep procrastinating.")
+    assert c["filler"] == 1 and c["uncertainty"] == 1 and c["hedge"] == 2
+    assert c["contrast"] == 1 and c["obligation"] == 1 and c["procrastination"] == 1
+    assert c["repetition"] == 1
+
+
+def test_context_question_matching() -> None:
+    for q, prompt in QUESTION_PROMPTS.items():
+        assert context_question(prompt) == q
+        assert context_question(prompt.lower().replace(",", "").replace(".", "")) == q
+    assert context_question(None) is None
+    assert context_question("") is None
+    assert context_question("How was your weekend?") is None
+
+
+# ------------------------------------------------------------------------------- shipped model
+
+
+def test_shipped_weights_load_fast_small_and_without_pickle() -> None:
+    npz = WEIGHTS_DIR / f"{DEFAULT_STEM}.npz"
+    js = WEIGHTS_DIR / f"{DEFAULT_STEM}.json"
+    assert npz.stat().st_size + js.stat().st_size < 2_000_000
+    with np.load(npz, allow_pickle=False) as z:  # raises if any array needs pickle
+        assert all(z[k].dtype != object for k in z.files)
+    t0 = time.perf_counter()
+    m = TextAHModel.load()
+    assert time.perf_counter() - t0 < 1.0
+    assert m.name == DEFAULT_STEM and m.version
+    assert 0.0 < m.threshold < 1.0 and 0.0 < m.threshold_context < 1.0
+    assert m.min_words >= 1
+    assert TextAHModel.load(WEIGHTS_DIR).coef.shape == m.coef.shape
+    assert TextAHModel.load(js).threshold == m.threshold
+
+
+def test_predictions_in_unit_interval(model: TextAHModel) -> None:
+    texts = [
+        "I wake up, brush my teeth and have breakfast.",
+        "so um i i wish i could stop but i don't know i keep doing it",
+        "the the the the",
+        " ".join(["x" * 500] * 3),
+        "Zzz qqq unknownword another unknownword here.",
+        " ".join(["word"] * 2000),
+    ]
+    p = model.predict(texts)
+    assert p.shape == (len(texts),) and p.dtype == np.float64
+    assert np.all((p >= 0.0) & (p <= 1.0))
+    pc = model.predict(texts, context=QUESTION_PROMPTS[3])
+    assert np.all((pc >= 0.0) & (pc <= 1.0))
+
+
+def test_empty_and_too_short_texts_give_no_probability(model: TextAHModel) -> None:
+    short = " ".join(["hello"] * (model.min_words - 1))
+    p = model.predict(["", "   ", "...", short])
+    assert np.isnan(p).all()
+    assert model.predict_one("") is None
+    assert not model.usable("") and not model.usable(short)
+    ok = " ".join(["hello"] * model.min_words)
+    assert model.usable(ok) and model.predict_one(ok) is not None
+
+
+def test_crafted_texts_order(model: TextAHModel) -> None:
+    # Sanity only (the val test below is the real check): a plainly neutral routine
+    # answer scores below a plainly torn, hedging one.
+    neutral = "I wake up, brush my teeth, have breakfast and coffee, and then I go to work."
+    torn = (
+        "I wish I could stop scrolling on my phone at night, but I don't know, I keep "
+        "doing it. I should really stop, maybe, I have been putting it off."
+    )
+    assert model.predict_one(torn) > model.threshold > model.predict_one(neutral)
+
+
+def test_context_moves_probability_by_question(model: TextAHModel) -> None:
+    text = "I like to go for a walk with my dog and then maybe read a book."
+    p_q4 = model.predict_one(text, context=QUESTION_PROMPTS[4])  # ambivalent prompt
+    p_q1 = model.predict_one(text, context=QUESTION_PROMPTS[1])  # neutral prompt
+    assert p_q4 > p_q1
+    # An unknown prompt is ignored (text-only probability and threshold).
+    assert model.predict_one(text, context="What did you eat?") == model.predict_one(text)
+    assert model.threshold_for("What did you eat?") == model.threshold
+    assert model.threshold_for(QUESTION_PROMPTS[4]) == model.threshold_context
+
+
+def test_prefixes_are_scored(model: TextAHModel) -> None:
+    text = (
+        "So something that I could have done already but have not is learning to drive. "
+        "I keep saying I will book the lessons but then work gets busy and I put it off."
+    )
+    words = text.split()
+    p = model.predict([" ".join(words[:k]) for k in range(len(words) + 1)])
+    assert np.isnan(p[: model.min_words]).all()
+    assert np.all((p[model.min_words :] >= 0) & (p[model.min_words :] <= 1))
+
+
+def test_predict_latency_200_words(model: TextAHModel) -> None:
+    text = " ".join(
+        (
+            "so i think maybe i should start going to the gym more but i don't know "
+            "it is hard with work and the kids and everything "
+        ).split()
+        * 10
+    )
+    text = " ".join(text.split()[:200])
+    model.predict([text])
+    times = []
+    for _ in range(50):
+        t0 = time.perf_counter()
+        model.predict([text])
+        times.append(time.perf_counter() - t0)
+    assert float(np.median(times)) < 0.005
+
+
+# ------------------------------------------------------------------------------- against data
+
+
+def test_val_macro_f1_matches_metadata(model: TextAHModel) -> None:
+    from models.train_text import evaluate_model
+
+    meta = _meta()
+    d = _need_same_data(meta)
+    val = read_split(d / "val.txt")
+    y, p = evaluate_model(model, val, with_context=False)
+    r = evaluate_scores(y, p, model.threshold)
+    assert r["macro_f1"] == pytest.approx(meta["metrics"]["val"]["macro_f1"], abs=1e-9)
+    assert r["ap"] == pytest.approx(meta["metrics"]["val"]["ap"], abs=1e-9)
+    y, pc = evaluate_model(model, val, with_context=True)
+    rc = evaluate_scores(y, pc, model.threshold_context)
+    assert rc["macro_f1"] == pytest.approx(
+        meta["metrics"]["val_with_context"]["macro_f1"], abs=1e-9
+    )
+
+
+def test_retraining_reproduces_shipped_weights(tmp_path: Path) -> None:
+    # About 25 s on 2 cores (5 out-of-fold fits + the final fit).
+    from models.train_text import train_text_model
+
+    meta = _meta()
+    d = _need_same_data(meta)
+    res = train_text_model(d, tmp_path, seed=int(meta["seed"]), progress=False)
+    with (
+        np.load(WEIGHTS_DIR / f"{DEFAULT_STEM}.npz", allow_pickle=False) as a,
+        np.load(tmp_path / f"{DEFAULT_STEM}.npz", allow_pickle=False) as b,
+    ):
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            if a[k].dtype == np.uint8:  # vocabularies
+                assert np.array_equal(a[k], b[k]), k
+            else:
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-9, err_msg=k)
+    new = json.loads((tmp_path / f"{DEFAULT_STEM}.json").read_text(encoding="utf-8"))
+    assert new["threshold"] == meta["threshold"]
+    assert new["threshold_context"] == meta["threshold_context"]
+    assert res["val"]["macro_f1"] == pytest.approx(meta["metrics"]["val"]["macro_f1"], abs=1e-9)
