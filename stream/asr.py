@@ -62,18 +62,18 @@ class ASRUpdate:
 class ASROptions:
     """Tunable policy parameters (defaults measured on the LibriVox clip, see benchmarks)."""
 
-    hop_s: float = 0.25
+    hop_s: float = 0.4
     onset_pad_s: float = 0.2  # audio kept before the first VAD speech frame
     end_pause_s: float = 0.4  # silence after speech that ends an utterance
     tail_pad_s: float = 0.25  # audio kept after the last speech frame when finalising
     min_speech_s: float = 0.3  # VAD speech (hangover included) that starts an utterance
-    keep_committed_s: float = 2.0  # committed audio kept in the window as forced prefix
+    keep_committed_s: float = 3.0  # committed audio kept in the window as forced prefix
     max_window_s: float = 12.0  # hard cap on the decoded window
     edge_s: float = 0.3  # words ending this close to t are never committed by agreement
     force_commit_s: float = 2.0  # hypothesis words ending this long before t are committed
-    pad_s: float = 3.0  # digital silence appended to the window before the encoder ...
-    min_input_s: float = 8.0  # ... and more, up to this encoder input length (fewer loops)
-    prompt_words: int = 40  # committed words (before the window) used as prompt
+    pad_s: float = 2.0  # digital silence appended to the window before the encoder ...
+    min_input_s: float = 6.0  # ... and more, up to this encoder input length (fewer loops)
+    prompt_words: int = 20  # committed words (before the window) used as prompt
     filler_prompt: str = FILLER_PROMPT  # style prompt; "" disables it
     max_new_tokens: int = 64
     tokens_per_s: float = 6.0  # cap on new tokens per second of not-yet-committed audio

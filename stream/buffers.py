@@ -2,13 +2,14 @@
 
 `AudioRing` holds the last `span_s` seconds of 16 kHz mono float32 audio;
 older samples are overwritten (drop policy: oldest first, counted).
-`LatestFrameSlot` keeps only the newest video frame (drop policy: older
-frames are replaced, counted).
+`LatestFrameSlot` keeps the newest video frame per analysis interval for a
+few intervals (drop policy: older frames are replaced, counted).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,32 +118,50 @@ class VideoFrame:
 
 
 class LatestFrameSlot:
-    """Keeps only the newest video frame; replaced frames are counted as dropped."""
+    """The newest video frame of each analysis interval, for the last few intervals.
 
-    def __init__(self) -> None:
-        self._frame: VideoFrame | None = None
+    A tick at media time ``t`` analyses the newest frame at or before ``t``. One
+    slot alone would let frames from ahead of the worker (an offline feeder, or
+    a live worker a moment behind) evict the frame the tick needs, and the
+    result would depend on timing; so one slot is kept per interval of
+    ``interval_s`` (a newer frame in the same interval replaces the older one),
+    for at most ``max_intervals`` intervals (the oldest goes first). Every
+    frame that is never analysed is counted in ``dropped``.
+    """
+
+    def __init__(self, interval_s: float = 0.1, max_intervals: int = 40) -> None:
+        self.interval_s = interval_s
+        self.max_intervals = max_intervals
+        self._slots: deque[tuple[int, VideoFrame]] = deque()
         self.received = 0
         self.dropped = 0
         self.taken = 0
 
     def put(self, frame: VideoFrame) -> None:
-        if self._frame is not None:
-            self.dropped += 1
-        self._frame = frame
+        """Offer a frame; it replaces an older frame of the same interval."""
         self.received += 1
-
-    def take(self) -> VideoFrame | None:
-        """Remove and return the newest frame (None if nothing new arrived)."""
-        frame, self._frame = self._frame, None
-        if frame is not None:
-            self.taken += 1
-        return frame
+        key = int(frame.t / self.interval_s + 1e-6)
+        if self._slots and self._slots[-1][0] >= key:
+            if frame.t < self._slots[-1][1].t:  # out of order: older than what we hold
+                self.dropped += 1
+                return
+            self._slots.pop()
+            self.dropped += 1
+        self._slots.append((key, frame))
+        if len(self._slots) > self.max_intervals:
+            self._slots.popleft()
+            self.dropped += 1
 
     def take_until(self, t: float) -> VideoFrame | None:
-        """Like `take`, but leaves a frame newer than media time ``t`` in the slot."""
-        if self._frame is not None and self._frame.t > t + 1e-9:
-            return None
-        return self.take()
+        """Remove and return the newest frame at or before media time ``t``."""
+        found: VideoFrame | None = None
+        while self._slots and self._slots[0][1].t <= t + 1e-9:
+            if found is not None:
+                self.dropped += 1
+            found = self._slots.popleft()[1]
+        if found is not None:
+            self.taken += 1
+        return found
 
-    def peek(self) -> VideoFrame | None:
-        return self._frame
+    def __len__(self) -> int:
+        return len(self._slots)

@@ -198,6 +198,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from models.bah import BahFormatError
+    from models.submission import SubmissionError, score_submission
+
+    for f in (args.predictions, args.split_file):
+        if not Path(f).is_file():
+            print(f"ahstream score: no such file: {f}", file=sys.stderr)
+            return 2
+    try:
+        result = score_submission(args.predictions, args.split_file)
+    except (SubmissionError, BahFormatError) as exc:
+        print(f"ahstream score: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"n={result['n']} macro F1={result['macro_f1']:.4f} "
+            f"(A/H {result['f1_pos']:.4f}, no A/H {result['f1_neg']:.4f}) AP={result['ap']:.4f}"
+        )
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "asr":
         from benchmarks.asr import run_asr_bench
@@ -278,6 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--json", action="store_true", help="no progress bar; JSON metrics only")
     t.set_defaults(func=cmd_train)
+
+    sc = sub.add_parser("score", help="score a challenge submission with the official metrics")
+    sc.add_argument(
+        "--predictions", required=True, metavar="CSV", help="video_id,p0,p1,pred lines, no header"
+    )
+    sc.add_argument(
+        "--split-file",
+        required=True,
+        metavar="FILE",
+        help="BAH split file: video_id,label,transcript",
+    )
+    sc.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    sc.set_defaults(func=cmd_score)
 
     b = sub.add_parser("bench", help="benchmarks (JSON results)")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")

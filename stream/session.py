@@ -20,10 +20,12 @@ import numpy as np
 
 from models.profile import Models
 from stream.aggregate import VideoAggregator
+from stream.analysis import Analyzer, join_words
 from stream.asr import ASRUpdate, IncrementalASR
 from stream.buffers import AudioRing, LatestFrameSlot, VideoFrame
 from stream.clock import SessionClock
 from stream.events import (
+    Cue,
     Error,
     Event,
     Frame,
@@ -45,10 +47,6 @@ MAX_ERROR_EVENTS = 20  # per session, so a stream of corrupt frames cannot flood
 
 def _words_json(words: list[Any]) -> list[dict[str, Any]]:
     return [{"w": w.w.strip(), "t0": w.t0, "t1": w.t1} for w in words]
-
-
-def _join(words: list[Any]) -> str:
-    return " ".join(w.w.strip() for w in words if w.w.strip())
 
 
 class Session:
@@ -78,21 +76,22 @@ class Session:
         self.ring = AudioRing()
         self.vad = VadTimeline()
         self.asr = IncrementalASR(models.whisper, self.ring, self.vad)
-        self.slot = LatestFrameSlot()
-        self.aggregator = VideoAggregator(
-            models.text.threshold_for(self.context), "last", analysis_hz
-        )
+        self.slot = LatestFrameSlot(interval_s=1.0 / analysis_hz)
+        self.analyzer = Analyzer(models, self.context, self.ring, self.vad)
+        self.aggregator = VideoAggregator(self.analyzer.threshold, "last", analysis_hz)
         self._video_every = video_every_s
         self._status_every = status_every_s
         self._tracks: dict[str, bool] = {}  # kind -> ended
         self._video_end = 0.0
         self._last_video_t: float | None = None
+        self._last_face_t: float | None = None
         self._input_closed = False
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._tentative: list[Any] = []
-        self._text_cache: tuple[str, tuple[float, str]] | None = None
+        self._new_committed: list[Any] = []  # committed since the last tick
+        self._utterance_final = False
         self._evidence = "prior"
         self._errors = 0
         self._asr_compute = 0.0
@@ -231,8 +230,9 @@ class Session:
             end = self.media_end
             if "audio" in self._tracks:
                 self._on_asr(await self._infer(self.asr.flush, end))
-            if end > last_tick + 1e-6:
-                await self._tick(end)
+            if end > last_tick + 1e-6 or self._new_committed:
+                await self._tick(max(end, last_tick))
+            self._publish_cues(await self._infer(self.analyzer.flush))
         except Exception as exc:  # one session's failure must not reach the others
             log.exception("session %s: worker failed", self.id)
             self.report_error("internal", f"analysis failed: {type(exc).__name__}: {exc}")
@@ -243,13 +243,15 @@ class Session:
     def _on_asr(self, update: ASRUpdate | None) -> None:
         if update is None:
             return
+        self._new_committed.extend(update.committed)
+        self._utterance_final |= update.final
         if update.committed:
             self._publish(
                 Transcript(
                     self.id,
                     t0=update.committed[0].t0,
                     t1=update.committed[-1].t1,
-                    text=_join(update.committed),
+                    text=join_words(update.committed),
                     words=_words_json(update.committed),
                     final=True,
                 )
@@ -262,29 +264,26 @@ class Session:
                         self.id,
                         t0=self._tentative[0].t0,
                         t1=self._tentative[-1].t1,
-                        text=_join(self._tentative),
+                        text=join_words(self._tentative),
                         words=_words_json(self._tentative),
                         final=False,
                     )
                 )
 
-    def _text_p(self, text: str) -> tuple[float, str]:
-        """The text model's p, or the training prior while there are too few words."""
-        p = self.models.text.predict_one(text, context=self.context)
-        if p is None:
-            return self.models.text.prior(self.context), "prior"
-        return p, "text"
-
     async def _tick(self, t: float) -> None:
-        words = list(self.asr.committed_words) + self._tentative
-        text = _join(words)
-        if self._text_cache is None or self._text_cache[0] != text:
-            self._text_cache = (text, await self._infer(self._text_p, text))
-        p, evidence = self._text_cache[1]
-        self._evidence = evidence
+        committed, self._new_committed = self._new_committed, []
+        final, self._utterance_final = self._utterance_final, False
         frame = self.slot.take_until(t)
         if frame is not None:
             self._last_video_t = frame.t
+        result = await self._infer(
+            self.analyzer.tick, t, committed, final, list(self._tentative), frame
+        )
+        p, evidence = result.p, result.evidence
+        self._evidence = evidence
+        if result.face is not None:
+            self._last_face_t = t
+        self._publish_cues(result.cues)
         dt = 1.0 / self.analysis_hz
         has_audio = "audio" in self._tracks and self.ring.end_time >= t - dt
         lag = self.clock.lag(t)
@@ -298,9 +297,10 @@ class Session:
                     "audio": has_audio,
                     "speech": has_audio and self.vad.speech_fraction(t - dt, t) > 0,
                     "video": self._last_video_t is not None and t - self._last_video_t <= 1.0,
-                    "text": bool(words),
+                    "face": self._last_face_t is not None and t - self._last_face_t <= 0.5,
+                    "text": result.n_words > 0,
                 },
-                words=len(words),
+                words=result.n_words,
                 lags={} if lag is None else {"tick": lag},
             )
         )
@@ -321,6 +321,10 @@ class Session:
                     rtf=self._asr_compute / t if t > 0 else None,
                 )
             )
+
+    def _publish_cues(self, hits: list[Any]) -> None:
+        for hit in hits:
+            self._publish(Cue(self.id, **hit.to_event()))
 
     def _video_event(self, t: float, final: bool) -> Video:
         agg = self.aggregator

@@ -32,12 +32,19 @@ def test_ring_fills_forward_gaps_and_drops_backward_overlap():
     np.testing.assert_array_equal(ring.read(100, 120), [2.0] * 10 + [3.0] * 10)
 
 
-def test_latest_frame_slot_keeps_newest_and_counts_drops():
-    slot = LatestFrameSlot()
-    for i in range(5):
-        slot.put(VideoFrame(t=i * 0.1, image=None, width=2, height=2))
-    assert slot.dropped == 4
-    assert slot.take_until(0.3) is None  # the newest is from the future: kept
-    frame = slot.take_until(0.4)
-    assert frame is not None and frame.t == pytest.approx(0.4)
-    assert slot.take() is None
+def test_latest_frame_slot_keeps_newest_per_interval_and_counts_drops():
+    slot = LatestFrameSlot(interval_s=0.1, max_intervals=3)
+    for i in range(5):  # 30 fps for 1/6 s: two intervals
+        slot.put(VideoFrame(t=i / 30, image=None, width=2, height=2))
+    assert len(slot) == 2 and slot.dropped == 3
+    assert slot.take_until(-0.01) is None
+    frame = slot.take_until(0.1)
+    assert frame is not None and frame.t == pytest.approx(2 / 30)
+    for i in range(10):  # far ahead of the worker: only the newest intervals stay
+        slot.put(VideoFrame(t=1.0 + i / 10, image=None, width=2, height=2))
+    assert len(slot) == 3
+    frame = slot.take_until(5.0)
+    assert frame is not None and frame.t == pytest.approx(1.9)
+    assert slot.take_until(5.0) is None
+    assert slot.received == 15 and slot.taken == 2
+    assert slot.dropped == slot.received - slot.taken

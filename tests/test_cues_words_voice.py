@@ -1,0 +1,544 @@
+"""Word and voice codebook cues, and the prosody features under them.
+
+Crafted word sequences and synthetic audio pin each rule; real speech (espeak-ng
+and the LibriVox clip, with the bundled Whisper tiny.en for word times) checks the
+detectors end to end.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+try:
+    from tests.media import espeak_speech, librivox_speech, silence
+except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
+    from media import espeak_speech, librivox_speech, silence
+
+from models.cues import CueHit
+from models.prosody import (
+    FEATURE_NAMES,
+    N_FEATURES,
+    ProsodyTracker,
+    VoiceFeatures,
+    count_syllables,
+    semitones_to_hz,
+)
+from models.voice_cues import VoiceCueDetector
+from models.whisper import FILLER_PROMPT, Word, load_whisper
+from models.word_cues import WordCueDetector
+from stream.vad import VadTimeline
+
+SR = 16000
+HOP = 1600  # 0.1 s, the session's analysis hop
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def words(text: str, t0: float = 0.0, word_s: float = 0.3, gap_s: float = 0.05) -> list[Word]:
+    """Evenly timed words; a token ``<1.5`` inserts 1.5 s of silence."""
+    out: list[Word] = []
+    t = t0
+    for w in text.split():
+        if w.startswith("<"):
+            t += float(w[1:])
+            continue
+        out.append(Word(w, t, t + word_s, 0.9))
+        t += word_s + gap_s
+    return out
+
+
+def word_hits(text: str, **kw) -> list[CueHit]:
+    return WordCueDetector().update(words(text, **kw), final=True)
+
+
+def cues(hits: list[CueHit], name: str | None = None) -> list[CueHit]:
+    return [h for h in hits if name is None or h.cue == name]
+
+
+def details(hits: list[CueHit], name: str) -> list[str]:
+    return [h.detail for h in hits if h.cue == name]
+
+
+def harmonic(
+    f0: float | np.ndarray, seconds: float, level_db: float = -26.0, n_harm: int = 6
+) -> np.ndarray:
+    """A voiced-like tone: harmonics with 1/k amplitudes at RMS ``level_db`` dBFS."""
+    n = int(round(seconds * SR))
+    f = np.broadcast_to(np.asarray(f0, dtype=np.float64), (n,))
+    phase = 2 * np.pi * np.cumsum(f) / SR
+    x = sum(np.sin(k * phase) / k for k in range(1, n_harm + 1))
+    x *= 10 ** (level_db / 20) / np.sqrt(np.mean(x**2))
+    return x.astype(np.float32)
+
+
+def run_voice(
+    audio: np.ndarray,
+    ws: list[Word] = (),
+    use_vad: bool = True,
+    commit_lag_s: float = 1.0,
+) -> tuple[list[VoiceFeatures | None], list[CueHit], ProsodyTracker]:
+    """Feed audio hop by hop as a session would: VAD, prosody (+ words once committed), cues."""
+    vad = VadTimeline() if use_vad else None
+    tracker, det = ProsodyTracker(), VoiceCueDetector()
+    feats: list[VoiceFeatures | None] = []
+    hits: list[CueHit] = []
+    k = 0
+    for i in range(0, len(audio), HOP):
+        x = audio[i : i + HOP]
+        if vad is not None:
+            vad.push(x)
+        t = (i + len(x)) / SR
+        new = []
+        while k < len(ws) and ws[k].t1 + commit_lag_s <= t:
+            new.append(ws[k])
+            k += 1
+        f = tracker.update(x, new, vad)
+        feats.append(f)
+        hits.extend(det.update(t, f, vad))
+    return feats, hits, tracker
+
+
+class FakeVad:
+    """A VAD timeline from given speech segments, revealed up to the current time."""
+
+    def __init__(self, segs: list[tuple[float, float]]) -> None:
+        self.segs = segs
+        self.now = 0.0
+
+    @property
+    def end_time(self) -> float:
+        return self.now
+
+    def segments(self, t0: float, t1: float) -> list[tuple[float, float]]:
+        t1 = min(t1, self.now)
+        return [(max(s, t0), min(e, t1)) for s, e in self.segs if s < t1 and e > t0]
+
+
+def pause_hits(segs: list[tuple[float, float]], until: float) -> list[CueHit]:
+    vad, det, out = FakeVad(segs), VoiceCueDetector(), []
+    for k in range(1, int(round(until * 10)) + 1):
+        vad.now = k / 10
+        out.extend(det.update(vad.now, None, vad))
+    return out
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    try:
+        return load_whisper()
+    except Exception as exc:  # pragma: no cover - only without the bundled model
+        pytest.skip(f"Whisper model unavailable: {exc}")
+
+
+def transcribe(model, audio: np.ndarray, prompt: str | None = None) -> list[Word]:
+    segments, _ = model.transcribe(
+        audio,
+        language="en",
+        beam_size=1,
+        word_timestamps=True,
+        condition_on_previous_text=False,
+        initial_prompt=prompt,
+    )
+    return [Word(w.word, w.start, w.end, w.probability) for s in segments for w in s.words]
+
+
+# ------------------------------------------------------------------------------ word cues
+
+
+def test_cue_hit_validates_and_maps_to_the_cue_event() -> None:
+    h = CueHit("hedge", 1.23456, 2.0, 0.5, "text", "maybe")
+    assert h.to_event() == {
+        "t0": 1.235,
+        "t1": 2.0,
+        "cue": "hedge",
+        "modality": "text",
+        "strength": 0.5,
+        "detail": "maybe",
+    }
+    with pytest.raises(ValueError):
+        CueHit("hedge", 1.0, 0.5, 0.5, "text")
+    with pytest.raises(ValueError):
+        CueHit("hedge", 0.0, 0.5, 1.5, "text")
+
+
+def test_filler_sounds_with_word_times() -> None:
+    ws = words("Um, I think, uh, it's fine. Ummm okay. Hmm.")
+    hits = WordCueDetector().update(ws, final=True)
+    fs = cues(hits, "filler_sound")
+    assert [h.detail for h in fs] == ["um", "uh", "ummm", "hmm"]
+    assert (fs[0].t0, fs[0].t1) == (ws[0].t0, ws[0].t1)
+    assert (fs[1].t0, fs[1].t1) == (ws[3].t0, ws[3].t1)
+    assert all(h.modality == "text" and 0.5 <= h.strength <= 1.0 for h in fs)
+    long_um = WordCueDetector().update([Word("Um", 0.0, 1.2, 0.9)], final=True)
+    assert long_um[0].strength == 1.0
+    assert not cues(word_hits("Uh-huh, yes. Mm-hmm."), "filler_sound")  # backchannels
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Well, I don't eat much.", ["well"]),
+        ("It was, like, really hard.", ["like"]),
+        ("Like, I never have time.", ["like"]),
+        ("You know, it is hard.", ["you know"]),
+        ("It's hard, you know.", ["you know"]),
+        ("I mean, it is fine.", ["i mean"]),
+        ("So, uh, I go running.", ["so"]),
+        ("Basically, I walk.", ["basically"]),
+    ],
+)
+def test_filler_words(text: str, expected: list[str]) -> None:
+    assert details(word_hits(text), "filler_word") == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I like pizza.",
+        "I would like to stop.",
+        "I feel like it.",
+        "I'm doing well, thanks.",
+        "I did that as well.",
+        "Do you know him?",
+        "If you know what I mean.",
+        "I sleep so much.",
+        "I went there so I could rest.",
+    ],
+)
+def test_not_filler_words(text: str) -> None:
+    assert not cues(word_hits(text), "filler_word")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "strength"),
+    [
+        ("Maybe I will go.", ["maybe"], 0.5),
+        ("I'll probably stop.", ["probably"], 0.5),
+        ("It's kind of hard.", ["kind of"], 0.4),
+        ("I guess I could.", ["i guess"], 0.5),
+        ("I think so.", ["i think"], 0.4),
+        ("I'm not sure.", ["i'm not sure"], 0.7),  # longest match: not also "not sure"
+        ("Not sure, I don't know.", ["not sure", "i don't know"], 0.7),
+        ("I haven't made up my mind.", ["made up my mind"], 0.7),
+    ],
+)
+def test_hedges(text: str, expected: list[str], strength: float) -> None:
+    hits = cues(word_hits(text), "hedge")
+    assert [h.detail for h in hits] == expected
+    assert hits[0].strength == strength
+
+
+@pytest.mark.parametrize(
+    "text", ["What kind of food?", "I made up my mind.", "I think about it daily.", "It works."]
+)
+def test_not_hedges(text: str) -> None:
+    assert not cues(word_hits(text), "hedge")
+
+
+@pytest.mark.parametrize(
+    ("text", "detail"),
+    [
+        ("I I want to go.", "i i"),
+        ("I want to to go.", "to to"),
+        ("I- I want to go.", "i i"),
+        ("I want I want to quit.", "i want i want"),
+        ("I want- I need to stop.", "restart: i want i"),
+        ("I want to, I need to stop.", "restart: i want to i"),
+        ("I want, um, I need to stop.", "restart: i want um i"),
+        ("I was tired, I mean, exhausted.", "i mean"),
+        ("On Monday, or rather Tuesday.", "or rather"),
+        ("I went on Mon- Tuesday.", "cut: mon"),
+    ],
+)
+def test_corrections_and_repetitions(text: str, detail: str) -> None:
+    hits = cues(word_hits(text), "correction_repetition")
+    assert [h.detail for h in hits] == [detail]
+
+
+def test_restart_needs_a_break_and_counts_once() -> None:
+    ws = words("I want <0.4 I need to stop")
+    assert details(WordCueDetector().update(ws, final=True), "correction_repetition") == [
+        "restart: i want i"
+    ]
+    assert len(cues(word_hits("I I I I want it."), "correction_repetition")) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I think I will go.",
+        "I know I can do it.",
+        "I said that I would.",
+        "I know that that is true.",
+        "It was very very good.",
+        "I want it <1.5 I want it.",  # a new utterance, not a repetition
+    ],
+)
+def test_not_corrections(text: str) -> None:
+    assert not cues(word_hits(text), "correction_repetition")
+
+
+def test_but_excuse_strengths() -> None:
+    strong = cues(word_hits("I want to quit smoking but I can't."), "but_excuse")
+    assert len(strong) == 1 and strong[0].strength == pytest.approx(0.8)
+    assert "BUT" in strong[0].detail
+    weak = cues(word_hits("I went there but it rained."), "but_excuse")
+    assert len(weak) == 1 and weak[0].strength == pytest.approx(0.3)
+    for text in ("It's good, though.", "Although I try.", "Except on Sundays."):
+        assert len(cues(word_hits(text), "but_excuse")) == 1, text
+    because = cues(word_hits("I should walk more because I sit a lot."), "but_excuse")
+    assert len(because) == 1 and because[0].strength >= 0.6
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I love butter.",
+        "Nothing but trouble.",
+        "I haven't started yet.",
+        "I still run.",
+        "I run because it is fun.",
+    ],
+)
+def test_not_but_excuse(text: str) -> None:
+    assert not cues(word_hits(text), "but_excuse")
+
+
+def test_incremental_feeding_matches_batch_and_waits_for_context() -> None:
+    text = "Well, um, I want I want to quit but I don't know, I mean, it's kind of hard."
+    ws = words(text)
+    batch = WordCueDetector().update(ws, final=True)
+    det = WordCueDetector()
+    inc: list[CueHit] = []
+    for w in ws:
+        inc.extend(det.update([w]))
+    inc.extend(det.flush())
+    assert inc == batch
+    assert {h.cue for h in batch} == {
+        "filler_word",
+        "filler_sound",
+        "correction_repetition",
+        "but_excuse",
+        "hedge",
+    }
+    # phrases of up to 4 words are found when their words arrive one by one
+    for text in ("I can't make up my mind.", "I want, I mean, I need it."):
+        ws = words(text)
+        det = WordCueDetector()
+        inc = [h for w in ws for h in det.update([w])] + det.flush()
+        assert inc == WordCueDetector().update(ws, final=True) and len(inc) == 1, text
+    # "but" waits for the words after it (the excuse), then decides
+    det = WordCueDetector()
+    assert not det.update(words("I want to quit but"))
+    late = det.update(words("I can't", t0=2.0))
+    assert cues(late, "but_excuse") == []  # still waiting for the 4 words after "but"
+    assert cues(det.update([], final=True), "but_excuse")[0].strength == pytest.approx(0.8)
+
+
+def test_syllable_counts() -> None:
+    assert [count_syllables(w) for w in ("I", "time", "little", "vegetables", "um", "7")] == [
+        1,
+        1,
+        2,
+        4,
+        1,
+        1,
+    ]
+
+
+# ------------------------------------------------------------------------------ prosody
+
+
+def test_harmonic_tone_pitch_and_vector() -> None:
+    feats, hits, tracker = run_voice(harmonic(150.0, 5.0), use_vad=False)
+    f0 = [semitones_to_hz(f.get("f0_st")) for f in feats[10:] if f is not None]
+    assert len(f0) >= 35
+    assert np.median(f0) == pytest.approx(150.0, abs=5.0)
+    last = feats[-1]
+    assert last is not None and last.t == pytest.approx(5.0)
+    assert last.get("voicing_ratio") > 0.95
+    assert last.get("f0_std_st") < 0.2
+    assert last.get("energy_db") == pytest.approx(-26.0, abs=0.5)
+    v, m = last.vector(), last.mask()
+    assert v.dtype == np.float32 and m.dtype == np.float32
+    assert v.shape == m.shape == (N_FEATURES,) == (len(FEATURE_NAMES),)
+    assert m[FEATURE_NAMES.index("energy_z")] == 1.0  # baseline warmed up after 3 s
+    assert m[FEATURE_NAMES.index("word_rate")] == 0.0  # no words: masked, and 0 in the vector
+    assert v[FEATURE_NAMES.index("word_rate")] == 0.0
+    assert np.all(np.isfinite(v))
+    # z-scores only after a few seconds of speech
+    early = feats[5]
+    assert early is not None and np.isnan(early.get("energy_z"))
+    assert not hits
+
+
+def test_chirp_rising_pitch() -> None:
+    f0 = np.linspace(100.0, 250.0, 4 * SR)
+    feats, _, _ = run_voice(harmonic(f0, 4.0), use_vad=False)
+    track = [semitones_to_hz(feats[i].get("f0_st")) for i in (9, 19, 29, 39)]
+    assert all(b > a + 20 for a, b in zip(track, track[1:], strict=False)), track
+    assert all(feats[i].get("f0_slope_st") > 1.0 for i in (19, 29, 39))
+    # the median of the last 0.5 s trails the instantaneous F0 by ~0.25 s
+    assert track[-1] == pytest.approx(100 + 150 * 3.75 / 4, rel=0.04)
+
+
+def test_silence_is_masked_not_zero() -> None:
+    audio = np.concatenate([silence(2.0), silence(2.0, noise_db=-70)])
+    feats, hits, _ = run_voice(audio)
+    assert all(f is None for f in feats)
+    assert not hits
+    # speech then digital silence: VAD hangover frames under the noise floor are not speech
+    for use_vad in (False, True):
+        audio = np.concatenate([harmonic(140.0, 2.0), silence(2.0)])
+        feats, hits, _ = run_voice(audio, use_vad=use_vad)
+        assert feats[15] is not None and all(f is None for f in feats[25:])
+    assert not hits
+
+
+def test_hop_size_does_not_change_frames() -> None:
+    audio = harmonic(np.linspace(120.0, 180.0, 2 * SR), 2.0)
+    tracks = []
+    for hop in (1600, 480, 2000):
+        tr = ProsodyTracker()
+        for i in range(0, len(audio), hop):
+            tr.update(audio[i : i + hop])
+        tracks.append(tr.frame_track())
+    for other in tracks[1:]:
+        for a, b in zip(tracks[0], other, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_cost_per_hop_is_small() -> None:
+    audio = harmonic(np.linspace(90.0, 200.0, 6 * SR), 6.0)
+    vad = VadTimeline()
+    vad.push(audio)
+    tr = ProsodyTracker()
+    ws = words(" ".join(["word"] * 20))
+    costs = []
+    for k, i in enumerate(range(0, len(audio), HOP)):
+        c0 = time.thread_time()
+        tr.update(audio[i : i + HOP], ws[k : k + 1] if k < len(ws) else (), vad)
+        costs.append(time.thread_time() - c0)
+    # CPU time (not wall time: the machine is shared); budget 2 ms per 0.1 s hop
+    assert np.median(costs) < 2e-3, np.median(costs)
+
+
+# ------------------------------------------------------------------------------ voice cues
+
+
+def test_volume_step_is_a_volume_change() -> None:
+    audio = np.concatenate([harmonic(150.0, 5.0, level_db=-30.0), harmonic(150.0, 2.0, -18.0)])
+    _, hits, _ = run_voice(audio, use_vad=False)
+    vol = cues(hits, "volume_change")
+    assert len(vol) == 1 and not cues(hits, "long_pause")
+    assert vol[0].detail.startswith("louder")
+    assert 5.0 <= vol[0].t0 <= 5.5 and vol[0].t1 - vol[0].t0 >= 0.5 - 1e-6
+    assert vol[0].strength > 0.8
+    assert "+12" in vol[0].detail or "+11" in vol[0].detail
+    soft = run_voice(np.concatenate([harmonic(150.0, 5.0, -20.0), harmonic(150.0, 2.0, -32.0)]))
+    assert [h.detail.split(",")[0] for h in cues(soft[1], "volume_change")] == ["softer"]
+
+
+def test_long_pause_from_vad_timeline() -> None:
+    hits = pause_hits([(0.0, 3.0), (4.8, 7.0), (7.6, 9.0)], until=15.0)
+    assert len(hits) == 1
+    h = hits[0]
+    assert (h.cue, h.t0, h.t1, h.modality) == ("long_pause", 3.0, 4.8, "voice")
+    assert h.strength == pytest.approx((1.8 - 0.5) / 2.5, abs=1e-3)
+    # reported once speech has resumed for 0.3 s, not before
+    assert pause_hits([(0.0, 3.0), (4.8, 5.0)], until=5.0) == []
+    # longer pause -> stronger; a short blip does not split a pause
+    blip = pause_hits([(0.0, 2.0), (3.0, 3.1), (5.0, 6.0)], until=6.0)
+    assert [(x.t0, x.t1, x.strength) for x in blip] == [(2.0, 5.0, 1.0)]
+    # end of the answer (no speech after) and a turn-sized gap are not hesitations
+    assert pause_hits([(0.0, 3.0)], until=12.0) == []
+    assert pause_hits([(0.0, 3.0), (9.5, 11.0)], until=11.0) == []
+
+
+def test_paced_words_hurried_and_slowed() -> None:
+    def paced(rates: list[tuple[float, float]]) -> list[Word]:
+        out, t = [], 0.2
+        for rate, until in rates:
+            while t < until:
+                out.append(Word("ba", t, t + 0.8 / rate, 0.9))
+                t += 1.0 / rate
+        return out
+
+    tone = harmonic(130.0, 26.0, -24.0)
+    _, hits, _ = run_voice(tone, paced([(2.5, 16.0), (4.5, 26.0)]), use_vad=False)
+    assert [h.cue for h in hits] == ["hurried_speech"]
+    assert 16.0 <= hits[0].t0 <= 21.0 and hits[0].t1 - hits[0].t0 >= 2.0 - 1e-6
+    _, hits, _ = run_voice(tone, paced([(2.5, 16.0), (1.2, 26.0)]), use_vad=False)
+    assert [h.cue for h in hits] == ["slowed_speech"]
+    _, hits, _ = run_voice(tone, paced([(2.5, 26.0)]), use_vad=False)
+    assert hits == []
+
+
+# ------------------------------------------------------------------------------ real speech
+
+BASELINE_TEXT = (
+    "The weather was mild this morning, so we walked to the market and bought bread, "
+    "apples and a few vegetables for dinner. After lunch we read the paper and talked "
+    "about the garden."
+)
+SLOW_TEXT = (
+    "I suppose I could try to walk a little more each day, and maybe cook at home on "
+    "the weekend as well."
+)
+
+
+def test_espeak_slowed_speech_after_baseline(whisper) -> None:
+    fast = espeak_speech(BASELINE_TEXT, rate_wpm=150)
+    slow = espeak_speech(SLOW_TEXT, rate_wpm=80)
+    audio = np.concatenate([fast, slow])
+    ws = transcribe(whisper, audio)
+    assert len(ws) >= 40
+    feats, hits, _ = run_voice(audio, ws)
+    names = [h.cue for h in hits]
+    assert names == ["slowed_speech"], hits
+    onset = len(fast) / SR
+    assert onset < hits[0].t0 < onset + 8.0
+    f = feats[int(hits[0].t1 * 10) - 1]
+    assert f is not None and f.get("syl_rate_z") <= -1.5
+
+
+def test_espeak_pause_inside_speech_is_a_long_pause() -> None:
+    a = espeak_speech("I would like to stop smoking.", rate_wpm=150)
+    b = espeak_speech("Maybe next month.", rate_wpm=150)
+    audio = np.concatenate([a, silence(1.6), b, silence(3.0)])
+    _, hits, _ = run_voice(audio)
+    pauses = cues(hits, "long_pause")
+    assert len(pauses) == 1, hits
+    gap = pauses[0].t1 - pauses[0].t0
+    assert 1.0 <= gap <= 2.2
+    assert len(a) / SR - 0.5 < pauses[0].t0 < pauses[0].t1 < len(a) / SR + 1.6 + 0.5
+
+
+def test_librivox_pitch_and_no_cues_in_steady_reading(whisper) -> None:
+    audio, _ = librivox_speech()
+    ws = transcribe(whisper, audio)
+    feats, hits, tracker = run_voice(audio, ws)
+    assert hits == []  # steady read speech: no pauses >= 1 s, no tempo or volume episodes
+    f0 = np.array([semitones_to_hz(f.get("f0_st")) for f in feats if f is not None])
+    f0 = f0[np.isfinite(f0)]
+    assert 85.0 <= np.median(f0) <= 110.0  # the male reader: ~96 Hz
+    rates = [f.get("word_rate") for f in feats if f is not None and np.isfinite(f.get("word_rate"))]
+    assert 2.0 <= np.median(rates) <= 4.0  # read speech: ~3 words/s
+    voicing = [f.get("voicing_ratio") for f in feats if f is not None]
+    assert 0.4 <= np.nanmedian(voicing) <= 0.9
+
+
+def test_espeak_disfluent_sentence_word_cues(whisper) -> None:
+    audio = espeak_speech("I want to, um, start running, uh, but I don't know.", rate_wpm=140)
+    ws = transcribe(whisper, audio, prompt=FILLER_PROMPT)
+    det = WordCueDetector()
+    hits = det.update(ws, final=True)
+    assert {h.cue for h in hits} == {"filler_sound", "but_excuse", "hedge"}, (ws, hits)
+    assert details(hits, "filler_sound") == ["um", "uh"]  # kept by the disfluent prompt
+    but = cues(hits, "but_excuse")[0]
+    assert but.strength >= 0.6  # "I want to ... but I don't know"
+    assert all(ws[0].t0 <= h.t0 <= h.t1 <= ws[-1].t1 for h in hits)

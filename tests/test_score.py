@@ -1,0 +1,72 @@
+"""`ahstream score` agrees with an independent implementation of the official metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from tests.conftest import ROOT
+
+
+def _official_ap(y, p):
+    """The BAH code's AP, written independently: trapezoid over the 0.001 threshold grid."""
+    precisions, recalls = [], []
+    for thr in np.arange(0, 1, 0.001):
+        pred = p >= thr
+        tp = np.sum(pred & (y == 1))
+        fp = np.sum(pred & (y == 0))
+        fn = np.sum(~pred & (y == 1))
+        precisions.append(tp / (tp + fp) if tp + fp else 0.0)
+        recalls.append(tp / (tp + fn) if tp + fn else 0.0)
+    return -np.trapz(precisions, recalls)
+
+
+def _write_split(path, ids, labels):
+    path.write_text("".join(f"{v},{lab},some words, with commas\n" for v, lab in zip(ids, labels)))
+
+
+def _score(pred_path, split_path):
+    return subprocess.run(
+        [sys.executable, "-m", "stream.cli", "score", "--predictions", str(pred_path),
+         "--split-file", str(split_path), "--json"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_score_matches_independent_metrics(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    n = 150
+    ids = [f"Videos/{i:03d}/Visite_1/{i:03d}_Question_{i % 7 + 1}_2023-01-01 10_00_Video.mp4"
+           for i in range(n)]
+    y = rng.integers(0, 2, n)
+    p1 = np.round(rng.random(n), 6)
+    pred = (rng.random(n) < 0.5).astype(int)
+    _write_split(tmp_path / "split.txt", ids, y)
+    (tmp_path / "sub.csv").write_text(
+        "".join(f"{v},{1 - q:.6f},{q:.6f},{k}\n" for v, q, k in zip(ids, p1, pred))
+    )
+    run = _score(tmp_path / "sub.csv", tmp_path / "split.txt")
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["n"] == n
+    assert got["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-9)
+    assert got["f1_pos"] == pytest.approx(f1_score(y, pred, pos_label=1), abs=1e-9)
+    assert got["f1_neg"] == pytest.approx(f1_score(y, pred, pos_label=0), abs=1e-9)
+    assert got["ap"] == pytest.approx(_official_ap(y, p1), abs=1e-9)
+
+
+def test_score_names_missing_and_extra_ids(tmp_path):
+    _write_split(tmp_path / "split.txt", ["a", "b", "c"], [0, 1, 1])
+    (tmp_path / "sub.csv").write_text("a,0.5,0.5,1\nb,0.2,0.8,1\nzz,0.1,0.9,1\n")
+    run = _score(tmp_path / "sub.csv", tmp_path / "split.txt")
+    assert run.returncode == 1
+    assert "missing" in run.stderr and "'c'" in run.stderr and "'zz'" in run.stderr
+    (tmp_path / "bad.csv").write_text("a,0.5,0.5\n")
+    run = _score(tmp_path / "bad.csv", tmp_path / "split.txt")
+    assert run.returncode == 1 and "bad.csv:1" in run.stderr
