@@ -38,7 +38,7 @@ from stream.asr import IncrementalASR
 from stream.buffers import AudioRing
 from stream.vad import VadTimeline
 
-__all__ = ["load_audio", "librivox_clip", "run_asr_bench"]
+__all__ = ["clean_reference", "load_audio", "librivox_clip", "run_asr_bench"]
 
 SAMPLE_RATE = 16000
 CHUNK_S = 0.02
@@ -62,12 +62,16 @@ def load_audio(source: AudioSource) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
 
 
+def clean_reference(text: str) -> str:
+    """Reference text without sphinx markup (``<s>``, ``</s>``, trailing ``(utterance-id)``)."""
+    lines = [re.sub(r"</?s>|\([^)]*\)\s*$", " ", ln) for ln in text.splitlines()]
+    return " ".join(" ".join(lines).split())
+
+
 def librivox_clip(directory: Path = LIBRIVOX_DIR) -> tuple[list[Path], str]:
     """The 5 LibriVox wavs (sorted) and their reference text (no <s>, </s>, ids)."""
     wavs = sorted(directory.glob("*.wav"))
-    lines = (directory / "transcription").read_text().splitlines()
-    ref = " ".join(re.sub(r"</?s>|\([^)]*\)", " ", ln) for ln in lines if ln.strip())
-    return wavs, " ".join(ref.split())
+    return wavs, clean_reference((directory / "transcription").read_text())
 
 
 def _stats(xs: list[float]) -> dict[str, float]:
@@ -152,20 +156,29 @@ async def _bench(audio: np.ndarray, asr: IncrementalASR, realtime: bool) -> dict
 
 def run_asr_bench(
     wav_path: AudioSource,
-    reference_text: str,
+    reference_text: str | None,
     realtime: bool = True,
     model: Any = None,
+    return_hypothesis: bool = False,
     **asr_options: Any,
 ) -> dict[str, Any]:
-    """Feed a recording through IncrementalASR (real-time pace by default) and measure it."""
+    """Feed a recording through IncrementalASR (real-time pace by default) and measure it.
+
+    ``wer`` is None without a reference. The transcript itself is only returned with
+    ``return_hypothesis`` (results files must not hold transcripts).
+    """
     audio = load_audio(wav_path)
     model = model if model is not None else load_whisper()
     asr = IncrementalASR(model, AudioRing(), VadTimeline(), **asr_options)
     raw = asyncio.run(_bench(audio, asr, realtime))
     duration = audio.size / SAMPLE_RATE
     hypothesis = " ".join(w.w for w in raw["words"])
-    return {
-        "wer": round(word_error_rate(reference_text, hypothesis), 4),
+    result = {
+        "wer": (
+            round(word_error_rate(clean_reference(reference_text), hypothesis), 4)
+            if reference_text
+            else None
+        ),
         "rtf": round(sum(raw["compute"]) / duration, 3),
         "commit_latency_s": _stats(raw["latencies"]),
         "words": len(raw["words"]),
@@ -176,8 +189,10 @@ def run_asr_bench(
         "step_compute_s": _stats(raw["compute"]),
         "hop_s": asr.hop_s,
         "options": dict(vars(asr.opts)),
-        "hypothesis": hypothesis,
     }
+    if return_hypothesis:
+        result["hypothesis"] = hypothesis
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", help="reference text file")
     p.add_argument("--librivox", action="store_true", help="use the pocketsphinx LibriVox clip")
     p.add_argument("--offline", action="store_true", help="feed as fast as possible")
-    p.add_argument("--out", help="write the JSON (without the hypothesis text) here")
+    p.add_argument("--out", help="also write the JSON (never the transcript) here")
+    p.add_argument("--show", action="store_true", help="print the transcript to stderr")
+    p.add_argument("--threads", type=int, default=2, help="CTranslate2 CPU threads")
     p.add_argument(
         "--set",
         action="append",
@@ -204,12 +221,21 @@ def main(argv: list[str] | None = None) -> int:
             p.error("give WAV files and --reference, or --librivox")
         source, ref = a.wav, Path(a.reference).read_text()
     opts = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
-    result = run_asr_bench(source, ref, realtime=not a.offline, **opts)
-    result["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    model = load_whisper(cpu_threads=a.threads)
+    load_before = os.getloadavg()[0]
+    result = run_asr_bench(
+        source, ref, realtime=not a.offline, model=model, return_hypothesis=True, **opts
+    )
+    hypothesis = result.pop("hypothesis")
+    if a.show:
+        print(hypothesis, file=sys.stderr)
+    result["cpu_threads"] = a.threads
+    result["load_avg_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    args = argv if argv is not None else sys.argv[1:]
+    result["command"] = "python -m benchmarks.asr " + " ".join(args)
     if a.out:
-        record = {k: v for k, v in result.items() if k != "hypothesis"}
-        Path(a.out).write_text(json.dumps(record, indent=2) + "\n")
+        Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return 0
 

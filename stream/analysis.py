@@ -18,7 +18,10 @@ import numpy as np
 from models.cues import CueHit
 from models.face import FaceAnalyzer, FaceFeatures
 from models.face_cues import FaceCueDetector
+from models.fusion import FACE_MAX_AGE_S, TextStream, fusion_input
+from models.fusion import join_words as _join_words
 from models.prosody import ProsodyTracker, VoiceFeatures
+from models.tcn import FusionTCN
 from models.voice_cues import VoiceCueDetector
 from models.word_cues import WordCueDetector
 from stream.buffers import AudioRing, VideoFrame
@@ -32,12 +35,15 @@ class TickResult:
     """What one analysis tick produced."""
 
     t: float
-    p: float
+    p: float  # the frame-level A/H probability that is published (see Analyzer.source)
     evidence: str  # "text" (the model saw words) or "prior" (too few words yet)
     n_words: int
     cues: list[CueHit] = field(default_factory=list)
     voice: VoiceFeatures | None = None
     face: FaceFeatures | None = None
+    p_text: float = 0.0  # the text model alone on the transcript so far
+    p_tcn: float = 0.0  # the fusion TCN
+    x: np.ndarray | None = None  # the fusion input row of this tick
 
 
 # Frames are scaled down to this width before face analysis (the mesh needs no more).
@@ -58,11 +64,20 @@ def frame_rgb(frame: VideoFrame) -> np.ndarray:
 
 def join_words(words: list[Any]) -> str:
     """The transcript text of ASR words."""
-    return " ".join(w.w.strip() for w in words if w.w.strip())
+    return _join_words(words)
 
 
 class Analyzer:
-    """The frame-level model and cue detectors of one session."""
+    """The frame-level model and cue detectors of one session.
+
+    Per tick: text features of the words so far (`models.fusion.TextStream`),
+    the newest face features (at most `FACE_MAX_AGE_S` old) and voice features
+    form the fusion row; the fusion TCN steps on it. Modalities the TCN's
+    weights were not trained on are presented to it as missing (the lite
+    weights: face and voice), so they only feed the cue detectors. The
+    published ``p`` is the source named by the weights' decision rule
+    (``tcn`` or ``text``), and `method`/`threshold` go with it.
+    """
 
     def __init__(
         self,
@@ -75,9 +90,18 @@ class Analyzer:
         self.context = context
         self.ring = ring
         self.vad = vad
-        self.threshold = self.text_model.threshold_for(context)
+        self.tcn: FusionTCN = models.tcn.fresh()
+        self.text_stream = TextStream(self.text_model, context)
+        rule = self.tcn.decision()
+        self.source: str = rule.get("source", "text")
+        self.method: str = rule.get("method", "last")
+        with_context = self.text_stream.question is not None
+        if "threshold" in rule:
+            self.threshold = float(rule["threshold_context" if with_context else "threshold"])
+        else:
+            self.threshold = self.text_model.threshold_for(context)
         self.words: list[Any] = []  # committed words so far
-        self._text_cache: tuple[str, float, str] | None = None
+        self._face: FaceFeatures | None = None  # newest face features
         self.word_cues = WordCueDetector()
         self.voice_cues = VoiceCueDetector()
         self.prosody: ProsodyTracker | None = ProsodyTracker() if ring is not None else None
@@ -85,15 +109,6 @@ class Analyzer:
         self._expression = getattr(models, "expression", None)
         self.face: FaceAnalyzer | None = None  # created on the first video frame
         self.face_cues = FaceCueDetector()
-
-    def text_p(self, text: str) -> tuple[float, str]:
-        """The text model's p of the transcript so far, or its no-evidence prior."""
-        if self._text_cache is not None and self._text_cache[0] == text:
-            return self._text_cache[1], self._text_cache[2]
-        p = self.text_model.predict_one(text, context=self.context)
-        result = (self.text_model.prior(self.context), "prior") if p is None else (p, "text")
-        self._text_cache = (text, *result)
-        return result
 
     def tick(
         self,
@@ -111,7 +126,9 @@ class Analyzer:
             self._pending_words.extend(committed)
             cues.extend(self.word_cues.update(committed, final=utterance_final))
         words = self.words + list(tentative)
-        p, evidence = self.text_p(join_words(words))
+        text_x = self.text_stream.features(t, words)
+        p_text = self.text_stream.p_text
+        evidence = "text" if self.text_stream.usable else "prior"
         voice = None
         if self.prosody is not None and self.ring is not None:
             audio = self.ring.read_time(self.prosody.t, t)
@@ -125,6 +142,14 @@ class Analyzer:
                 self.face = FaceAnalyzer(self._expression)
             face = self.face.analyze(frame_rgb(frame), frame.t)
             cues.extend(self.face_cues.update(frame.t, face))
+            if face is not None:
+                self._face = face
+        recent_face = self._face
+        if recent_face is not None and t - recent_face.t > FACE_MAX_AGE_S:
+            recent_face = None
+        x = fusion_input(text_x, recent_face, voice, active=self.tcn.active)
+        p_tcn = self.tcn.step(x)
+        p = p_tcn if self.source == "tcn" else p_text
         return TickResult(
             t=t,
             p=float(np.clip(p, 0.0, 1.0)),
@@ -133,6 +158,9 @@ class Analyzer:
             cues=cues,
             voice=voice,
             face=face,
+            p_text=float(p_text),
+            p_tcn=float(p_tcn),
+            x=x,
         )
 
     def flush(self) -> list[CueHit]:

@@ -1,28 +1,36 @@
 """Incremental, VAD-gated Whisper ASR with a LocalAgreement-2 commit policy.
 
 The session calls `IncrementalASR.step(t)` for t on a fixed media-time grid
-(``hop_s``, ``2*hop_s``, ...) from one executor thread, in order. Each step that
-has speech decodes one short window of the utterance:
+(``hop_s``, ``2*hop_s``, ...) from one executor thread, in order, once the ring
+holds audio up to t and VAD has decided up to t - 0.03; `flush` at the end.
+Each step that has speech decodes one short window of the current utterance
+(`models.whisper.decode_window`: greedy, encoder over the window plus >= 2 s of
+silence padded to >= 6 s instead of Whisper's 30 s, word times by alignment):
 
-- **Window.** From the utterance start (first VAD speech minus a small onset
-  pad) to ``t``. Committed words that lie inside the window are passed to
-  Whisper as a *forced prefix* (not re-generated, cheap), so only the new tail is
-  decoded. Once more than ``keep_committed_s`` of committed audio lies in the
-  window, its start is moved up to a committed word boundary; the words
-  moved out become part of the text prompt.
-- **Prompt.** A disfluent style prompt (keeps "um"/"uh") followed by the
-  tail of the committed transcript that is no longer in the window.
-- **Commit rule (LocalAgreement-2).** The longest common prefix (compared on
-  normalised text) of this step's hypothesis and the previous step's is
-  committed. Words of the current hypothesis that end more than
-  ``force_commit_s`` before ``t`` are committed too (bounded latency).
+- **Window.** From the utterance start (first VAD speech minus ``onset_pad_s``)
+  to ``t``. Committed words inside the window are given to Whisper as a forced
+  prefix, so it continues after them with their audio as context. Once more than
+  ``keep_committed_s`` of committed audio is in the window, the window start moves
+  up to a committed word boundary and those words join the text prompt.
+- **Prompt.** A disfluent style prompt (`FILLER_PROMPT`: keeps "um"/"uh") followed
+  by the last ``prompt_words`` committed words that are no longer in the window.
+- **Commit rule (LocalAgreement-2).** The longest common prefix (on normalised
+  text) of this step's hypothesis and the previous step's is committed, except
+  words ending within ``edge_s`` of ``t`` (a word still being spoken, e.g. "cold"
+  of "cold-hearted", often agrees twice). Words ending ``force_commit_s`` before
+  ``t`` are committed even without agreement (bounded latency).
 - **Finalisation.** When VAD shows no speech for ``end_pause_s`` after the last
-  speech, the utterance is decoded once more up to the pause and every word is
-  committed (``final=True``); the ASR then idles until VAD reports speech again.
-- **Silence is never decoded.** Idle steps only read VAD flags.
+  speech, the utterance is decoded once more up to the pause (+ ``tail_pad_s``)
+  and every word is committed (``final=True``); then the ASR idles until VAD
+  shows at least ``min_speech_s`` of speech again.
+- **Silence is never decoded.** Idle steps only read VAD flags. Noise that VAD
+  lets through is caught by an unprompted no-speech check until the utterance
+  has committed words; Whisper's loops and repeats at the end of the audio are
+  cut from the hypothesis (`models.whisper.cut_collapsed_tail`).
 
 Everything depends only on the audio and VAD up to ``t``: no wall clock, no
-threads, so live and offline runs commit the same words at the same steps.
+threads, so live and offline runs commit the same words at the same steps
+(given the same model, ``cpu_threads`` and options).
 """
 
 from __future__ import annotations
@@ -79,6 +87,9 @@ class ASROptions:
     tokens_per_s: float = 6.0  # cap on new tokens per second of not-yet-committed audio
     no_speech_threshold: float = 0.6  # with a low logprob, the window is treated as no speech
     logprob_threshold: float = -1.0
+    # Until an utterance has committed words, a plain (unprompted) no-speech probability above
+    # this marks VAD-passed noise: speech, fillers alone included, measured <= 0.8; noise >= 0.9.
+    plain_no_speech_threshold: float = 0.85
 
 
 @dataclass
@@ -103,13 +114,11 @@ class IncrementalASR:
         self._utt: _Utterance | None = None
         self._idle_from = 0.0  # media time from which to look for the next speech onset
         self._last_tentative: list[str] = []
-        self._last_t = 0.0
 
     # ------------------------------------------------------------------ public
 
     def step(self, t: float) -> ASRUpdate | None:
         """Advance to media time ``t``; None when nothing changed (e.g. silence)."""
-        self._last_t = t
         if self._utt is None:
             start = self._speech_onset(t)
             if start is None:
@@ -199,10 +208,14 @@ class IncrementalASR:
             prefix=prefix,
             pad_s=max(self.opts.pad_s, self.opts.min_input_s - (t_end - start)),
             max_new_tokens=cap,
+            check_speech=not utt.in_window,
         )
         if (
             res.no_speech_prob > self.opts.no_speech_threshold
             and res.avg_logprob < self.opts.logprob_threshold
+        ) or (
+            res.plain_no_speech_prob is not None
+            and res.plain_no_speech_prob > self.opts.plain_no_speech_threshold
         ):
             return [], (start, t_end)
         floor = utt.in_window[-1].t1 if utt.in_window else start

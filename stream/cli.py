@@ -1,4 +1,4 @@
-"""The `ahstream` command line: serve, analyze, send, listen, train, bench."""
+"""The `ahstream` command line: serve, analyze, send, listen, evaluate, score, train, bench."""
 
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from models.train_text import train_text_model
+    import time
 
     if args.profile != "lite":
         print("ahstream train: only --profile lite is available", file=sys.stderr)
@@ -193,8 +193,58 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.out_dir
         else Path(__file__).resolve().parents[1] / "models" / "weights"
     )
-    metrics = train_text_model(split_dir, out_dir, seed=args.seed, progress=not args.json)
-    print(json.dumps(metrics))
+    from models.text_ah import TextAHModel
+    from models.train_tcn import train_tcn_model
+    from models.train_text import train_text_model
+
+    started = time.perf_counter()
+    progress = not args.json
+    text = train_text_model(split_dir, out_dir, seed=args.seed, progress=progress)
+    tcn = train_tcn_model(
+        split_dir, out_dir, TextAHModel.load(out_dir), seed=args.seed, progress=progress
+    )
+    result = {
+        "text": text,
+        "tcn": tcn,
+        "out_dir": str(out_dir),
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.bah import BahFormatError
+    from stream.evaluate import evaluate_split
+
+    if not Path(args.split_file).is_file():
+        print(f"ahstream evaluate: no such file: {args.split_file}", file=sys.stderr)
+        return 2
+    models = None
+    if args.weights_dir:
+        from models.profile import load_models
+
+        models = load_models(weights_dir=args.weights_dir, asr=False, face=False)
+    try:
+        result = evaluate_split(
+            args.split_file,
+            context_from_question=args.context_from_question,
+            models=models,
+            progress=not args.json,
+        )
+    except (BahFormatError, ValueError) as exc:
+        print(f"ahstream evaluate: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        early = ", ".join(f"{k} %: {v['macro_f1']:.4f}" for k, v in result["early"].items())
+        print(
+            f"n={result['n']} macro F1={result['macro_f1']:.4f} "
+            f"(A/H {result['f1_pos']:.4f}, no A/H {result['f1_neg']:.4f}) AP={result['ap']:.4f} "
+            f"threshold={result['threshold']:.3f} [{result['source']}, {result['method']}]\n"
+            f"early macro F1: {early}"
+        )
     return 0
 
 
@@ -294,13 +344,31 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--token", help="bearer token")
     li.set_defaults(func=cmd_listen)
 
-    t = sub.add_parser("train", help="reproduce the shipped model weights")
+    t = sub.add_parser("train", help="reproduce the shipped model weights (text + TCN)")
     t.add_argument("--profile", default="lite", choices=["lite"])
     t.add_argument("--split-dir", required=True, help="folder with BAH train.txt and val.txt")
     t.add_argument("--out-dir", help="where to write weights (default: the package's weights)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--json", action="store_true", help="no progress bar; JSON metrics only")
     t.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser(
+        "evaluate", help="replay BAH transcripts through the streaming model and score it"
+    )
+    ev.add_argument(
+        "--split-file",
+        required=True,
+        metavar="FILE",
+        help="BAH split file: video_id,label,transcript",
+    )
+    ev.add_argument(
+        "--context-from-question",
+        action="store_true",
+        help="give each answer the prompt of the question number in its video id as context",
+    )
+    ev.add_argument("--weights-dir", help="text and TCN weights (default: the shipped ones)")
+    ev.add_argument("--json", action="store_true", help="no progress bar; one JSON object")
+    ev.set_defaults(func=cmd_evaluate)
 
     sc = sub.add_parser("score", help="score a challenge submission with the official metrics")
     sc.add_argument(

@@ -126,7 +126,8 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 async def healthz(request: web.Request) -> web.StreamResponse:
     server: Server = request.app["server"]
-    body = {"status": "ok", "profile": server.models.profile, "sessions": len(server.live)}
+    active = sum(not live.session.done for live in server.live.values())
+    body = {"status": "ok", "profile": server.models.profile, "sessions": active}
     return web.Response(text=json.dumps(body), content_type="application/json")
 
 

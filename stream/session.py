@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from models.profile import Models
-from stream.aggregate import VideoAggregator
+from stream.aggregate import SegmentTracker, VideoAggregator
 from stream.analysis import Analyzer, join_words
 from stream.asr import ASRUpdate, IncrementalASR
 from stream.buffers import AudioRing, LatestFrameSlot, VideoFrame
@@ -29,6 +29,7 @@ from stream.events import (
     Error,
     Event,
     Frame,
+    Segment,
     SessionEnded,
     SessionStarted,
     Status,
@@ -78,7 +79,10 @@ class Session:
         self.asr = IncrementalASR(models.whisper, self.ring, self.vad)
         self.slot = LatestFrameSlot(interval_s=1.0 / analysis_hz)
         self.analyzer = Analyzer(models, self.context, self.ring, self.vad)
-        self.aggregator = VideoAggregator(self.analyzer.threshold, "last", analysis_hz)
+        self.aggregator = VideoAggregator(
+            self.analyzer.threshold, self.analyzer.method, analysis_hz
+        )
+        self.segments = SegmentTracker.around(self.analyzer.threshold, hz=analysis_hz)
         self._video_every = video_every_s
         self._status_every = status_every_s
         self._tracks: dict[str, bool] = {}  # kind -> ended
@@ -246,29 +250,23 @@ class Session:
         self._new_committed.extend(update.committed)
         self._utterance_final |= update.final
         if update.committed:
-            self._publish(
-                Transcript(
-                    self.id,
-                    t0=update.committed[0].t0,
-                    t1=update.committed[-1].t1,
-                    text=join_words(update.committed),
-                    words=_words_json(update.committed),
-                    final=True,
-                )
-            )
+            self._publish_transcript(update.committed, final=True)
         if update.tentative != self._tentative or update.committed:
             self._tentative = list(update.tentative)
             if self._tentative:
-                self._publish(
-                    Transcript(
-                        self.id,
-                        t0=self._tentative[0].t0,
-                        t1=self._tentative[-1].t1,
-                        text=join_words(self._tentative),
-                        words=_words_json(self._tentative),
-                        final=False,
-                    )
-                )
+                self._publish_transcript(self._tentative, final=False)
+
+    def _publish_transcript(self, words: list[Any], final: bool) -> None:
+        self._publish(
+            Transcript(
+                self.id,
+                t0=words[0].t0,
+                t1=words[-1].t1,
+                text=join_words(words),
+                words=_words_json(words),
+                final=final,
+            )
+        )
 
     async def _tick(self, t: float) -> None:
         committed, self._new_committed = self._new_committed, []
@@ -305,6 +303,7 @@ class Session:
             )
         )
         self.aggregator.add(p)
+        self._publish_segment(self.segments.update(t, p, evidence == "text"))
         n = self.aggregator.frames
         per_video = max(1, int(round(self._video_every * self.analysis_hz)))
         if n % per_video == 0:
@@ -321,6 +320,10 @@ class Session:
                     rtf=self._asr_compute / t if t > 0 else None,
                 )
             )
+
+    def _publish_segment(self, span: Any) -> None:
+        if span is not None:
+            self._publish(Segment(self.id, t0=span.t0, t1=span.t1, peak=span.peak))
 
     def _publish_cues(self, hits: list[Any]) -> None:
         for hit in hits:
@@ -341,6 +344,7 @@ class Session:
 
     def _finalize(self) -> None:
         end = self.media_end
+        self._publish_segment(self.segments.flush())
         if self.aggregator.frames:
             video = self._video_event(end, final=True)
             self._publish(video)

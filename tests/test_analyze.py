@@ -28,11 +28,13 @@ def _committed(events):
     return [w["w"] for e in events if e["type"] == "transcript" and e["final"] for w in e["words"]]
 
 
-def test_analyze_matches_the_live_run(tmp_path, talking_face_mp4, speech, live_call_events):
+def test_analyze_matches_the_live_run(
+    tmp_path, talking_face_mp4, video_only_mp4, speech, live_call_events
+):
     out_dir = tmp_path / "out"
     run = _analyze(
         talking_face_mp4,
-        talking_face_mp4.with_name("video_only.mp4"),
+        video_only_mp4,
         "--out-dir",
         out_dir,
         "--json",

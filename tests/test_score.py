@@ -27,14 +27,27 @@ def _official_ap(y, p):
 
 
 def _write_split(path, ids, labels):
-    path.write_text("".join(f"{v},{lab},some words, with commas\n" for v, lab in zip(ids, labels)))
+    path.write_text(
+        "".join(f"{v},{lab},some words, with commas\n" for v, lab in zip(ids, labels, strict=True))
+    )
 
 
 def _score(pred_path, split_path):
     return subprocess.run(
-        [sys.executable, "-m", "stream.cli", "score", "--predictions", str(pred_path),
-         "--split-file", str(split_path), "--json"],
-        cwd=ROOT, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "score",
+            "--predictions",
+            str(pred_path),
+            "--split-file",
+            str(split_path),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -42,14 +55,16 @@ def _score(pred_path, split_path):
 def test_score_matches_independent_metrics(tmp_path, seed):
     rng = np.random.default_rng(seed)
     n = 150
-    ids = [f"Videos/{i:03d}/Visite_1/{i:03d}_Question_{i % 7 + 1}_2023-01-01 10_00_Video.mp4"
-           for i in range(n)]
+    ids = [
+        f"Videos/{i:03d}/Visite_1/{i:03d}_Question_{i % 7 + 1}_2023-01-01 10_00_Video.mp4"
+        for i in range(n)
+    ]
     y = rng.integers(0, 2, n)
     p1 = np.round(rng.random(n), 6)
     pred = (rng.random(n) < 0.5).astype(int)
     _write_split(tmp_path / "split.txt", ids, y)
     (tmp_path / "sub.csv").write_text(
-        "".join(f"{v},{1 - q:.6f},{q:.6f},{k}\n" for v, q, k in zip(ids, p1, pred))
+        "".join(f"{v},{1 - q:.6f},{q:.6f},{k}\n" for v, q, k in zip(ids, p1, pred, strict=True))
     )
     run = _score(tmp_path / "sub.csv", tmp_path / "split.txt")
     assert run.returncode == 0, run.stderr
