@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import signal
 import subprocess
@@ -14,7 +15,8 @@ import urllib.request
 import aiohttp
 import pytest
 
-from clients.send import send_file, ws_url
+from clients.listen import listen
+from clients.send import send_file
 from models.wer import wer
 from tests.conftest import ROOT
 
@@ -133,15 +135,15 @@ async def test_vanishing_publisher_ends_session_with_final_events(
                     if e["type"] == "frame" and e["t"] > 3.0:
                         session_id = e["session"]
         assert session_id, "the sender never got going"
-        async with aiohttp.ClientSession() as http:
-            async with http.ws_connect(ws_url(server.url, f"/sessions/{session_id}/events")) as ws:
-                sender.send_signal(signal.SIGKILL)  # no DELETE, no goodbye
-                killed = time.monotonic()
-                got = []
-                async for msg in ws:
-                    got.append(json.loads(msg.data))
-                    if got[-1]["type"] == "session.ended":
-                        break
+        out = io.StringIO()  # `ahstream listen` is the subscriber here
+        listener = asyncio.create_task(
+            listen(f"{server.url}/sessions/{session_id}/events", out=out)
+        )
+        await asyncio.sleep(0.5)
+        sender.send_signal(signal.SIGKILL)  # no DELETE, no goodbye
+        killed = time.monotonic()
+        await asyncio.wait_for(listener, timeout=30)
+        got = [json.loads(line) for line in out.getvalue().splitlines()]
         assert got[-1]["type"] == "session.ended"
         assert time.monotonic() - killed < 10.0
         assert [v for v in _of(got, "video") if v["final"]]
