@@ -240,12 +240,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         early = ", ".join(f"{k} %: {v['macro_f1']:.4f}" for k, v in result["early"].items())
         print(
-            f"n={result['n']} macro F1={result['macro_f1']:.4f} "
-            f"(A/H {result['f1_pos']:.4f}, no A/H {result['f1_neg']:.4f}) AP={result['ap']:.4f} "
-            f"threshold={result['threshold']:.3f} [{result['source']}, {result['method']}]\n"
-            f"early macro F1: {early}"
+            f"{_metrics_line(result)} threshold={result['threshold']:.3f} "
+            f"[{result['source']}, {result['method']}]\nearly macro F1: {early}"
         )
     return 0
+
+
+def _metrics_line(result: dict[str, Any]) -> str:
+    """One human-readable line of the official metrics."""
+    return (
+        f"n={result['n']} macro F1={result['macro_f1']:.4f} "
+        f"(A/H {result['f1_pos']:.4f}, no A/H {result['f1_neg']:.4f}) AP={result['ap']:.4f}"
+    )
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -264,10 +270,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(
-            f"n={result['n']} macro F1={result['macro_f1']:.4f} "
-            f"(A/H {result['f1_pos']:.4f}, no A/H {result['f1_neg']:.4f}) AP={result['ap']:.4f}"
-        )
+        print(_metrics_line(result))
     return 0
 
 

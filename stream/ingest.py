@@ -56,7 +56,7 @@ class AudioIngest:
         frame.pts = None  # the resampler must not re-time frames; we place them ourselves
         out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
         samples = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-        self.session.push_audio(samples.astype(np.float32, copy=False), jump, end_t=self._next_t)
+        self.session.push_audio(samples.astype(np.float32, copy=False), jump)
 
 
 class VideoIngest:

@@ -118,7 +118,7 @@ class Session:
         if self._tracks and all(self._tracks.values()):
             self._input_closed = True
 
-    def push_audio(self, samples: np.ndarray, t: float | None, end_t: float | None = None) -> None:
+    def push_audio(self, samples: np.ndarray, t: float | None) -> None:
         """Append 16 kHz mono float32 samples starting at media time ``t`` (None: contiguous)."""
         i0 = self.ring.end_index
         written = self.ring.write(samples, t)
