@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from models.cross_cues import ValenceInconsistencyDetector
 from models.cues import CueHit
 from models.face import FaceAnalyzer, FaceFeatures
 from models.face_cues import FaceCueDetector
@@ -109,6 +110,7 @@ class Analyzer:
         self._expression = getattr(models, "expression", None)
         self.face: FaceAnalyzer | None = None  # created on the first video frame
         self.face_cues = FaceCueDetector()
+        self.cross_cues = ValenceInconsistencyDetector()
 
     def tick(
         self,
@@ -144,6 +146,8 @@ class Analyzer:
             cues.extend(self.face_cues.update(frame.t, face))
             if face is not None:
                 self._face = face
+        if frame is not None or committed:
+            cues.extend(self.cross_cues.update(t, committed, face))
         recent_face = self._face
         if recent_face is not None and t - recent_face.t > FACE_MAX_AGE_S:
             recent_face = None
@@ -165,7 +169,7 @@ class Analyzer:
 
     def flush(self) -> list[CueHit]:
         """Cues still pending at the end of the session; releases the face graph."""
-        hits = self.word_cues.flush() + self.face_cues.flush()
+        hits = self.word_cues.flush() + self.face_cues.flush() + self.cross_cues.flush()
         if self.face is not None:
             self.face.close()
             self.face = None
