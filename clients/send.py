@@ -4,6 +4,9 @@ This is `ahstream send`: aiortc's MediaPlayer decodes the file and paces its
 frames in real time; the sender POSTs the offer to ``<url>/whip``, subscribes
 to ``<url>/sessions/<id>/events``, writes every event, sends
 ``DELETE /whip/<id>`` when the file is done and returns after `session.ended`.
+With ``token`` (a service token) the offer carries ``Authorization: Bearer``;
+the websocket and the DELETE then use the session's read token from the
+``X-Ahstream-Read-Token`` response header (or the service token without one).
 """
 
 from __future__ import annotations
@@ -65,10 +68,12 @@ async def send_file(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     end_timeout_s: float = 60.0,
     duration_s: float | None = None,
+    on_session: Callable[[str, str | None], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Publish ``path`` to the server at ``url``; returns every event received.
 
-    ``duration_s`` stops publishing early (the session is then ended with DELETE).
+    ``duration_s`` stops publishing early (the session is then ended with DELETE);
+    ``on_session`` is called with the session id and its read token once created.
     """
     path = Path(path)
     if not path.is_file():
@@ -115,7 +120,11 @@ async def send_file(
                 raise SendError(f"server refused the offer: HTTP {resp.status}: {answer.strip()}")
             location = resp.headers.get("Location", "")
             session_id = resp.headers.get("X-Ahstream-Session") or location.rsplit("/", 1)[-1]
-            auth = {"Authorization": headers["Authorization"]} if token else {}
+            read_token = resp.headers.get("X-Ahstream-Read-Token")
+            if on_session is not None:
+                on_session(session_id, read_token)
+            sub_token = read_token or token
+            auth = {"Authorization": f"Bearer {sub_token}"} if sub_token else {}
             ws = await http.ws_connect(ws_url(url, f"/sessions/{session_id}/events"), headers=auth)
             reader = asyncio.create_task(_read_events(ws, out, events, on_event))
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))

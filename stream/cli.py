@@ -22,17 +22,43 @@ def _models(profile: str) -> Any:
     return load_models(profile)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from stream.auth import ENV_TOKENS, TokenFileError, load_tokens
     from stream.server import ServerConfig, run_server
 
+    try:
+        tokens = load_tokens(args.token_file)
+    except TokenFileError as exc:
+        print(f"ahstream serve: {exc}", file=sys.stderr)
+        return 2
+    if not tokens and args.host not in LOOPBACK_HOSTS:
+        print(
+            f"ahstream serve: refusing to bind {args.host} without authentication; "
+            f"configure service tokens with --token-file FILE or {ENV_TOKENS}, "
+            "or bind 127.0.0.1",
+            file=sys.stderr,
+        )
+        return 2
     config = ServerConfig(
         host=args.host,
         port=args.port,
         profile=args.profile,
         analysis_hz=args.analysis_hz,
         idle_timeout_s=args.idle_timeout,
+        tokens=tuple(tokens),
     )
     models = _models(args.profile)
+    if tokens:
+        print(f"ahstream: bearer-token auth on ({len(tokens)} service tokens)", file=sys.stderr)
+    else:
+        print(
+            "ahstream: no tokens configured: running WITHOUT authentication, "
+            "on localhost only (use --token-file to serve other hosts)",
+            file=sys.stderr,
+        )
     print(
         f"ahstream: serving http://{args.host}:{args.port}/ (profile {args.profile})",
         file=sys.stderr,
@@ -315,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=3.0,
         help="end a session after this many seconds without media (default 3)",
     )
+    s.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="service bearer tokens, one per line (also env AHSTREAM_TOKENS, comma-separated); "
+        "without tokens the service only binds localhost",
+    )
     s.set_defaults(func=cmd_serve)
 
     a = sub.add_parser("analyze", help="run the session on media files (offline)")
@@ -344,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     li = sub.add_parser("listen", help="print a session's events as JSON lines")
     li.add_argument("url", help="http(s):// or ws(s)://HOST:PORT/sessions/<id>/events")
-    li.add_argument("--token", help="bearer token")
+    li.add_argument("--token", help="bearer token: the session's read token or a service token")
     li.set_defaults(func=cmd_listen)
 
     t = sub.add_parser("train", help="reproduce the shipped model weights (text + TCN)")

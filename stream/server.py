@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from importlib import resources
 
 from aiohttp import WSMsgType, web
+from aiohttp.abc import AbstractAccessLogger
 
 from models.profile import Models
+from stream.auth import Auth
 from stream.publisher import Publisher
 from stream.session import Session
 from stream.whip import LiveSession, whip_delete, whip_post
@@ -33,6 +35,7 @@ class ServerConfig:
     linger_s: float = 120.0
     subscriber_queue: int = 256
     workers: int = 4
+    tokens: tuple[str, ...] = ()
 
 
 class Server:
@@ -44,6 +47,7 @@ class Server:
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="infer")
         self.live: dict[str, LiveSession] = {}
         self.publishers: dict[str, Publisher] = {}
+        self.auth = Auth(config.tokens)
         self._reapers: set[asyncio.Task[None]] = set()
 
     def new_session(self, session_id: str, context: str | None = None) -> Session:
@@ -67,8 +71,10 @@ class Server:
         task.add_done_callback(self._reapers.discard)
 
     def discard(self, session_id: str) -> None:
+        """Forget a session that never started."""
         self.live.pop(session_id, None)
         self.publishers.pop(session_id, None)
+        self.auth.forget(session_id)
 
     async def _reap(self, live: LiveSession) -> None:
         sid = live.session.id
@@ -78,6 +84,7 @@ class Server:
         self.live.pop(sid, None)
         await asyncio.sleep(self.config.linger_s)
         self.publishers.pop(sid, None)
+        self.auth.forget(sid)
 
     async def shutdown(self) -> None:
         """Finalize every live session (final events flushed) and stop the executor."""
@@ -93,9 +100,11 @@ class Server:
 async def events_ws(request: web.Request) -> web.StreamResponse:
     """Websocket stream of one session's events (critical ones replayed on join)."""
     server: Server = request.app["server"]
-    publisher = server.publishers.get(request.match_info["session"])
+    session_id = request.match_info["session"]
+    publisher = server.publishers.get(session_id)
     if publisher is None:
         raise web.HTTPNotFound(text="unknown session\n")
+    server.auth.require_read(request, session_id, query=True)
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
     await ws.prepare(request)
     sub = publisher.subscribe()
@@ -131,6 +140,14 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     return web.Response(text=json.dumps(body), content_type="application/json")
 
 
+class AccessLogger(AbstractAccessLogger):
+    """Access log lines without query strings (they may carry tokens or context)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Log method, path, status and duration of one request."""
+        self.logger.info("%s %s %d %.3fs", request.method, request.path, response.status, time)
+
+
 def make_app(server: Server) -> web.Application:
     """The aiohttp application for ``server``."""
     app = web.Application(client_max_size=256 * 1024)
@@ -154,4 +171,10 @@ def run_server(models: Models, config: ServerConfig) -> None:
     log.info(
         "ahstream serving on http://%s:%d (profile %s)", config.host, config.port, config.profile
     )
-    web.run_app(make_app(server), host=config.host, port=config.port, print=None)
+    web.run_app(
+        make_app(server),
+        host=config.host,
+        port=config.port,
+        print=None,
+        access_log_class=AccessLogger,
+    )

@@ -1,7 +1,8 @@
 """WHIP ingest (RFC 9725): one aiortc RTCPeerConnection per session.
 
 `POST /whip` takes an SDP offer and answers 201 with the SDP answer and
-``Location: /whip/<id>``; `DELETE /whip/<id>` ends the session. A session also
+``Location: /whip/<id>`` and the session's read token (``X-Ahstream-Read-Token``);
+`DELETE /whip/<id>` ends the session. A session also
 ends when the peer connection fails or closes, or when no media has arrived
 for ``idle_timeout_s`` (a publisher that vanished), always with its final
 events.
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from stream.auth import READ_TOKEN_HEADER
 from stream.ingest import drain_track
 from stream.session import Session
 
@@ -82,8 +84,9 @@ class LiveSession:
 
 
 async def whip_post(request: web.Request) -> web.StreamResponse:
-    """Create a session from an SDP offer."""
+    """Create a session from an SDP offer (a service token is required when auth is on)."""
     server: Server = request.app["server"]
+    server.auth.require_service(request)
     if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
         raise web.HTTPRequestEntityTooLarge(
             max_size=MAX_SDP_BYTES, actual_size=request.content_length
@@ -130,6 +133,7 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
         log.info("rejected WHIP offer: %s", exc)
         raise web.HTTPBadRequest(text=f"unusable SDP offer: {exc}\n") from None
 
+    read_token = server.auth.issue(session_id)
     server.register(live)
     session.start()
     asyncio.get_running_loop().create_task(live.watchdog())
@@ -140,16 +144,19 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
         headers={
             "Location": f"/whip/{session_id}",
             SESSION_HEADER: session_id,
+            READ_TOKEN_HEADER: read_token,
             "Link": f'</sessions/{session_id}/events>; rel="urn:ahstream:events"',
         },
     )
 
 
 async def whip_delete(request: web.Request) -> web.StreamResponse:
-    """End a session; its final events still reach subscribers."""
+    """End a session (service or its read token); its final events still reach subscribers."""
     server: Server = request.app["server"]
-    live = server.live.get(request.match_info["session"])
+    session_id = request.match_info["session"]
+    live = server.live.get(session_id)
     if live is None:
         raise web.HTTPNotFound(text="unknown session\n")
+    server.auth.require_read(request, session_id)
     await live.close("deleted")
     return web.Response(status=200)
