@@ -1,0 +1,112 @@
+"""Spoken-answer benchmark: BAH answers rendered with espeak-ng, run through `analyze`'s
+session code (live ASR, streaming model, aggregation), against the TF-IDF(1-2)+LR reference
+method given offline (whole-file) Whisper tiny.en transcripts of the same audio.
+
+    python -m benchmarks.spoken --train-file train.txt --split-file val.txt \
+        --out benchmarks/results/spoken_val.json
+
+The reference method is fit on the train transcripts and thresholded on the clean
+transcripts of the split (as the dataset README's 0.699 point is). The speech is rendered
+to a temporary WAV per answer, which is deleted right after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.bah import read_split
+from models.metrics import best_threshold, evaluate_scores
+
+
+def _tfidf_reference(train_file: Path, split_items: list[Any]) -> tuple[Any, float]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    train = read_split(train_file)
+    pipe = make_pipeline(TfidfVectorizer(ngram_range=(1, 2)), LogisticRegression(max_iter=1000))
+    pipe.fit([it.transcript for it in train], [it.label for it in train])
+    p = pipe.predict_proba([it.transcript for it in split_items])[:, 1]
+    threshold, _ = best_threshold([it.label for it in split_items], p)
+    return pipe, threshold
+
+
+def _speak(text: str, wav: Path, rate_wpm: int) -> None:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise SystemExit("espeak-ng is not installed (Debian package espeak-ng)")
+    subprocess.run(
+        [exe, "-s", str(rate_wpm), "-v", "en-us", "-w", str(wav), text],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from models.profile import load_models
+    from stream.publisher import Publisher
+    from stream.replay import replay_file
+    from stream.session import Session
+
+    items = read_split(args.split_file)[: args.limit or None]
+    models = load_models(face=False)
+    pipe, ref_threshold = _tfidf_reference(Path(args.train_file), items)
+    y, p_live, p_ref, audio_s = [], [], [], 0.0
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "answer.wav"
+        for i, item in enumerate(items):
+            _speak(item.transcript, wav, args.rate)
+            session = Session(f"spoken{i}", models, Publisher(f"spoken{i}"))
+            session.start()
+            await replay_file(wav, session)
+            audio_s += session.media_end
+            p_live.append(session.decision["p"] if session.decision else np.nan)
+            segs, _ = models.whisper.transcribe(str(wav), language="en", beam_size=5)
+            offline = " ".join(s.text.strip() for s in segs)
+            p_ref.append(float(pipe.predict_proba([offline])[0, 1]))
+            y.append(item.label)
+            print(f"\r{i + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
+            wav.unlink()
+    print(file=sys.stderr)
+    threshold = models.tcn.decision().get("threshold", models.text.threshold)
+    return {
+        "n": len(y),
+        "audio_s": round(audio_s, 1),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "speech": f"espeak-ng en-us {args.rate} wpm",
+        "ahstream_analyze": evaluate_scores(y, p_live, threshold),
+        "tfidf_lr_on_offline_whisper": evaluate_scores(y, p_ref, ref_threshold),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print one JSON object."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--train-file", required=True, help="BAH train.txt (fits the reference)")
+    ap.add_argument("--split-file", required=True, help="BAH split to speak (e.g. val.txt)")
+    ap.add_argument("--rate", type=int, default=160, help="espeak-ng words per minute")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N answers")
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args(argv)
+    result = asyncio.run(_run(args))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
