@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 
 from models.fusion import LAYOUT, MODALITIES, TEXT_FEATURES, FusionLayout
+from models.weight_files import WEIGHTS_DIR, read_weight_pair
 
 __all__ = ["TCN_STEM", "WEIGHTS_DIR", "TCNConfig", "CausalConv", "FusionTCN", "load"]
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TCN_STEM = "tcn_lite"
 FORMAT_VERSION = 1
 _Z_P = TEXT_FEATURES.index("z_p")
@@ -320,17 +320,7 @@ class FusionTCN:
     @classmethod
     def load(cls, path: str | Path | None = None) -> FusionTCN:
         """Load from a weights dir or a ``.json``/``.npz`` path (default: shipped weights)."""
-        if path is None:
-            base = WEIGHTS_DIR / TCN_STEM
-        else:
-            p = Path(path)
-            base = p / TCN_STEM if p.is_dir() else p.with_suffix("")
-        js, npz = base.with_name(base.name + ".json"), base.with_name(base.name + ".npz")
-        if not js.is_file() or not npz.is_file():
-            raise FileNotFoundError(f"TCN weights not found: {js} / {npz}")
-        meta = json.loads(js.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{js}: unsupported format {meta.get('format')!r}")
+        meta, js, npz = read_weight_pair(path, TCN_STEM, "TCN", FORMAT_VERSION)
         if meta["layout"] != LAYOUT.as_dict() or meta["text_features"] != list(TEXT_FEATURES):
             raise ValueError(f"{js}: fusion layout differs from this code's models.fusion")
         with np.load(npz, allow_pickle=False) as z:

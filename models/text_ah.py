@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from models.bah import QUESTION_PROMPTS
+from models.weight_files import WEIGHTS_DIR, read_weight_pair
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -64,7 +65,6 @@ __all__ = [
     "load",
 ]
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_STEM = "text_ah_lite"
 FORMAT_VERSION = 1
 
@@ -517,23 +517,7 @@ class TextAHModel:
     @classmethod
     def load(cls, path: str | Path | None = None) -> TextAHModel:
         """Load from a weights dir, a ``.json``/``.npz`` path or stem (default: shipped weights)."""
-        if path is None:
-            base = WEIGHTS_DIR / DEFAULT_STEM
-        else:
-            p = Path(path)
-            if p.is_dir():
-                base = p / DEFAULT_STEM
-            elif p.suffix in (".json", ".npz"):
-                base = p.with_suffix("")
-            else:
-                base = p
-        json_path = base.with_name(base.name + ".json")
-        npz_path = base.with_name(base.name + ".npz")
-        if not json_path.is_file() or not npz_path.is_file():
-            raise FileNotFoundError(f"text A/H weights not found: {json_path} / {npz_path}")
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{json_path}: unsupported format {meta.get('format')!r}")
+        meta, json_path, npz_path = read_weight_pair(path, DEFAULT_STEM, "text A/H", FORMAT_VERSION)
         with np.load(npz_path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         f = meta["features"]
