@@ -1,0 +1,61 @@
+"""Faults: SIGTERM finalizes every live session and flushes its events before exit."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from clients.listen import listen
+from tests.conftest import ROOT, ServeProcess
+
+
+async def test_sigterm_finalizes_live_sessions(talking_face_mp4, tmp_path):
+    srv = ServeProcess()
+    events_file = tmp_path / "events.jsonl"
+    sender = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "send",
+            str(talking_face_mp4),
+            "--url",
+            srv.url,
+            "--events",
+            str(events_file),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        session_id = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and session_id is None:
+            await asyncio.sleep(0.2)
+            if events_file.exists():
+                for line in events_file.read_text().splitlines():
+                    e = json.loads(line)
+                    if e["type"] == "frame" and e["t"] > 3.0:
+                        session_id = e["session"]
+        assert session_id, "the sender never got going"
+        out = io.StringIO()
+        listener = asyncio.create_task(listen(f"{srv.url}/sessions/{session_id}/events", out=out))
+        await asyncio.sleep(0.5)
+        srv.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(listener, timeout=30)
+        got = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert got[-1]["type"] == "session.ended"
+        assert got[-1]["reason"] == "server shutdown"
+        assert [v for v in got if v["type"] == "video" and v["final"]]
+        assert srv.proc.wait(timeout=30) is not None
+    finally:
+        sender.kill()
+        sender.wait()
+        srv.stop()
