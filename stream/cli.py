@@ -48,6 +48,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         profile=args.profile,
         analysis_hz=args.analysis_hz,
         idle_timeout_s=args.idle_timeout,
+        max_sessions=args.max_sessions,
+        max_duration_s=args.max_duration,
         tokens=tuple(tokens),
     )
     models = _models(args.profile)
@@ -340,6 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=3.0,
         help="end a session after this many seconds without media (default 3)",
+    )
+    s.add_argument(
+        "--max-sessions",
+        type=int,
+        default=8,
+        help="concurrent sessions; more get 503 with Retry-After (default 8)",
+    )
+    s.add_argument(
+        "--max-duration",
+        type=float,
+        default=3600.0,
+        help="end a session after this many seconds of media (default 3600)",
     )
     s.add_argument(
         "--token-file",

@@ -32,6 +32,8 @@ class ServerConfig:
     profile: str = "lite"
     analysis_hz: float = 10.0
     idle_timeout_s: float = 3.0
+    max_sessions: int = 8
+    max_duration_s: float = 3600.0
     linger_s: float = 120.0
     subscriber_queue: int = 256
     workers: int = 4
@@ -69,6 +71,11 @@ class Server:
         task = asyncio.get_running_loop().create_task(self._reap(live))
         self._reapers.add(task)
         task.add_done_callback(self._reapers.discard)
+
+    @property
+    def active_sessions(self) -> int:
+        """Sessions that have not ended yet."""
+        return sum(not live.session.done for live in self.live.values())
 
     def discard(self, session_id: str) -> None:
         """Forget a session that never started."""
@@ -135,8 +142,12 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 async def healthz(request: web.Request) -> web.StreamResponse:
     server: Server = request.app["server"]
-    active = sum(not live.session.done for live in server.live.values())
-    body = {"status": "ok", "profile": server.models.profile, "sessions": active}
+    body = {
+        "status": "ok",
+        "profile": server.models.profile,
+        "sessions": server.active_sessions,
+        "max_sessions": server.config.max_sessions,
+    }
     return web.Response(text=json.dumps(body), content_type="application/json")
 
 

@@ -38,10 +38,17 @@ SESSION_HEADER = "X-Ahstream-Session"
 class LiveSession:
     """A session fed by a WebRTC peer connection."""
 
-    def __init__(self, session: Session, pc: RTCPeerConnection, idle_timeout_s: float) -> None:
+    def __init__(
+        self,
+        session: Session,
+        pc: RTCPeerConnection,
+        idle_timeout_s: float,
+        max_duration_s: float = float("inf"),
+    ) -> None:
         self.session = session
         self.pc = pc
         self.idle_timeout_s = idle_timeout_s
+        self.max_duration_s = max_duration_s
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: asyncio.Task[None] | None = None
         self.created = time.monotonic()
@@ -72,9 +79,12 @@ class LiveSession:
         await self.session.finish(reason)
 
     async def watchdog(self) -> None:
-        """End the session when media stops arriving."""
+        """End the session when media stops arriving or it reaches its maximum duration."""
         while not self.session.done and self._closing is None:
             await asyncio.sleep(0.5)
+            if self.session.media_end >= self.max_duration_s:
+                self.close("max duration")
+                return
             last = self.session.clock.last_arrival_wall
             since = time.monotonic() - (last if last is not None else self.created)
             limit = self.idle_timeout_s if last is not None else max(self.idle_timeout_s, 15.0)
@@ -87,6 +97,11 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
     """Create a session from an SDP offer (a service token is required when auth is on)."""
     server: Server = request.app["server"]
     server.auth.require_service(request)
+    if server.active_sessions >= server.config.max_sessions:
+        raise web.HTTPServiceUnavailable(
+            text="the server is at its session limit; retry later\n",
+            headers={"Retry-After": "10"},
+        )
     if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
         raise web.HTTPRequestEntityTooLarge(
             max_size=MAX_SDP_BYTES, actual_size=request.content_length
@@ -108,7 +123,7 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
     context = request.query.get("context") or request.headers.get(CONTEXT_HEADER)
     pc = RTCPeerConnection()
     session = server.new_session(session_id, context=context)
-    live = LiveSession(session, pc, server.config.idle_timeout_s)
+    live = LiveSession(session, pc, server.config.idle_timeout_s, server.config.max_duration_s)
 
     @pc.on("track")
     def on_track(track: Any) -> None:

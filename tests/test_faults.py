@@ -59,3 +59,35 @@ async def test_sigterm_finalizes_live_sessions(talking_face_mp4, tmp_path):
         sender.kill()
         sender.wait()
         srv.stop()
+
+
+async def test_session_limit_and_max_duration(talking_face_mp4):
+    import urllib.error
+    import urllib.request
+
+    from clients.send import send_file
+
+    srv = ServeProcess("--max-sessions", "1", "--max-duration", "4")
+    try:
+        first = asyncio.create_task(send_file(talking_face_mp4, srv.url))
+        deadline = time.monotonic() + 30
+        while srv.health()["sessions"] < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        req = urllib.request.Request(
+            srv.url + "/whip",
+            data=b"v=0\r\n",
+            method="POST",
+            headers={"Content-Type": "application/sdp"},
+        )
+        try:
+            urllib.request.urlopen(req, timeout=10)
+            raise AssertionError("a second session was accepted above --max-sessions 1")
+        except urllib.error.HTTPError as err:
+            assert err.code == 503 and int(err.headers["Retry-After"]) > 0
+        events = await asyncio.wait_for(first, timeout=60)
+        assert events[-1]["type"] == "session.ended"
+        assert events[-1]["reason"] == "max duration"
+        assert 4.0 <= events[-1]["duration"] < 6.0
+        assert [v for v in events if v["type"] == "video" and v["final"]]
+    finally:
+        srv.stop()
