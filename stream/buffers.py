@@ -8,6 +8,7 @@ few intervals (drop policy: older frames are replaced, counted).
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -140,7 +141,9 @@ class LatestFrameSlot:
     def put(self, frame: VideoFrame) -> None:
         """Offer a frame; it replaces an older frame of the same interval."""
         self.received += 1
-        key = int(frame.t / self.interval_s + 1e-6)
+        # Interval k holds frames in ((k-1)*interval, k*interval]: exactly what the tick
+        # at k*interval may analyse, so a later frame never evicts the one a tick needs.
+        key = math.ceil(frame.t / self.interval_s - 1e-6)
         if self._slots and self._slots[-1][0] >= key:
             if frame.t < self._slots[-1][1].t:  # out of order: older than what we hold
                 self.dropped += 1
@@ -162,6 +165,11 @@ class LatestFrameSlot:
         if found is not None:
             self.taken += 1
         return found
+
+    def count_dropped(self) -> None:
+        """Count a frame refused before the slot (e.g. above the ingest fps limit)."""
+        self.received += 1
+        self.dropped += 1
 
     def __len__(self) -> int:
         return len(self._slots)

@@ -10,6 +10,7 @@ step. Files use their container timestamps.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import deque
 from fractions import Fraction
@@ -44,10 +45,8 @@ class SessionClock:
 
     def arrival_of(self, t: float) -> float | None:
         """Wall time at which media time ``t`` had first arrived (None if unknown)."""
-        for mt, wall in self._arrivals:
-            if mt >= t - 1e-9:
-                return wall
-        return None
+        i = bisect.bisect_left(self._arrivals, t - 1e-9, key=lambda a: a[0])
+        return self._arrivals[i][1] if i < len(self._arrivals) else None
 
     def lag(self, t: float) -> float | None:
         """Seconds since media time ``t`` arrived."""

@@ -94,7 +94,9 @@ class Frame(Event):
     evidence: str = "text"  # "text": the model saw words; "prior": too few words yet
     modalities: dict[str, bool] = field(default_factory=dict)
     words: int = 0
-    lags: dict[str, float] = field(default_factory=dict)
+    video_t: float | None = None  # media time of the video frame analysed by this tick
+    asr_t: float | None = None  # media time of the newest ASR step whose words p includes
+    lags: dict[str, float] = field(default_factory=dict)  # seconds per stage, see README
 
     @property
     def critical(self) -> bool:
@@ -146,6 +148,7 @@ class Status(Event):
     dropped_video_frames: int = 0
     received_video_frames: int = 0
     rtf: float | None = None
+    asr_skipped: int = 0  # ASR hops a live session skipped to keep up (0: none)
     message: str | None = None
 
     @property

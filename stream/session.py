@@ -1,11 +1,25 @@
 """One analysis session: buffers, incremental ASR, analysis ticks and events, on media time.
 
 The same `Session` serves a live WebRTC call and a file (`ahstream analyze`):
-inputs are placed on the media timeline, and a single worker runs the ASR
-steps and analysis ticks at fixed media times (ASR every ``asr.hop_s``,
-ticks every ``1 / analysis_hz``), in order, with all inference in an
-executor. Because the schedule depends on media time only, a live run and an
-offline run of the same media give the same transcript and decisions.
+inputs are placed on the media timeline and two workers run on a fixed
+media-time schedule, all inference in an executor:
+
+- the **ASR worker** steps the incremental ASR every ``asr.hop_s`` once the
+  audio has reached that time, and publishes transcript events at once;
+- the **tick worker** runs an analysis tick every ``1 / analysis_hz`` once the
+  video has reached the tick (the newest frame at or before it, see
+  `video_ready`) and the audio has reached ``t - audio_delay_s``. A tick uses the
+  words of the ASR steps at or before ``t - text_delay_s`` and the voice up to
+  ``t - audio_delay_s``.
+
+So a frame event never waits for a Whisper decode: its latency is the face
+and text models on one frame. A file session (``live=False``) makes a tick
+wait for the ASR step it needs, so `analyze` is exact: a live run whose ASR
+keeps up with ``text_delay_s`` gives the same transcript and decisions as
+the offline run of the same media. A live session never waits for the ASR: a
+tick uses the ASR steps finished by then, and an ASR worker that has fallen
+more than a hop behind skips to the newest audio (counted in
+``status.asr_skipped``) rather than lag without bound.
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import Executor
 from typing import Any
 
@@ -44,6 +59,10 @@ __all__ = ["Session"]
 log = logging.getLogger(__name__)
 
 MAX_ERROR_EVENTS = 20  # per session, so a stream of corrupt frames cannot flood subscribers
+TEXT_DELAY_S = 0.8  # a tick at t uses the words of ASR steps at or before t - this
+FILE_AHEAD_S = 6.0  # a file is decoded this far ahead of the ticks (ASR and ticks overlap)
+TRACK_STALL_S = 2.0  # a track this far behind the other stops holding the ticks back
+AUDIO_DELAY_S = 0.3  # a tick at t uses audio up to t - this (WebRTC audio arrives ~0.1 s late)
 
 
 def _words_json(words: list[Any]) -> list[dict[str, Any]]:
@@ -64,20 +83,37 @@ class Session:
         video_every_s: float = 1.0,
         status_every_s: float = 5.0,
         executor: Executor | None = None,
+        asr_executor: Executor | None = None,
+        live: bool = False,
+        text_delay_s: float = TEXT_DELAY_S,
+        audio_delay_s: float = AUDIO_DELAY_S,
+        asr_hop_s: float | None = None,
     ) -> None:
         if not 1.0 <= analysis_hz <= 50.0:
             raise ValueError("analysis_hz must be between 1 and 50")
+        if asr_hop_s is not None and not 0.1 <= asr_hop_s <= 5.0:
+            raise ValueError("asr_hop_s must be between 0.1 and 5")
         self.id = session_id
         self.models = models
         self.publisher = publisher or Publisher(session_id)
         self.analysis_hz = analysis_hz
         self.context = context or None
         self.executor = executor
+        self.asr_executor = asr_executor if asr_executor is not None else executor
+        self.live = live
+        self.text_delay_s = text_delay_s
+        self.audio_delay_s = audio_delay_s
         self.clock = SessionClock()
         self.ring = AudioRing()
         self.vad = VadTimeline()
-        self.asr = IncrementalASR(models.whisper, self.ring, self.vad)
-        self.slot = LatestFrameSlot(interval_s=1.0 / analysis_hz)
+        hop = {} if asr_hop_s is None else {"hop_s": asr_hop_s}
+        self.asr = IncrementalASR(models.whisper, self.ring, self.vad, **hop)
+        # Frames waiting for their tick: a live tick runs as its frame arrives (4 s is
+        # slack for a slow moment); a file is fed ahead of the ticks (see FILE_AHEAD_S).
+        ahead = 4.0 if live else FILE_AHEAD_S + 2.0
+        self.slot = LatestFrameSlot(
+            interval_s=1.0 / analysis_hz, max_intervals=int(ahead * analysis_hz)
+        )
         self.analyzer = Analyzer(models, self.context, self.ring, self.vad)
         self.aggregator = VideoAggregator(
             self.analyzer.threshold, self.analyzer.method, analysis_hz
@@ -90,12 +126,21 @@ class Session:
         self._last_video_t: float | None = None
         self._last_face_t: float | None = None
         self._input_closed = False
-        self._wake = asyncio.Event()
+        self._wake_asr = asyncio.Event()
+        self._wake_tick = asyncio.Event()
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._tentative: list[Any] = []
-        self._new_committed: list[Any] = []  # committed since the last tick
-        self._utterance_final = False
+        self._asr_task: asyncio.Task[None] | None = None
+        self._asr_updates: deque[tuple[float, ASRUpdate]] = deque()  # not yet seen by a tick
+        self._asr_done_t = 0.0  # media time of the newest finished ASR step
+        self._asr_finished = False
+        self._asr_used_t: float | None = None  # newest ASR step the ticks have taken words from
+        self.asr_skipped = 0  # ASR hops a live session skipped to catch up
+        self._tentative: list[Any] = []  # the ASR's current tentative tail (published)
+        self._tick_tentative: list[Any] = []  # the tail the ticks see (as of ASR step asr_t)
+        self._expects_face = getattr(models, "expression", None) is not None
+        self._frame_period = 0.0  # running estimate of the video frame interval
+        self._frame_arrivals: deque[tuple[float, float]] = deque(maxlen=128)  # (t, wall)
         self._evidence = "prior"
         self._errors = 0
         self._asr_compute = 0.0
@@ -106,17 +151,31 @@ class Session:
 
     # ---- inputs (event loop) -------------------------------------------------
 
+    def _notify(self) -> None:
+        self._wake_asr.set()
+        self._wake_tick.set()
+
     def add_track(self, kind: str) -> None:
         """Declare an incoming track ("audio" or "video")."""
         self._tracks[kind] = False
-        self._wake.set()
+        if kind == "video" and self._expects_face:
+            # Have the face graph ready before the first frame (it takes ~1 s to build).
+            asyncio.get_running_loop().run_in_executor(self.executor, self._warm_face)
+            self._expects_face = False
+        self._notify()
+
+    def _warm_face(self) -> None:
+        try:
+            self.analyzer.prepare_face()
+        except Exception:  # the first tick with a frame retries and reports it
+            log.exception("session %s: face analyzer not ready", self.id)
 
     def track_ended(self, kind: str) -> None:
         """A track has no more frames; the session ends when all have ended."""
         self._tracks[kind] = True
-        self._wake.set()
         if self._tracks and all(self._tracks.values()):
             self._input_closed = True
+        self._notify()
 
     def push_audio(self, samples: np.ndarray, t: float | None) -> None:
         """Append 16 kHz mono float32 samples starting at media time ``t`` (None: contiguous)."""
@@ -124,18 +183,22 @@ class Session:
         written = self.ring.write(samples, t)
         gap = self.ring.end_index - i0 - written
         if gap > 0:
-            self.vad.push(np.zeros(gap, dtype=np.float32))
+            self.vad.push_silence(gap)
         if written:
             self.vad.push(np.asarray(samples, dtype=np.float32)[-written:])
         self.clock.arrived(self.ring.end_time)
-        self._wake.set()
+        self._notify()
 
     def push_video(self, frame: VideoFrame) -> None:
-        """Offer a video frame (only the newest is kept)."""
+        """Offer a video frame (only the newest of each analysis interval is kept)."""
+        if frame.t > self._video_end and self.slot.received:
+            step = min(frame.t - self._video_end, 1.0)
+            self._frame_period += 0.1 * (step - self._frame_period)
         self.slot.put(frame)
         self._video_end = max(self._video_end, frame.t)
         self.clock.arrived(frame.t)
-        self._wake.set()
+        self._frame_arrivals.append((frame.t, time.monotonic()))
+        self._notify()
 
     def report_error(self, code: str, message: str) -> None:
         """Publish an `error` event (bounded per session) without ending the session."""
@@ -164,11 +227,11 @@ class Session:
         if reason is not None and self.end_reason == "ended":
             self.end_reason = reason
         self._input_closed = True
-        self._wake.set()
+        self._notify()
         if self._task is not None:
             await asyncio.shield(self._task)
 
-    async def wait_caught_up(self, max_ahead_s: float = 2.0) -> None:
+    async def wait_caught_up(self, max_ahead_s: float = FILE_AHEAD_S) -> None:
         """Wait while the worker is more than ``max_ahead_s`` of media behind the input."""
         while (
             self._task is not None
@@ -187,74 +250,166 @@ class Session:
         """Newest media time received from any track."""
         return max(self.ring.end_time, self._video_end)
 
-    # ---- worker --------------------------------------------------------------------
+    # ---- workers -------------------------------------------------------------------
 
-    def _reached(self, t: float) -> bool:
+    def video_ready(self, t: float) -> bool:
+        """Whether the tick at ``t`` has its video frame: no newer frame at or before ``t``
+        is still to come. True once a frame at or after ``t`` arrived, or when the next
+        frame is due at least a tenth of a frame interval after ``t`` (the newest frame is
+        within 0.9 intervals, at most 0.1 s, of ``t``); a live tick then need not wait a
+        whole frame interval for the next frame. A frame that comes earlier than its
+        interval says (timestamp jitter) goes to the next tick instead."""
+        tolerance = min(0.9 * self._frame_period, 0.1)
+        return self._video_end >= t - tolerance - 1e-9
+
+    @property
+    def _audio_lag(self) -> float:
+        """How far behind a tick its audio may be: ``audio_delay_s`` when there is video
+        (so frames need not wait for audio, which WebRTC delivers later), else 0."""
+        return self.audio_delay_s if "video" in self._tracks else 0.0
+
+    def _tick_ready(self, t: float) -> bool:
+        # A track gates the ticks while it has not ended and is not stalled: more than
+        # TRACK_STALL_S of media behind the other one (a file whose video ends before its
+        # audio, a camera that stops sending without ending its track).
         ends = {"audio": self.ring.end_time, "video": self._video_end}
-        active = [k for k, ended in self._tracks.items() if not ended]
+        newest = self.media_end
+        active = [
+            k
+            for k, ended in self._tracks.items()
+            if not ended and ends[k] >= newest - TRACK_STALL_S
+        ]
+        ready = {
+            "audio": lambda: self.ring.end_time >= t - self._audio_lag - 1e-9,
+            "video": lambda: self.video_ready(t),
+        }
         if active:
-            return all(ends[k] >= t - 1e-9 for k in active)
-        return any(ends[k] >= t - 1e-9 for k in self._tracks)
-
-    async def _wait_media(self, t: float) -> bool:
-        while not self._reached(t):
-            if self._input_closed:
+            if not all(ready[k]() for k in active):
                 return False
-            self._wake.clear()
-            await self._wake.wait()
-        return True
+        elif not any(ready[k]() for k in self._tracks):
+            return False
+        if self._input_closed and t > self.media_end + 1e-9:
+            return False  # no tick beyond the media once it has ended
+        return self.live or self._asr_caught_up(t)
+
+    def _asr_caught_up(self, t: float) -> bool:
+        """Whether the ASR steps a tick at ``t`` needs have finished (file sessions wait)."""
+        if "audio" not in self._tracks or self._asr_finished:
+            return True
+        hop = self.asr.hop_s
+        need = int((t - self.text_delay_s) / hop + 1e-6) * hop
+        return need <= 0 or self._asr_done_t >= need - 1e-9
 
     async def _infer(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    async def _infer_asr(self, fn: Any, *args: Any) -> Any:
+        # Whisper decodes take 0.1-0.5 s: they have threads of their own, so that the
+        # ticks (a few ms each) of every session never queue behind them.
+        return await asyncio.get_running_loop().run_in_executor(self.asr_executor, fn, *args)
+
     async def _run(self) -> None:
-        hop_ms = int(round(self.asr.hop_s * 1000))
         tick_ms = int(round(1000 / self.analysis_hz))
-        next_asr, next_tick = hop_ms, tick_ms
+        next_tick = tick_ms
         last_tick = 0.0
+        self._asr_task = asyncio.get_running_loop().create_task(
+            self._asr_run(), name=f"asr-{self.id}"
+        )
         try:
             while True:
-                t_ms = min(next_asr, next_tick)
-                t = t_ms / 1000.0
-                if not await self._wait_media(t):
+                t = next_tick / 1000.0
+                while not self._tick_ready(t):
+                    if self._input_closed and (self._asr_finished or self._media_short_of(t)):
+                        break
+                    self._wake_tick.clear()
+                    await self._wake_tick.wait()
+                if not self._tick_ready(t):
                     break
-                if t_ms == next_asr:
-                    if "audio" in self._tracks and self.ring.end_time >= t - 1e-9:
-                        started = time.perf_counter()
-                        update = await self._infer(self.asr.step, t)
-                        self._asr_compute += time.perf_counter() - started
-                        self._on_asr(update)
-                    next_asr += hop_ms
-                if t_ms == next_tick:
-                    await self._tick(t)
-                    last_tick = t
-                    next_tick += tick_ms
+                await self._tick(t)
+                last_tick = t
+                next_tick += tick_ms
                 self.processed_t = t
                 self._progress.set()
+            await asyncio.shield(self._asr_task)
             end = self.media_end
-            if "audio" in self._tracks:
-                self._on_asr(await self._infer(self.asr.flush, end))
-            if end > last_tick + 1e-6 or self._new_committed:
-                await self._tick(max(end, last_tick))
+            if end > last_tick + 1e-6 or self._asr_updates:
+                await self._tick(max(end, last_tick), take_all=True)
             self._publish_cues(await self._infer(self.analyzer.flush))
         except Exception as exc:  # one session's failure must not reach the others
             log.exception("session %s: worker failed", self.id)
             self.report_error("internal", f"analysis failed: {type(exc).__name__}: {exc}")
         finally:
+            if self._asr_task is not None and not self._asr_task.done():
+                self._asr_task.cancel()
             self._finalize()
             self._progress.set()
 
-    def _on_asr(self, update: ASRUpdate | None) -> None:
+    def _media_short_of(self, t: float) -> bool:
+        """Whether the input (closed) ended before the tick at ``t`` could be ready."""
+        ends = {"audio": self.ring.end_time + self._audio_lag, "video": self._video_end}
+        return all(ends[k] < t - 1e-9 for k in self._tracks) or not self._tracks
+
+    async def _asr_run(self) -> None:
+        """Step the ASR every hop of audio, publish transcripts, hand updates to the ticks."""
+        hop_ms = int(round(self.asr.hop_s * 1000))
+        try:
+            while "audio" not in self._tracks and not self._input_closed:
+                self._wake_asr.clear()
+                await self._wake_asr.wait()
+            if "audio" not in self._tracks:
+                return
+            k = 1
+            while True:
+                s = k * hop_ms / 1000.0
+                while self.ring.end_time < s - 1e-9 and not (
+                    self._input_closed or self._tracks.get("audio")
+                ):
+                    self._wake_asr.clear()
+                    await self._wake_asr.wait()
+                if self.ring.end_time < s - 1e-9:
+                    break
+                if self.live:
+                    newest = int(self.ring.end_time * 1000 + 1e-6) // hop_ms
+                    if newest > k + 1:  # more than a hop behind: decode the newest audio
+                        self.asr_skipped += newest - k
+                        k = newest
+                        s = k * hop_ms / 1000.0
+                started = time.perf_counter()
+                update = await self._infer_asr(self.asr.step, s)
+                self._asr_compute += time.perf_counter() - started
+                self._on_asr(s, update)
+                k += 1
+            end = self.ring.end_time
+            self._on_asr(end, await self._infer_asr(self.asr.flush, end))
+        finally:
+            self._asr_finished = True
+            self._wake_tick.set()
+
+    def _on_asr(self, s: float, update: ASRUpdate | None) -> None:
+        self._asr_done_t = max(self._asr_done_t, s)
+        self._wake_tick.set()
         if update is None:
             return
-        self._new_committed.extend(update.committed)
-        self._utterance_final |= update.final
+        self._asr_updates.append((s, update))
         if update.committed:
             self._publish_transcript(update.committed, final=True)
-        if update.tentative != self._tentative or update.committed:
-            self._tentative = list(update.tentative)
-            if self._tentative:
-                self._publish_transcript(self._tentative, final=False)
+        if update.tentative and (update.tentative != self._tentative or update.committed):
+            self._publish_transcript(update.tentative, final=False)
+        self._tentative = list(update.tentative)
+
+    def _take_asr(self, t: float, take_all: bool) -> tuple[list[Any], bool, list[Any] | None]:
+        """Words of the ASR steps a tick at ``t`` may use: (committed, final, tentative)."""
+        committed: list[Any] = []
+        final = False
+        tentative: list[Any] | None = None
+        limit = t - self.text_delay_s + 1e-9
+        while self._asr_updates and (take_all or self._asr_updates[0][0] <= limit):
+            s, update = self._asr_updates.popleft()
+            committed.extend(update.committed)
+            final |= update.final
+            tentative = list(update.tentative)
+            self._asr_used_t = s
+        return committed, final, tentative
 
     def _publish_transcript(self, words: list[Any], final: bool) -> None:
         self._publish(
@@ -268,14 +423,23 @@ class Session:
             )
         )
 
-    async def _tick(self, t: float) -> None:
-        committed, self._new_committed = self._new_committed, []
-        final, self._utterance_final = self._utterance_final, False
+    async def _tick(self, t: float, take_all: bool = False) -> None:
+        started = time.monotonic()
+        committed, final, tentative = self._take_asr(t, take_all)
+        if tentative is not None:
+            self._tick_tentative = tentative
         frame = self.slot.take_until(t)
         if frame is not None:
             self._last_video_t = frame.t
+        audio_t = t if take_all else t - self._audio_lag
         result = await self._infer(
-            self.analyzer.tick, t, committed, final, list(self._tentative), frame
+            self.analyzer.tick,
+            t,
+            committed,
+            final,
+            list(self._tick_tentative),
+            frame,
+            audio_t,
         )
         p, evidence = result.p, result.evidence
         self._evidence = evidence
@@ -283,8 +447,15 @@ class Session:
             self._last_face_t = t
         self._publish_cues(result.cues)
         dt = 1.0 / self.analysis_hz
-        has_audio = "audio" in self._tracks and self.ring.end_time >= t - dt
+        has_audio = "audio" in self._tracks and self.ring.end_time >= audio_t - dt
         lag = self.clock.lag(t)
+        lags = {} if lag is None else {"tick": lag}
+        if frame is not None:
+            arrived = next((w for ft, w in self._frame_arrivals if ft == frame.t), None)
+            if arrived is not None:
+                lags["frame"] = time.monotonic() - arrived  # frame arrival -> publish
+                lags["wait"] = max(0.0, started - arrived)  # frame arrival -> tick start
+        lags.update({k: v for k, v in result.timings.items()})
         self._publish(
             Frame(
                 self.id,
@@ -293,13 +464,15 @@ class Session:
                 evidence=evidence,
                 modalities={
                     "audio": has_audio,
-                    "speech": has_audio and self.vad.speech_fraction(t - dt, t) > 0,
+                    "speech": has_audio and self.vad.speech_fraction(audio_t - dt, audio_t) > 0,
                     "video": self._last_video_t is not None and t - self._last_video_t <= 1.0,
                     "face": self._last_face_t is not None and t - self._last_face_t <= 0.5,
                     "text": result.n_words > 0,
                 },
                 words=result.n_words,
-                lags={} if lag is None else {"tick": lag},
+                video_t=None if frame is None else round(frame.t, 4),
+                asr_t=self._asr_used_t,
+                lags={k: round(v, 4) for k, v in lags.items()},
             )
         )
         self.aggregator.add(p)
@@ -310,16 +483,7 @@ class Session:
             self._publish(self._video_event(t, final=False))
         per_status = max(1, int(round(self._status_every * self.analysis_hz)))
         if n % per_status == 0:
-            self._publish(
-                Status(
-                    self.id,
-                    t=t,
-                    lags={} if lag is None else {"tick": lag},
-                    dropped_video_frames=self.slot.dropped,
-                    received_video_frames=self.slot.received,
-                    rtf=self._asr_compute / t if t > 0 else None,
-                )
-            )
+            self._publish(self._status(t))
 
     def _publish_segment(self, span: Any) -> None:
         if span is not None:
@@ -342,8 +506,21 @@ class Session:
             final=final,
         )
 
+    def _status(self, t: float) -> Status:
+        lag = self.clock.lag(t)
+        return Status(
+            self.id,
+            t=t,
+            lags={} if lag is None else {"tick": lag},
+            dropped_video_frames=self.slot.dropped,
+            received_video_frames=self.slot.received,
+            rtf=self._asr_compute / t if t > 0 else None,
+            asr_skipped=self.asr_skipped,
+        )
+
     def _finalize(self) -> None:
         end = self.media_end
+        self._publish(self._status(end))  # the final counts
         self._publish_segment(self.segments.flush())
         if self.aggregator.frames:
             video = self._video_event(end, final=True)

@@ -11,6 +11,9 @@ import webrtcvad
 __all__ = ["VadTimeline"]
 
 
+SILENCE_DECODED_S = 2.0  # of a gap, decided by webrtcvad (its own state settles)
+
+
 class VadTimeline:
     """Frame-level speech flags on the media timeline, with hangover smoothing.
 
@@ -57,6 +60,28 @@ class VadTimeline:
                 self._raw_since_speech += 1
             new.append(self._raw_since_speech <= self._hang)
         self._pending = x[n_frames * self.frame_len :]
+        with self._lock:
+            self._flags.extend(new)
+            self._n += n_frames
+
+    def push_silence(self, n_samples: int) -> None:
+        """Feed ``n_samples`` of digital silence (a gap in the input) in bounded memory.
+
+        The first ``SILENCE_DECODED_S`` are decided by webrtcvad like any input (it has
+        state of its own that settles within them); the rest is counted as non-speech
+        without being allocated, so an hour-long gap costs no more than a second."""
+        if n_samples <= 0:
+            return
+        head = min(n_samples, int(SILENCE_DECODED_S * self.sample_rate))
+        self.push(np.zeros(head, dtype=np.float32))
+        n_samples -= head
+        total = self._pending.size + n_samples
+        n_frames = total // self.frame_len
+        keep = min(n_frames, self._flags.maxlen or n_frames)
+        start = self._raw_since_speech + 1 + (n_frames - keep)  # silent frames so far
+        new = [start + k <= self._hang for k in range(keep)]
+        self._raw_since_speech += n_frames
+        self._pending = np.zeros(total - n_frames * self.frame_len, dtype=np.float32)
         with self._lock:
             self._flags.extend(new)
             self._n += n_frames

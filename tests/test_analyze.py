@@ -37,6 +37,8 @@ def test_analyze_matches_the_live_run(
         video_only_mp4,
         "--out-dir",
         out_dir,
+        "--asr-hop",
+        "0.4",  # the live service's hop: the same schedule as the live run
         "--json",
     )
     assert run.returncode == 0, run.stderr
@@ -72,3 +74,21 @@ def test_analyze_reports_bad_files_clearly(tmp_path):
     junk.write_bytes(b"not a video at all" * 100)
     run = _analyze(junk, "--json")
     assert run.returncode == 1 and "cannot open" in run.stderr
+
+
+def test_analyze_when_the_video_ends_long_before_the_audio(tmp_path, speech):
+    """A stalled track stops holding the ticks back: no hang, ticks to the end."""
+    from tests.mediafiles import astronaut_frames, write_media
+
+    audio = speech[0][: 16000 * 9]
+    clip = write_media(tmp_path / "short_video.mp4", audio, astronaut_frames(30), fps=10)
+    out = tmp_path / "short_video.jsonl"
+    run = _analyze(clip, "--out", out, "--json", timeout=120)
+    assert run.returncode == 0, run.stderr
+    events = _read(out)
+    frames = [e for e in events if e["type"] == "frame"]
+    assert events[-1]["type"] == "session.ended" and events[-1]["duration"] >= 8.9
+    assert frames[-1]["t"] >= 8.8 and len(frames) >= 85
+    assert any(e["modalities"]["video"] for e in frames if e["t"] < 3)
+    assert not any(e["modalities"]["video"] for e in frames if e["t"] > 4.5)
+    assert _committed(events)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from stream.buffers import AudioRing, LatestFrameSlot, VideoFrame
+from stream.vad import VadTimeline
 
 
 def test_ring_keeps_timeline_across_wraparound():
@@ -34,12 +35,13 @@ def test_ring_fills_forward_gaps_and_drops_backward_overlap():
 
 def test_latest_frame_slot_keeps_newest_per_interval_and_counts_drops():
     slot = LatestFrameSlot(interval_s=0.1, max_intervals=3)
-    for i in range(5):  # 30 fps for 1/6 s: two intervals
+    for i in range(5):  # 30 fps for 1/6 s: intervals (.., 0], (0, 0.1], (0.1, 0.2]
         slot.put(VideoFrame(t=i / 30, image=None, width=2, height=2))
-    assert len(slot) == 2 and slot.dropped == 3
+    assert len(slot) == 3 and slot.dropped == 2  # 1/30 and 2/30 replaced by 0.1
     assert slot.take_until(-0.01) is None
-    frame = slot.take_until(0.1)
-    assert frame is not None and frame.t == pytest.approx(2 / 30)
+    frame = slot.take_until(0.1)  # the frame at the tick itself, not evicted by 4/30
+    assert frame is not None and frame.t == pytest.approx(0.1)
+    assert slot.dropped == 3  # t=0 was never analysed
     for i in range(10):  # far ahead of the worker: only the newest intervals stay
         slot.put(VideoFrame(t=1.0 + i / 10, image=None, width=2, height=2))
     assert len(slot) == 3
@@ -48,3 +50,21 @@ def test_latest_frame_slot_keeps_newest_per_interval_and_counts_drops():
     assert slot.take_until(5.0) is None
     assert slot.received == 15 and slot.taken == 2
     assert slot.dropped == slot.received - slot.taken
+
+
+def test_vad_push_silence_equals_pushing_zeros():
+    from tests.media import espeak_speech
+
+    speech = espeak_speech("I want to, but I do not know.")
+    a, b = VadTimeline(), VadTimeline()
+    for vad in (a, b):
+        vad.push(speech[: len(speech) // 2 + 123])  # ends mid-frame, in speech
+    a.push(np.zeros(48_017, dtype=np.float32))
+    b.push_silence(48_017)
+    for vad in (a, b):
+        vad.push(speech)
+    assert a.end_time == b.end_time
+    assert list(a._flags) == list(b._flags)
+    assert a.segments(0, a.end_time) == b.segments(0, b.end_time)
+    b.push_silence(16000 * 3600)  # an hour-long gap: bounded memory, time still advances
+    assert b.end_time > 3600 and len(b._flags) <= b._flags.maxlen

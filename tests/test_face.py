@@ -506,3 +506,15 @@ def test_face_then_no_face_in_a_real_video(expression):
         late = [fa.analyze(rgb, t) for t, rgb in [x for x in frames if x[0] > 4.0][::6]]
     assert early and all(f is not None for f in early)
     assert late and all(f is None for f in late)
+
+
+def test_onnxruntime_backend_matches_torch(expression, astronaut):
+    """The served backend (ONNX Runtime, exported at load) gives the torch module's output."""
+    crops = np.stack([_astronaut_crop(astronaut), _astronaut_crop(astronaut, 8, 5)])
+    ort_model = ExpressionModel(expression.net, backend="onnxruntime")
+    torch_model = ExpressionModel(expression.net, backend="torch")
+    for batch in (crops[:1], crops):
+        np.testing.assert_allclose(ort_model.predict(batch), torch_model.predict(batch), atol=1e-5)
+    assert ort_model.predict(crops).argmax(axis=1).tolist() == [EMOTIONS.index("happy")] * 2
+    with pytest.raises(ValueError, match="unknown backend"):
+        ExpressionModel(expression.net, backend="tensorflow")
