@@ -38,7 +38,7 @@ from stream.asr import IncrementalASR
 from stream.buffers import AudioRing
 from stream.vad import VadTimeline
 
-__all__ = ["clean_reference", "load_audio", "librivox_clip", "run_asr_bench"]
+__all__ = ["clean_reference", "librivox_clip", "load_audio", "plot_commit_latency", "run_asr_bench"]
 
 SAMPLE_RATE = 16000
 CHUNK_S = 0.02
@@ -190,9 +190,38 @@ def run_asr_bench(
         "hop_s": asr.hop_s,
         "options": dict(vars(asr.opts)),
     }
+    result["commit_timeline"] = [
+        [round(w.t1, 3), round(lat, 3)]
+        for w, lat in zip(raw["words"], raw["latencies"], strict=True)
+    ]  # (word end in media s, commit latency s): times only, never the words
     if return_hypothesis:
         result["hypothesis"] = hypothesis
     return result
+
+
+def plot_commit_latency(result: dict[str, Any], png: str | Path) -> Path:
+    """PNG of each committed word's latency against its end time in the clip."""
+    from benchmarks.output import pyplot
+
+    plt = pyplot()
+    pts = np.asarray(result["commit_timeline"], dtype=np.float64).reshape(-1, 2)
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    ax.plot(pts[:, 0], pts[:, 1], "o", ms=3, label="committed word")
+    lat = result["commit_latency_s"]
+    ax.axhline(lat["p50"], color="tab:green", lw=1, label=f"p50 {lat['p50']:.2f} s")
+    ax.axhline(lat["p95"], color="tab:red", lw=1, label=f"p95 {lat['p95']:.2f} s")
+    ax.set_xlabel("word end (media s)")
+    ax.set_ylabel("commit latency (s)")
+    wer = result.get("wer")
+    ax.set_title(
+        f"incremental ASR, hop {result['hop_s']} s: RTF {result['rtf']}"
+        + (f", WER {wer * 100:.1f} %" if wer is not None else "")
+    )
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return Path(png)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     result["command"] = "python -m benchmarks.asr " + " ".join(args)
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+        plot_commit_latency(result, Path(a.out).with_suffix(".png"))
     print(json.dumps(result))
     return 0
 

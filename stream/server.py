@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 from aiohttp import WSMsgType, web
@@ -14,13 +15,19 @@ from aiohttp.abc import AbstractAccessLogger
 
 from models.profile import Models
 from stream.auth import Auth
+from stream.ingest import MediaLimits
+from stream.metrics import ServerMetrics, metrics_endpoint
 from stream.publisher import Publisher
 from stream.session import Session
 from stream.whip import LiveSession, whip_delete, whip_post
 
-__all__ = ["Server", "ServerConfig", "make_app", "run_server"]
+__all__ = ["Server", "ServerConfig", "make_app", "run_server", "tls_context"]
 
 log = logging.getLogger(__name__)
+
+
+ASR_WORKERS = 2  # concurrent Whisper decodes (models.profile.load_models asr_workers)
+ASR_NICE = 10  # Whisper's threads yield the CPU to frame analysis, decoding and the loop
 
 
 @dataclass
@@ -38,6 +45,11 @@ class ServerConfig:
     subscriber_queue: int = 256
     workers: int = 4
     tokens: tuple[str, ...] = ()
+    limits: MediaLimits = field(default_factory=MediaLimits)
+    ws_max_msg: int = 4096  # bytes a subscriber may send in one websocket message
+    record_dir: str | None = None  # --record: write each session's audio and events here
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 class Server:
@@ -47,14 +59,23 @@ class Server:
         self.models = models
         self.config = config
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="infer")
+        # Whisper runs two decodes at a time (CTranslate2 workers), on threads of its own.
+        self.asr_executor = ThreadPoolExecutor(ASR_WORKERS, thread_name_prefix="asr")
+        if models.face_pool is not None:
+            models.face_pool.fill()  # the first session's face graph, built before it comes
         self.live: dict[str, LiveSession] = {}
         self.publishers: dict[str, Publisher] = {}
         self.auth = Auth(config.tokens)
         self._reapers: set[asyncio.Task[None]] = set()
+        self.metrics = ServerMetrics(
+            active_sessions=lambda: self.active_sessions,
+            subscribers=lambda: sum(p.subscribers for p in self.publishers.values()),
+        )
 
     def new_session(self, session_id: str, context: str | None = None) -> Session:
         """A session whose events subscribers can find by id."""
         publisher = Publisher(session_id, queue_size=self.config.subscriber_queue)
+        publisher.listeners.append(self.metrics.observe)
         self.publishers[session_id] = publisher
         return Session(
             session_id,
@@ -63,6 +84,8 @@ class Server:
             analysis_hz=self.config.analysis_hz,
             context=context,
             executor=self.executor,
+            asr_executor=self.asr_executor,
+            live=True,
         )
 
     def register(self, live: LiveSession) -> None:
@@ -102,6 +125,7 @@ class Server:
         for task in list(self._reapers):
             task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.asr_executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def events_ws(request: web.Request) -> web.StreamResponse:
@@ -112,7 +136,7 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     if publisher is None:
         raise web.HTTPNotFound(text="unknown session\n")
     server.auth.require_read(request, session_id, query=True)
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=server.config.ws_max_msg)
     await ws.prepare(request)
     sub = publisher.subscribe()
 
@@ -130,6 +154,7 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
         pass
     finally:
         publisher.unsubscribe(sub)
+        server.metrics.subscriber_left(sub.dropped)
         reader.cancel()
         await ws.close()
     return ws
@@ -138,6 +163,22 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
 async def index(request: web.Request) -> web.StreamResponse:
     page = resources.files("clients").joinpath("web/index.html").read_text(encoding="utf-8")
     return web.Response(text=page, content_type="text/html")
+
+
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
+
+
+async def static(request: web.Request) -> web.StreamResponse:
+    """A script or stylesheet of the browser page (``clients/web/<name>``, no subfolders)."""
+    name = request.match_info["name"]
+    ctype = STATIC_TYPES.get(name[name.rfind(".") :]) if "." in name else None
+    if ctype is None or name.startswith(".") or "/" in name or "\\" in name:
+        raise web.HTTPNotFound()
+    try:
+        body = resources.files("clients").joinpath("web", name).read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        raise web.HTTPNotFound() from None
+    return web.Response(text=body, content_type=ctype, headers={"Cache-Control": "no-cache"})
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -164,7 +205,9 @@ def make_app(server: Server) -> web.Application:
     app = web.Application(client_max_size=256 * 1024)
     app["server"] = server
     app.router.add_get("/", index)
+    app.router.add_get("/static/{name}", static)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/whip", whip_post)
     app.router.add_delete("/whip/{session}", whip_delete)
     app.router.add_get("/sessions/{session}/events", events_ws)
@@ -179,8 +222,14 @@ def make_app(server: Server) -> web.Application:
 def run_server(models: Models, config: ServerConfig) -> None:
     """Serve until interrupted (SIGINT/SIGTERM finalize live sessions first)."""
     server = Server(models, config)
+    ssl_context = tls_context(config.tls_cert, config.tls_key) if config.tls_cert else None
+    scheme = "https" if ssl_context else "http"
     log.info(
-        "ahstream serving on http://%s:%d (profile %s)", config.host, config.port, config.profile
+        "ahstream serving on %s://%s:%d (profile %s)",
+        scheme,
+        config.host,
+        config.port,
+        config.profile,
     )
     web.run_app(
         make_app(server),
@@ -188,4 +237,24 @@ def run_server(models: Models, config: ServerConfig) -> None:
         port=config.port,
         print=None,
         access_log_class=AccessLogger,
+        ssl_context=ssl_context,
+        loop=new_event_loop(),
     )
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (Linux, macOS): aiortc's RTP handling runs on the loop,
+    and uvloop's transports and callbacks cost it less (see README, Performance)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def tls_context(cert_file: str, key_file: str | None) -> ssl.SSLContext:
+    """Server TLS context (TLS 1.2+) from PEM files; raises OSError/ssl.SSLError if unusable."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context

@@ -20,7 +20,9 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from stream.auth import READ_TOKEN_HEADER
-from stream.ingest import drain_track
+from stream.ingest import MediaLimits, drain_track
+from stream.record import SessionRecorder
+from stream.rtpreceiver import tune_receivers
 from stream.session import Session
 
 if TYPE_CHECKING:
@@ -44,11 +46,15 @@ class LiveSession:
         pc: RTCPeerConnection,
         idle_timeout_s: float,
         max_duration_s: float = float("inf"),
+        limits: MediaLimits | None = None,
+        recorder: SessionRecorder | None = None,
     ) -> None:
         self.session = session
         self.pc = pc
         self.idle_timeout_s = idle_timeout_s
         self.max_duration_s = max_duration_s
+        self.limits = limits
+        self.recorder = recorder  # --record: the session's audio goes here too
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: asyncio.Task[None] | None = None
         self.created = time.monotonic()
@@ -56,7 +62,8 @@ class LiveSession:
     def add_track(self, track: Any) -> None:
         """Start draining a remote track into the session."""
         task = asyncio.get_running_loop().create_task(
-            drain_track(track, track.kind, self.session), name=f"drain-{track.kind}"
+            drain_track(track, track.kind, self.session, self.limits, self.recorder),
+            name=f"drain-{track.kind}",
         )
         self._tasks.append(task)
 
@@ -123,7 +130,18 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
     context = request.query.get("context") or request.headers.get(CONTEXT_HEADER)
     pc = RTCPeerConnection()
     session = server.new_session(session_id, context=context)
-    live = LiveSession(session, pc, server.config.idle_timeout_s, server.config.max_duration_s)
+    recorder = None
+    if server.config.record_dir:
+        recorder = SessionRecorder(server.config.record_dir, session_id)
+        session.publisher.listeners.append(recorder.event)
+    live = LiveSession(
+        session,
+        pc,
+        server.config.idle_timeout_s,
+        server.config.max_duration_s,
+        limits=server.config.limits,
+        recorder=recorder,
+    )
 
     @pc.on("track")
     def on_track(track: Any) -> None:
@@ -137,13 +155,19 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
 
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        tune_receivers(pc)  # frames decoded at their last packet; REMB at most every 0.5 s
         kinds = {t.kind for t in pc.getTransceivers()}
         if not kinds & {"audio", "video"}:
             raise ValueError("the offer has no audio or video media section")
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
     except Exception as exc:
-        await pc.close()
+        for task in live._tasks:
+            task.cancel()
+        try:
+            await pc.close()
+        except Exception:  # aiortc cannot close every half-negotiated connection
+            log.info("closing a refused peer connection failed", exc_info=True)
         server.discard(session_id)
         log.info("rejected WHIP offer: %s", exc)
         raise web.HTTPBadRequest(text=f"unusable SDP offer: {exc}\n") from None

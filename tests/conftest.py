@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -25,10 +26,21 @@ def free_port() -> int:
 class ServeProcess:
     """`ahstream serve` in a subprocess, so the tests talk to it as any client would."""
 
-    def __init__(self, *extra: str) -> None:
+    def __init__(
+        self,
+        *extra: str,
+        cafile: str | Path | None = None,
+        cwd: Path = ROOT,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Start the server; ``cafile`` (a CA in PEM) means it serves https with that CA."""
+        import ssl
+
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        scheme = "https" if cafile else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.ssl = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -41,18 +53,25 @@ class ServeProcess:
                 str(self.port),
                 *extra,
             ],
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
+        # Read the log as it comes: a full pipe would block the server.
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
+                self._reader.join(timeout=5)
+                raise RuntimeError(f"server exited: {self.output}")
             try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                with urllib.request.urlopen(
+                    self.url + "/healthz", timeout=1, context=self.ssl
+                ) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -63,17 +82,27 @@ class ServeProcess:
     def health(self) -> dict:
         import json
 
-        with urllib.request.urlopen(self.url + "/healthz", timeout=5) as r:
+        with urllib.request.urlopen(self.url + "/healthz", timeout=5, context=self.ssl) as r:
             return json.loads(r.read())
+
+    def _read_log(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        """What the server has written to stdout/stderr so far."""
+        return "".join(self.lines)
 
     def stop(self) -> str:
         self.proc.terminate()
         try:
-            out, _ = self.proc.communicate(timeout=20)
+            self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        return out or ""
+            self.proc.wait()
+        self._reader.join(timeout=5)
+        return self.output
 
 
 @pytest.fixture(scope="session")
@@ -139,3 +168,19 @@ def live_call_events(server, talking_face_mp4):
     from clients.send import send_file
 
     return asyncio.run(send_file(talking_face_mp4, server.url))
+
+
+@pytest.fixture(scope="session")
+def analyzed_call(tmp_path_factory, talking_face_mp4):
+    """`ahstream analyze talking_face.mp4 --out-dir D --report D` run once: (D, the process)."""
+    out = tmp_path_factory.mktemp("analyzed")
+    run = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "analyze", str(talking_face_mp4)]
+        + ["--out-dir", str(out), "--report", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out, run

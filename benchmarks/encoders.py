@@ -1,0 +1,205 @@
+"""Encoder benchmark: milliseconds per item of each model x backend x batch size.
+
+Lite profile models, on the backends present: Whisper tiny.en's encoder
+(CTranslate2 int8, 8 s windows as the live ASR feeds it), the MediaPipe face
+mesh (TFLite/XNNPACK, one frame per call), the FER mini-Xception (torch, and
+ONNX Runtime on the same weights exported at run time; outputs are checked
+equal), the fusion TCN step (numpy) and the text model (TF-IDF + logistic
+regression). TensorRT rows are reported as skipped, with the reason, when no
+NVIDIA GPU or no ``tensorrt`` package is present.
+
+Face frames come from ``FILE`` when given (e.g. the benchmark clip), else
+from a blank frame (detection only: reported as ``"faces": 0``).
+
+Run: ``ahstream bench encoders [FILE] --json`` (writes benchmarks/results/encoders.json, .png).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.live import RESULTS, machine
+from benchmarks.output import pyplot, save_result
+
+__all__ = ["run_encoders_bench"]
+
+
+def _time(fn: Callable[[], Any], items: int, min_s: float = 0.5, warmup: int = 2) -> float:
+    """Median ms per item of ``fn`` (which processes ``items`` items)."""
+    for _ in range(warmup):
+        fn()
+    runs: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < min_s or len(runs) < 5:
+        t = time.perf_counter()
+        fn()
+        runs.append((time.perf_counter() - t) * 1000 / items)
+        if len(runs) >= 200:
+            break
+    return round(float(np.median(runs)), 3)
+
+
+def _row(model: str, backend: str, batch: int, ms: float | None, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "backend": backend, "batch": batch, "ms_per_item": ms, **extra}
+
+
+def _whisper_rows(batches: list[int]) -> list[dict[str, Any]]:
+    import ctranslate2
+
+    from models.whisper import load_whisper, log_mel
+
+    model = load_whisper(cpu_threads=2)
+    rng = np.random.default_rng(0)
+    mel, _ = log_mel(model, rng.normal(0, 0.05, 6 * 16000).astype(np.float32), pad_s=2.0)
+    rows = []
+    for b in batches:
+        feats = ctranslate2.StorageView.from_array(np.repeat(mel[None], b, axis=0))
+        ms = _time(lambda feats=feats: model.model.encode(feats, to_cpu=True), b)
+        rows.append(_row("whisper-tiny.en encoder (8 s)", "ctranslate2-int8", b, ms))
+    return rows
+
+
+def _fer_rows(batches: list[int]) -> list[dict[str, Any]]:
+    import onnxruntime as ort
+    import torch
+
+    from models.expression import ExpressionModel
+
+    model = ExpressionModel.load()
+    rng = np.random.default_rng(0)
+    rows = []
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    for b in batches:
+        x = torch.from_numpy(rng.normal(0, 1, (b, 1, 64, 64)).astype(np.float32))
+        xn = x.numpy()
+        buf = io.BytesIO()  # one graph per batch size: the TF "same" padding is traced
+        torch.onnx.export(model.net, (x,), buf, dynamo=False, input_names=["x"], opset_version=17)
+        sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+        def run_torch(x: torch.Tensor = x) -> Any:
+            with torch.inference_mode():
+                return model.net(x)
+
+        ref = run_torch().numpy()
+        diff = float(np.abs(sess.run(None, {"x": xn})[0] - ref).max())
+        rows.append(_row("fer-mini-xception", "torch", b, _time(run_torch, b)))
+        rows.append(
+            _row(
+                "fer-mini-xception",
+                "onnxruntime",
+                b,
+                _time(lambda xn=xn, sess=sess: sess.run(None, {"x": xn}), b),
+                max_abs_diff_vs_torch=diff,
+            )
+        )
+    return rows
+
+
+def _face_rows(file: str | Path | None) -> list[dict[str, Any]]:
+    from models.expression import ExpressionModel
+    from models.face import FaceAnalyzer
+
+    frames: list[np.ndarray] = []
+    if file is not None:
+        import av
+
+        with av.open(str(file)) as c:
+            for i, f in enumerate(c.decode(video=0)):
+                if i % 3 == 0:
+                    frames.append(f.to_ndarray(format="rgb24"))
+                if len(frames) >= 60:
+                    break
+    if not frames:
+        frames = [np.zeros((360, 640, 3), np.uint8)]
+    with FaceAnalyzer(ExpressionModel.load(backend="onnxruntime")) as face:  # as served
+        faces = sum(face.landmarks(f) is not None for f in frames)
+        k = iter(range(10**9))
+        ms = _time(lambda: face.landmarks(frames[next(k) % len(frames)]), 1)
+        k2 = iter(range(10**9))
+        full = _time(lambda: face.analyze(frames[(j := next(k2)) % len(frames)], j * 0.1), 1)
+    size = f"{frames[0].shape[1]}x{frames[0].shape[0]}"
+    return [
+        _row("face mesh 478 + irises", "mediapipe-tflite", 1, ms, frame=size, faces=faces),
+        _row("face features (mesh + FER + baseline)", "mediapipe+onnxruntime", 1, full, frame=size),
+    ]
+
+
+def _small_rows() -> list[dict[str, Any]]:
+    from models.fusion import LAYOUT
+    from models.tcn import FusionTCN
+    from models.text_ah import TextAHModel
+
+    rows = []
+    tcn = FusionTCN.load().fresh()
+    x = np.zeros(LAYOUT.dim, dtype=np.float32)
+    rows.append(_row("fusion TCN step", "numpy", 1, _time(lambda: tcn.step(x), 1)))
+    text = TextAHModel.load()
+    answer = (
+        "I mean I want to, but um, I don't know, it's hard with work and everything, "
+        "maybe I could try walking more, I guess, if I find the time"
+    )
+    rows.append(
+        _row(
+            "text A/H (TF-IDF + LR)", "scikit-learn", 1, _time(lambda: text.predict_one(answer), 1)
+        )
+    )
+    return rows
+
+
+def _tensorrt_rows() -> list[dict[str, Any]]:
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("tensorrt") is None:
+        reason = "tensorrt is not installed (pip install '.[gpu]' on an NVIDIA machine)"
+    elif shutil.which("nvidia-smi") is None:
+        reason = "no NVIDIA GPU on this machine"
+    else:
+        reason = "TensorRT engines come with the full profile's export (not built here)"
+    return [_row("all", "tensorrt", 0, None, skipped=reason)]
+
+
+def run_encoders_bench(
+    file: str | Path | None = None,
+    batch_sizes: list[int] | None = None,
+    out_dir: str | Path | None = RESULTS,
+) -> dict[str, Any]:
+    """Time every lite model on the backends present."""
+    import torch
+
+    torch.set_num_threads(1)
+    batches = batch_sizes or [1, 4, 16]
+    rows = _whisper_rows([b for b in batches if b <= 4]) + _fer_rows(batches)
+    rows += _face_rows(file) + _small_rows() + _tensorrt_rows()
+    result = {
+        "bench": "encoders",
+        "machine": machine(),
+        "file": None if file is None else Path(file).name,
+        "threads": {"torch": 1, "onnxruntime": 1, "ctranslate2": 2},
+        "rows": rows,
+    }
+    save_result(result, out_dir, "encoders", _plot)
+    return result
+
+
+def _plot(result: dict[str, Any], png: Path) -> None:
+    plt = pyplot()
+
+    rows = [r for r in result["rows"] if r["ms_per_item"] is not None]
+    labels = [f"{r['model']} | {r['backend']} | b{r['batch']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.2))
+    ax.barh(labels, [r["ms_per_item"] for r in rows], color="tab:blue")
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per item (log)")
+    ax.invert_yaxis()
+    ax.set_title(f"lite models, {result['machine']['cores']} cores: {result['machine']['cpu']}")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,311 @@
+"""Shared harness of the live benchmarks: a server process, passthrough publishers, timings.
+
+The publishers must cost the machine as little as possible, since on one
+machine every cycle they spend is taken from the server being measured: the
+clip is transcoded once (`prepare_clip`) to H.264 (baseline, no B-frames,
+1 s GOP) and Opus in MPEG-TS, and aiortc sends its packets as they are
+(``MediaPlayer(decode=False)``), paced in real time, without re-encoding. A
+browser publishes the same codecs. Each published video packet's media time
+and the wall time it left for the peer connection are recorded, so the
+latency of every analysed frame can be measured to the frame event that a
+websocket subscriber receives for it (same machine, same monotonic clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
+
+from clients.send import ws_url
+
+__all__ = [
+    "Publication",
+    "ServerProcess",
+    "machine",
+    "percentiles",
+    "prepare_clip",
+    "publish",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine() -> dict[str, Any]:
+    """Cores, CPU model and memory of this machine (for the results table)."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem_gb = round(kb / 1024 / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cores": os.cpu_count(), "cpu": model, "memory_gb": mem_gb}
+
+
+def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float | None]:
+    """p50/p95/p99/max of ``values`` times ``scale`` (ms by default); None when empty."""
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
+    a = np.asarray(values, dtype=np.float64) * scale
+    out: dict[str, Any] = {
+        k: round(float(np.percentile(a, q)), 1) for k, q in (("p50", 50), ("p95", 95), ("p99", 99))
+    }
+    out["max"] = round(float(a.max()), 1)
+    out["n"] = int(a.size)
+    return out
+
+
+def prepare_clip(src: str | Path, out_dir: str | Path, fps_cap: float = 30.0) -> Path:
+    """Transcode ``src`` once to H.264 + Opus in MPEG-TS, ready for packet passthrough."""
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f"no such file: {src}")
+    dst = Path(out_dir) / (src.stem + ".ts")
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mpegts") as out:
+        v_in = next(iter(inp.streams.video), None)
+        a_in = next(iter(inp.streams.audio), None)
+        if v_in is None and a_in is None:
+            raise ValueError(f"{src} has no audio or video")
+        v_out = a_out = None
+        if v_in is not None:
+            rate = v_in.average_rate or Fraction(25)
+            rate = min(Fraction(rate), Fraction(fps_cap).limit_denominator(1000))
+            v_out = out.add_stream("libx264", rate=rate)
+            v_out.width = v_in.codec_context.width // 2 * 2
+            v_out.height = v_in.codec_context.height // 2 * 2
+            v_out.pix_fmt = "yuv420p"
+            v_out.options = {
+                "preset": "veryfast",
+                "tune": "zerolatency",
+                "profile": "baseline",
+                "bf": "0",
+                "g": str(int(round(float(rate)))),
+                "repeat-headers": "1",
+            }
+        if a_in is not None:
+            a_out = out.add_stream("libopus", rate=48000)
+            a_out.layout = "stereo"
+            a_out.options = {"frame_duration": "20", "application": "voip"}
+            resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000)
+        streams = [s for s in (v_in, a_in) if s is not None]
+        n_video = 0
+        for frame in inp.decode(*streams):
+            if isinstance(frame, av.VideoFrame) and v_out is not None:
+                frame = frame.reformat(format="yuv420p", width=v_out.width, height=v_out.height)
+                frame.pts = n_video
+                frame.time_base = 1 / rate
+                n_video += 1
+                out.mux(v_out.encode(frame))
+            elif isinstance(frame, av.AudioFrame) and a_out is not None:
+                for f in resampler.resample(frame):
+                    f.pts = None
+                    out.mux(a_out.encode(f))
+        for s in (v_out, a_out):
+            if s is not None:
+                out.mux(s.encode(None))
+    return dst
+
+
+class _TimedTrack(MediaStreamTrack):
+    """Relays a player track and records when each video packet left for the sender."""
+
+    def __init__(self, inner: MediaStreamTrack, sent: list[tuple[float, float]]) -> None:
+        super().__init__()
+        self.kind = inner.kind
+        self._inner = inner
+        self._sent = sent
+        self._t0: float | None = None
+
+    async def recv(self) -> Any:
+        data = await self._inner.recv()
+        if self.kind == "video" and data.pts is not None and data.time_base is not None:
+            t = float(data.pts * data.time_base)
+            if self._t0 is None:
+                self._t0 = t
+            self._sent.append((round(t - self._t0, 4), time.monotonic()))
+        return data
+
+    def stop(self) -> None:
+        super().stop()
+        self._inner.stop()
+
+
+@dataclass
+class Publication:
+    """One published session: what was sent when, and every event received (with wall time)."""
+
+    session_id: str = ""
+    sent: list[tuple[float, float]] = field(default_factory=list)  # (video media t, wall)
+    events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (wall, event)
+    error: str | None = None
+
+    def frames(self) -> list[tuple[float, dict[str, Any]]]:
+        return [(w, e) for w, e in self.events if e.get("type") == "frame"]
+
+    def frame_latencies(self) -> list[float]:
+        """Seconds from each analysed video frame leaving the sender to its frame event."""
+        sent = dict(self.sent)
+        out = []
+        for wall, e in self.frames():
+            vt = e.get("video_t")
+            if vt is None:
+                continue
+            left = sent.get(round(vt, 4))
+            if left is None:  # pts rounding: take the closest frame within a millisecond
+                near = min(sent, key=lambda k: abs(k - vt), default=None)
+                if near is None or abs(near - vt) > 1e-3:
+                    continue
+                left = sent[near]
+            out.append(wall - left)
+        return out
+
+
+async def publish(
+    clip: Path, url: str, duration_s: float | None = None, end_timeout_s: float = 60.0
+) -> Publication:
+    """Publish ``clip`` (see `prepare_clip`) over WHIP in real time and collect its events."""
+    pub = Publication()
+    player = MediaPlayer(str(clip), decode=False)
+    pc = RTCPeerConnection()
+    tracks = []
+    for inner in (player.audio, player.video):
+        if inner is not None:
+            track = _TimedTrack(inner, pub.sent)
+            tracks.append(track)
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            if track.kind == "video":  # the packets are H.264: offer only that
+                caps = RTCRtpSender.getCapabilities("video").codecs
+                transceiver.setCodecPreferences([c for c in caps if c.mimeType == "video/H264"])
+    http = aiohttp.ClientSession()
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        async with http.post(
+            url.rstrip("/") + "/whip",
+            data=pc.localDescription.sdp,
+            headers={"Content-Type": "application/sdp"},
+        ) as r:
+            if r.status != 201:
+                pub.error = f"WHIP {r.status}: {(await r.text()).strip()}"
+                return pub
+            answer = await r.text()
+            location = r.headers["Location"]
+            pub.session_id = r.headers.get("X-Ahstream-Session", location.rsplit("/", 1)[-1])
+        ws = await http.ws_connect(ws_url(url, f"/sessions/{pub.session_id}/events"))
+
+        async def read() -> None:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                event = json.loads(msg.data)
+                pub.events.append((time.monotonic(), event))
+                if event.get("type") == "session.ended":
+                    break
+
+        reader = asyncio.get_running_loop().create_task(read())
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        ended = asyncio.Event()
+        for track in tracks:
+            track._inner.on("ended", ended.set)
+        try:
+            await asyncio.wait_for(ended.wait(), timeout=duration_s)
+        except TimeoutError:
+            pass
+        await asyncio.sleep(0.5)  # the last frames are in flight
+        async with http.delete(url.rstrip("/") + location):
+            pass
+        try:
+            await asyncio.wait_for(reader, timeout=end_timeout_s)
+        except TimeoutError:
+            pub.error = "no session.ended"
+        await ws.close()
+    finally:
+        for track in tracks:
+            track.stop()
+        await pc.close()
+        await http.close()
+    return pub
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`ahstream serve` as a child process, with its memory and CPU time readable."""
+
+    def __init__(self, *extra: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "serve", "--port", str(self.port), *extra],
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._log.seek(0)
+                raise RuntimeError("server exited: " + self._log.read().decode(errors="replace"))
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("server did not become healthy in 120 s")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server process in MB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the server process has used."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

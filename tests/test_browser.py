@@ -1,0 +1,433 @@
+"""The browser page in real headless Chromium with fake camera and microphone.
+
+Debian's `chromium` (skipped without it) publishes a real face (scikit-image's
+astronaut photo, as a y4m) and hesitant speech (espeak-ng, as a WAV) from the
+served page to a real `ahstream serve --token-file` process; the test drives the
+page over the Chrome DevTools Protocol and checks both what the page shows (DOM)
+and what the session's events websocket carries. A second tab watches the same
+session in subscribe-only mode with the session's read token.
+
+Screenshots go to the test's tmp dir; with ``AHSTREAM_SCREENSHOTS=DIR`` they are also
+written to DIR (``AHSTREAM_SCREENSHOTS=clients/web/screenshots`` refreshes the README's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import wave
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+
+from clients.send import ws_url
+from tests.conftest import ServeProcess
+from tests.media import espeak_speech, silence
+from tests.mediafiles import astronaut_frames
+
+TOKEN = "browser-test-token-7Hq2"
+# A hesitant answer: fillers, hedges, "but", a correction and a 2 s pause, so the page
+# has word and voice cues to show.
+ANSWER = (
+    "Um, I don't know. I guess I should probably exercise more, but honestly I'm not sure I can.",
+    "Uh, maybe, kind of. I mean, I would like to, but work is really busy right now, so, um, "
+    "we'll see.",
+)
+FPS = 15
+SCREENSHOT_ENV = "AHSTREAM_SCREENSHOTS"
+WINDOW = (1280, 1000)
+
+# What the page shows, read from the DOM by the ids app.js keeps stable.
+DOM_STATE = """(() => {
+  const q = (s) => document.querySelector(s);
+  const all = (s) => [...document.querySelectorAll(s)];
+  return {
+    state: q('#state').dataset.state,
+    stateText: q('#state').textContent,
+    tokenPanel: !q('#token-panel').hidden,
+    session: q('#session-id').textContent,
+    readToken: q('#read-token').value,
+    frames: Number(q('#plot').dataset.frames),
+    points: all('#plot polyline').reduce((n, l) => n + l.points.numberOfItems, 0),
+    threshold: q('#threshold-line') !== null,
+    segments: all('#plot rect.segment').length,
+    committed: all('#committed .word.committed').map((e) => e.textContent),
+    looks: {
+      committed: all('#committed .word.committed').slice(0, 1).map((e) => {
+        const s = getComputedStyle(e); return s.fontStyle + ' ' + s.color; })[0],
+      tentative: (() => { const s = getComputedStyle(q('#tentative'));
+        return s.fontStyle + ' ' + s.color; })(),
+    },
+    cuedWords: all('#committed .word.cued').length,
+    cues: all('#cues .cue').map((e) => ({
+      cue: e.dataset.cue, modality: e.dataset.modality,
+      row: e.closest('.cue-row').dataset.row, title: e.title})),
+    chips: all('#cue-list .chip').length,
+    decision: q('#decision').textContent,
+    label: q('#decision').dataset.label,
+    final: q('#decision').dataset.final,
+    videoLive: q('#preview').srcObject !== null && q('#preview').videoWidth > 0,
+    previewNote: !q('#preview-note').hidden,
+  };
+})()"""
+
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--remote-debugging-port=0",  # any free port; Chromium writes it to DevToolsActivePort
+    f"--window-size={WINDOW[0]},{WINDOW[1]}",
+)
+
+
+# ---------------------------------------------------------------- fake media
+
+
+def write_y4m(path: Path, frames: list[np.ndarray], fps: int) -> Path:
+    """RGB frames as a 4:2:0 YUV4MPEG2 file; Chromium's fake camera wants ``C420``."""
+    h, w = frames[0].shape[:2]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420\n".encode())
+        for rgb in frames:
+            yuv = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            f.write(b"FRAME\n" + yuv.to_ndarray().tobytes())
+    return path
+
+
+def write_wav(path: Path, audio: np.ndarray, rate: int = 16000) -> Path:
+    """16-bit mono WAV of float audio in [-1, 1]."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
+    return exe
+
+
+@pytest.fixture(scope="module")
+def fake_media(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(y4m of a real face drifting in a 10 s loop, WAV of a ~20 s hesitant answer)."""
+    d = tmp_path_factory.mktemp("fake_media")
+    first, second = (espeak_speech(s, rate_wpm=140) for s in ANSWER)
+    audio = np.concatenate([silence(0.5), first, silence(2.0), second, silence(1.0)])
+    wav = write_wav(d / "answer.wav", audio)
+    y4m = write_y4m(d / "face.y4m", astronaut_frames(10 * FPS), FPS)
+    return y4m, wav
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real `ahstream serve` that requires a service token."""
+    token_file = tmp_path_factory.mktemp("auth") / "tokens"
+    token_file.write_text(f"# browser test\n{TOKEN}\n")
+    srv = ServeProcess("--token-file", str(token_file))
+    yield srv
+    srv.stop()
+
+
+# ---------------------------------------------------------------- DevTools protocol
+
+
+class Cdp:
+    """A minimal Chrome DevTools Protocol client for one page target."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.exceptions: list[str] = []
+        self._next_id = 0
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            data = json.loads(msg.data)
+            if "id" in data:
+                fut = self._waiting.pop(data["id"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(data)
+            elif data.get("method") == "Runtime.exceptionThrown":
+                details = data["params"]["exceptionDetails"]
+                self.exceptions.append(
+                    details.get("exception", {}).get("description") or details.get("text", "")
+                )
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("DevTools connection closed"))
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """Send one command and return its result."""
+        self._next_id += 1
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[self._next_id] = fut
+        await self.ws.send_str(
+            json.dumps({"id": self._next_id, "method": method, "params": params})
+        )
+        reply = await asyncio.wait_for(fut, 30)
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply["result"]
+
+    async def js(self, expression: str) -> Any:
+        """Evaluate ``expression`` in the page and return its JSON value."""
+        result = await self.call(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression!r}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def dom(self) -> dict[str, Any]:
+        """The page's state as its DOM shows it."""
+        return await self.js(DOM_STATE)
+
+    async def wait(
+        self, what: str, ready: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any]:
+        """Poll the DOM until ``ready`` holds; fail with what the page shows instead."""
+        deadline = time.monotonic() + timeout
+        while True:
+            dom = await self.dom()
+            if ready(dom):
+                return dom
+            if time.monotonic() > deadline:
+                pytest.fail(f"page never showed {what} within {timeout} s; it shows {dom}")
+            await asyncio.sleep(0.25)
+
+    async def screenshot(self, path: Path) -> Path:
+        """A PNG of the whole page, the camera preview blurred (the fake camera shows a
+        sample photo of a person; committed screenshots carry no one's face)."""
+        await self.js(
+            "document.querySelectorAll('video').forEach(v => v.style.filter = 'blur(14px)')"
+        )
+        width, height = await self.js(
+            "[document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
+        )
+        shot = await self.call(
+            "Page.captureScreenshot",
+            format="png",
+            captureBeyondViewport=True,
+            clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+        )
+        await self.js("document.querySelectorAll('video').forEach(v => v.style.filter = '')")
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
+
+
+class Browser:
+    """Headless Chromium with fake media devices, driven over DevTools."""
+
+    def __init__(self, http: aiohttp.ClientSession, devtools: str) -> None:
+        self.http = http
+        self.devtools = devtools
+        self.pages: list[Cdp] = []
+
+    async def open(self, url: str) -> Cdp:
+        """A new tab at ``url``, loaded."""
+        async with self.http.put(f"{self.devtools}/json/new?{url}") as resp:
+            target = await resp.json()
+        ws = await self.http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0)
+        page = Cdp(ws)
+        self.pages.append(page)
+        await page.call("Runtime.enable")
+        await page.call("Page.enable")
+        deadline = time.monotonic() + 20
+        while await page.js("document.readyState") != "complete" or not await page.js(
+            "typeof watch === 'function'"
+        ):
+            assert time.monotonic() < deadline, f"{url} did not load"
+            await asyncio.sleep(0.1)
+        return page
+
+
+@asynccontextmanager
+async def chromium_browser(exe: str, y4m: Path, wav: Path, profile: Path) -> AsyncIterator[Browser]:
+    """Start Chromium (own process group), yield a `Browser`, then stop it."""
+    proc = subprocess.Popen(
+        [
+            exe,
+            *CHROMIUM_FLAGS,
+            f"--use-file-for-fake-video-capture={y4m}",
+            f"--use-file-for-fake-audio-capture={wav}",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            assert proc.poll() is None, "chromium exited at start"
+            assert time.monotonic() < deadline, "chromium did not open its DevTools port"
+            await asyncio.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        async with aiohttp.ClientSession() as http:
+            browser = Browser(http, f"http://127.0.0.1:{port}")
+            try:
+                yield browser
+            finally:
+                for page in browser.pages:
+                    await page.ws.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# ---------------------------------------------------------------- the test
+
+
+async def _collect(url: str, events: list[dict[str, Any]]) -> None:
+    """Append every event of the websocket at ``url`` until `session.ended`."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            events.append(json.loads(msg.data))
+            if events[-1]["type"] == "session.ended":
+                break
+
+
+def _norm(word: str) -> str:
+    return re.sub(r"[^a-z']", "", word.lower())
+
+
+async def test_page_publishes_camera_and_mic_and_shows_the_live_signal(
+    chromium: str, fake_media: tuple[Path, Path], token_server: Any, tmp_path: Path
+) -> None:
+    y4m, wav = fake_media
+    shots = [tmp_path]
+    if os.environ.get(SCREENSHOT_ENV):
+        shots.append(Path(os.environ[SCREENSHOT_ENV]))
+        shots[-1].mkdir(parents=True, exist_ok=True)
+
+    async def screenshot(page: Cdp, name: str) -> None:
+        first = await page.screenshot(shots[0] / name)
+        for d in shots[1:]:
+            shutil.copyfile(first, d / name)
+
+    async with chromium_browser(chromium, y4m, wav, tmp_path / "profile") as browser:
+        page = await browser.open(token_server.url + "/")
+
+        # The server needs a token: the page asks for one instead of failing silently.
+        await page.js("document.getElementById('start').click()")
+        dom = await page.wait("the token prompt", lambda d: d["state"] == "token", 20)
+        assert dom["tokenPanel"] and not dom["session"]
+        await page.js(f"document.getElementById('token').value = {json.dumps(TOKEN)}")
+        await page.js("document.getElementById('start').click()")
+        dom = await page.wait("a live session", lambda d: d["state"] == "live", 20)
+        sid = dom["session"]
+        assert re.fullmatch(r"[0-9a-f]{16}", sid) and dom["readToken"]
+
+        # The test's own subscriber, and a second tab that only watches (read token).
+        events: list[dict[str, Any]] = []
+        collector = asyncio.create_task(
+            _collect(ws_url(token_server.url, f"/sessions/{sid}/events"), events)
+        )
+        watcher = await browser.open(f"{token_server.url}/?session={sid}")
+        await watcher.wait("the token prompt", lambda d: d["state"] == "token", 10)
+        await watcher.js(f"document.getElementById('token').value = {json.dumps(dom['readToken'])}")
+        await watcher.js("document.getElementById('watch').click()")
+        await watcher.wait("watching", lambda d: d["state"] == "watching", 10)
+
+        # The live signal: transcript words, plotted frames, threshold and cues. (The fake
+        # microphone plays from getUserMedia on, so the session may miss the first "Um";
+        # the file loops.)
+        def shows_signal(d: dict[str, Any]) -> bool:
+            cues = {c["cue"] for c in d["cues"]}
+            return (
+                len(d["committed"]) >= 20
+                and d["frames"] >= 120
+                and len(d["cues"]) >= 4
+                and {"filler_sound", "hedge"} <= cues
+            )
+
+        live = await page.wait("transcript, plot and word cues", shows_signal, 45)
+        await screenshot(page, "page-live.png")
+        assert live["videoLive"] and not live["previewNote"], "the camera preview shows no video"
+        assert live["points"] >= 0.9 * min(live["frames"], 600) and live["threshold"]
+        assert live["decision"] in ("A/H", "no A/H") and live["final"] == "false"
+        reference = {_norm(w) for part in ANSWER for w in part.split()}
+        heard = [_norm(w) for w in live["committed"]]
+        assert sum(w in reference for w in heard) >= 0.8 * len(heard), heard
+        assert live["looks"]["tentative"].startswith("italic")
+        assert live["looks"]["committed"].startswith("normal")
+        assert (
+            live["looks"]["committed"].split(" ", 1)[1]
+            != live["looks"]["tentative"].split(" ", 1)[1]
+        )
+        for cue in live["cues"]:
+            assert cue["row"] == cue["modality"] and " s · strength " in cue["title"]
+        assert live["cuedWords"] >= 3 and live["chips"] >= 4
+
+        watched = await watcher.wait(
+            "the watched session", lambda d: d["frames"] >= 20 and len(d["committed"]) >= 10, 10
+        )
+        assert watched["session"] == sid
+        await screenshot(watcher, "page-watch.png")
+
+        # Stop: DELETE ends the session; both tabs show the final decision.
+        await page.js("document.getElementById('stop').click()")
+        end = await page.wait("the end", lambda d: d["state"] == "ended", 20)
+        assert end["stateText"] == "ended (deleted)" and not end["videoLive"]
+        assert end["final"] == "true" and end["label"] in ("0", "1")
+        watched = await watcher.wait("the end", lambda d: d["state"] == "ended", 10)
+        await screenshot(page, "page-ended.png")
+        await asyncio.wait_for(collector, 10)
+        exceptions = [e for p in browser.pages for e in p.exceptions]
+
+    assert not exceptions, exceptions
+    # The events websocket carried what the page drew: the same committed words and cues.
+    assert events[0]["type"] == "session.started" and events[-1]["type"] == "session.ended"
+    assert all(e["session"] == sid for e in events)
+    assert not [e for e in events if e["type"] == "error"], "the server reported errors"
+    assert events[-1]["reason"] == "deleted"
+    frames = [e for e in events if e["type"] == "frame"]
+    assert len(frames) >= 50
+    assert sum(f["modalities"]["video"] for f in frames) >= 0.9 * len(frames)
+    assert sum(f["modalities"]["audio"] for f in frames) >= 0.9 * len(frames)
+    committed = [
+        w["w"] for e in events if e["type"] == "transcript" and e["final"] for w in e["words"]
+    ]
+    assert end["committed"] == committed == watched["committed"]
+    cues = [e for e in events if e["type"] == "cue"]
+    assert len(end["cues"]) == len(cues) == len(watched["cues"])
+    assert end["segments"] == len([e for e in events if e["type"] == "segment"])
+    final = [e for e in events if e["type"] == "video" and e["final"]]
+    assert len(final) == 1 and end["label"] == str(final[0]["label"])
+    assert end["decision"] == ("A/H" if final[0]["label"] else "no A/H")
