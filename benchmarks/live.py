@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = Path("benchmarks") / "results"  # relative to where the benchmark runs
 
 
 def machine() -> dict[str, Any]:

@@ -419,7 +419,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 LIVE_ASR_HOP_S = 0.4  # stream.asr.ASROptions.hop_s
 ANALYZE_ASR_HOP_S = 2.0  # files need no low latency: fewer, longer decodes, 5x less ASR work
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS_DIR = Path("benchmarks") / "results"  # relative to where the command runs
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -640,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="also write the result JSON here, and a commit-latency plot beside it (.png)"
     )
     ba.add_argument("--json", action="store_true", help="one JSON object as the last line")
-    results_help = "write JSON and PNG here (default benchmarks/results)"
+    results_help = "write JSON and PNG here (default ./benchmarks/results)"
     bl = bsub.add_parser(
         "latency",
         help="frame leaving a WHIP publisher -> its frame event at a subscriber (p50/p95/p99)",

@@ -448,7 +448,7 @@ class Session:
         self._publish_cues(result.cues)
         dt = 1.0 / self.analysis_hz
         has_audio = "audio" in self._tracks and self.ring.end_time >= audio_t - dt
-        lag = self.clock.lag(t)
+        lag = self.clock.lag(min(t, self.media_end))  # a tick may run before t arrives
         lags = {} if lag is None else {"tick": lag}
         if frame is not None:
             arrived = next((w for ft, w in self._frame_arrivals if ft == frame.t), None)
@@ -507,7 +507,7 @@ class Session:
         )
 
     def _status(self, t: float) -> Status:
-        lag = self.clock.lag(t)
+        lag = self.clock.lag(min(t, self.media_end))  # a tick may run before t arrives
         return Status(
             self.id,
             t=t,
