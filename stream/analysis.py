@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from av.video.reformatter import VideoReformatter
@@ -30,6 +31,9 @@ from models.voice_cues import VoiceCueDetector
 from models.word_cues import WordCueDetector
 from stream.buffers import AudioRing, VideoFrame
 from stream.vad import VadTimeline
+
+if TYPE_CHECKING:  # torch comes with the full profile only: serving lite does not import it
+    from models.full_stream import FullStream
 
 __all__ = ["Analyzer", "TickResult"]
 
@@ -86,6 +90,11 @@ class Analyzer:
     weights: face and voice), so they only feed the cue detectors. The
     published ``p`` is the source named by the weights' decision rule
     (``tcn`` or ``text``), and `method`/`threshold` go with it.
+
+    The full profile (``models.full`` set) publishes the p of its embedding TCN
+    (`models.full_stream.FullStream`: face clip, audio window, committed
+    transcript), with the checkpoint's frame-level threshold; the cue detectors
+    run as in the lite profile. Its ticks must fall at the checkpoint's rate.
     """
 
     def __init__(
@@ -99,16 +108,24 @@ class Analyzer:
         self.context = context
         self.ring = ring
         self.vad = vad
-        self.tcn: FusionTCN = models.tcn.fresh()
-        self.text_stream = TextStream(self.text_model, context)
-        rule = self.tcn.decision()
-        self.source: str = rule.get("source", "text")
-        self.method: str = rule.get("method", "last")
-        with_context = self.text_stream.question is not None
-        if "threshold" in rule:
-            self.threshold = float(rule["threshold_context" if with_context else "threshold"])
+        full = getattr(models, "full", None)
+        self.full: FullStream | None = None
+        if full is not None:
+            from models.full_stream import FullStream
+
+            self.full = FullStream(full)
+            self.source, self.method, self.threshold = "full", full.method, full.threshold
         else:
-            self.threshold = self.text_model.threshold_for(context)
+            self.tcn: FusionTCN = models.tcn.fresh()
+            self.text_stream = TextStream(self.text_model, context)
+            rule = self.tcn.decision()
+            self.source: str = rule.get("source", "text")
+            self.method: str = rule.get("method", "last")
+            with_context = self.text_stream.question is not None
+            if "threshold" in rule:
+                self.threshold = float(rule["threshold_context" if with_context else "threshold"])
+            else:
+                self.threshold = self.text_model.threshold_for(context)
         self.words: list[Any] = []  # committed words so far
         self._face: FaceFeatures | None = None  # newest face features
         self.word_cues = WordCueDetector()
@@ -131,10 +148,12 @@ class Analyzer:
         tentative: list[Any],
         frame: VideoFrame | None = None,
         audio_t: float | None = None,
+        earlier: Sequence[VideoFrame] = (),
     ) -> TickResult:
         """Analyse media time ``t`` given words newly committed since the last tick,
         the newest video frame not analysed yet (None if there is none), and the
-        audio up to ``audio_t`` (default ``t``)."""
+        audio up to ``audio_t`` (default ``t``). ``earlier``: the frames since the last
+        tick before ``frame`` (the full profile's face clips use them; lite: none)."""
         started = time.perf_counter()
         audio_t = t if audio_t is None else audio_t
         cues: list[CueHit] = []
@@ -142,6 +161,8 @@ class Analyzer:
             self.words.extend(committed)
             self._pending_words.extend(committed)
             cues.extend(self.word_cues.update(committed, final=utterance_final))
+        if self.full is not None:
+            return self._tick_full(t, committed, cues, [*earlier, frame], audio_t, started)
         words = self.words + list(tentative)
         text_x = self.text_stream.features(t, words)
         p_text = self.text_stream.p_text
@@ -181,6 +202,58 @@ class Analyzer:
             p_text=float(p_text),
             p_tcn=float(p_tcn),
             x=x,
+            timings={"face": face_s, "model": time.perf_counter() - started - face_s},
+        )
+
+    def _tick_full(
+        self,
+        t: float,
+        committed: list[Any],
+        cues: list[CueHit],
+        frames: list[VideoFrame | None],
+        audio_t: float,
+        started: float,
+    ) -> TickResult:
+        """The full profile's tick: cues as in the lite one, p from `FullStream.step`.
+        Its evidence is "text" once the model has any input (face, voice or words): its p
+        is then a model output, not a prior."""
+        assert self.full is not None
+        voice = None
+        if self.prosody is not None and self.ring is not None:
+            audio = self.ring.read_time(self.prosody.t, audio_t)
+            if audio.size:
+                voice = self.prosody.update(audio, self._pending_words, self.vad)
+                self._pending_words = []
+            cues.extend(self.voice_cues.update(audio_t, voice, self.vad))
+        face = None
+        face_s = 0.0
+        frame = frames[-1]
+        face_started = time.perf_counter()
+        for f in frames:  # every frame since the last tick, the newest last
+            if f is None:
+                continue
+            rgb = frame_rgb(f, self._reformatter)
+            face = self.prepare_face().analyze(rgb, f.t)
+            cues.extend(self.face_cues.update(f.t, face))
+            self.full.add_frame(f.t, rgb, None if face is None else face.landmarks)
+        face_s = time.perf_counter() - face_started
+        if frame is not None or committed:
+            cues.extend(self.cross_cues.update(t, committed, face))
+        # The audio window ends at t where the ring holds it (a file session, always), as in
+        # training; else at the newest audio received.
+        end_t = t if self.ring is None else max(audio_t, min(t, self.ring.end_time))
+        step = self.full.step(t, self.ring, end_t, [w.w for w in self.words])
+        evidence = "text" if step.present.any() else "prior"
+        return TickResult(
+            t=t,
+            p=float(np.clip(step.p, 0.0, 1.0)),
+            evidence=evidence,
+            n_words=len(self.words),
+            cues=cues,
+            voice=voice,
+            face=face,
+            p_tcn=float(step.p),
+            x=np.concatenate([step.video, step.audio, step.text, step.present]),
             timings={"face": face_s, "model": time.perf_counter() - started - face_s},
         )
 

@@ -166,6 +166,15 @@ class LatestFrameSlot:
             self.taken += 1
         return found
 
+    def take_all_until(self, t: float) -> list[VideoFrame]:
+        """Remove and return every frame held at or before media time ``t``, oldest first
+        (for a consumer that analyses them all: none is counted as dropped)."""
+        out: list[VideoFrame] = []
+        while self._slots and self._slots[0][1].t <= t + 1e-9:
+            out.append(self._slots.popleft()[1])
+        self.taken += len(out)
+        return out
+
     def count_dropped(self) -> None:
         """Count a frame refused before the slot (e.g. above the ingest fps limit)."""
         self.received += 1

@@ -1,4 +1,5 @@
-"""The `ahstream` command line: serve, analyze, send, listen, evaluate, score, train, bench."""
+"""The `ahstream` command line: serve, analyze, send, listen, evaluate, score, train, export,
+bench."""
 
 from __future__ import annotations
 
@@ -23,6 +24,87 @@ def _models(profile: str, **options: Any) -> Any:
     return load_models(profile, **options)
 
 
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """load_models options of --backend/--onnx-dir; exits with a clear message when the
+    export cannot be used with the weights being loaded."""
+    if args.onnx_dir is None:
+        return {"backend": args.backend}
+    if args.backend != "onnxruntime":
+        raise SystemExit(f"ahstream {args.command}: --onnx-dir needs --backend onnxruntime")
+    from models.export import ExportError, lite_source_hashes, read_manifest
+
+    try:
+        read_manifest(args.onnx_dir, expect_sources=lite_source_hashes())
+    except (ExportError, OSError, ValueError) as exc:
+        raise SystemExit(f"ahstream {args.command}: --onnx-dir: {exc}") from exc
+    return {"backend": "onnxruntime", "onnx_dir": args.onnx_dir}
+
+
+def _add_backend_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        default="native",
+        choices=["native", "onnxruntime"],
+        help="native (default): the models as shipped (numpy TCN and text heads, the FER "
+        "graph under ONNX Runtime); onnxruntime: the FER, TCN and text heads from their ONNX "
+        "export (`ahstream export`), each checked against the weights",
+    )
+    parser.add_argument(
+        "--onnx-dir",
+        metavar="DIR",
+        help="with --backend onnxruntime: an `ahstream export --out DIR` of these weights "
+        "(default: export the shipped weights in memory at start)",
+    )
+
+
+def _add_profile_args(parser: argparse.ArgumentParser) -> None:
+    """--profile, --weights-dir, --face-crop and --analysis-hz of `serve` and `analyze`."""
+    parser.add_argument("--profile", default="lite", choices=["lite", "full"], help="model profile")
+    parser.add_argument(
+        "--weights-dir",
+        metavar="DIR",
+        help="full: a directory written by `ahstream train --profile full` (required); "
+        "lite: text and TCN weights (default: the shipped ones)",
+    )
+    parser.add_argument(
+        "--face-crop",
+        default="mesh",
+        choices=["mesh", "centre"],
+        help="full: face crops from the face mesh's landmarks (default), or the centred "
+        "square of the frame for media that are face crops already",
+    )
+    parser.add_argument(
+        "--analysis-hz",
+        type=float,
+        default=None,
+        help="analysis ticks (frame events) per media second (lite default 10; full: the "
+        "rate its weights were trained at, which is also the default)",
+    )
+
+
+def _profile_models(args: argparse.Namespace, **options: Any) -> Any:
+    """The models of --profile with --weights-dir/--face-crop; sets ``args.analysis_hz``
+    to the rate they need. Exits with a message when they cannot be loaded or the rate
+    given differs from the one the weights need."""
+    extra: dict[str, Any] = {} if args.weights_dir is None else {"weights_dir": args.weights_dir}
+    if args.profile == "full":
+        extra["face_crop"] = args.face_crop
+    try:
+        models = _models(args.profile, **options, **extra)
+    except (ValueError, FileNotFoundError) as exc:  # FullProfileError is a ValueError
+        if args.profile != "full":
+            raise
+        raise SystemExit(f"ahstream {args.command}: {exc}") from exc
+    need = models.analysis_hz
+    if need is not None and args.analysis_hz is not None and abs(args.analysis_hz - need) > 1e-9:
+        raise SystemExit(
+            f"ahstream {args.command}: --analysis-hz {args.analysis_hz:g} differs from the "
+            f"{need:g} Hz the --weights-dir TCN was trained at (leave it out)"
+        )
+    args.analysis_hz = need or (10.0 if args.analysis_hz is None else args.analysis_hz)
+    return models
+
+
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -30,7 +112,7 @@ def _serve_options_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the TLS, recording and limit options of `serve` (None: nothing)."""
     import ssl
 
-    from stream.server import tls_context
+    from stream.serving import tls_context
 
     if bool(args.tls_cert) != bool(args.tls_key):
         return "--tls-cert and --tls-key go together"
@@ -39,6 +121,8 @@ def _serve_options_problem(args: argparse.Namespace) -> str | None:
             tls_context(args.tls_cert, args.tls_key)
         except (OSError, ssl.SSLError) as exc:
             return f"cannot use the TLS certificate/key: {exc}"
+    if args.batch_max < 1 or not 0 <= args.batch_wait_ms <= 1000:
+        return "--batch-max must be >= 1 and --batch-wait-ms between 0 and 1000"
     if min(args.max_width, args.max_height) < 16 or args.max_fps <= 0 or args.ws_max_msg < 64:
         return "--max-width/--max-height must be >= 16, --max-fps > 0, --ws-max-msg >= 64"
     if args.record:
@@ -53,8 +137,6 @@ def _serve_options_problem(args: argparse.Namespace) -> str | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from stream.auth import ENV_TOKENS, TokenFileError, load_tokens
-    from stream.ingest import MediaLimits
-    from stream.server import ASR_NICE, ASR_WORKERS, ServerConfig, run_server
 
     try:
         tokens = load_tokens(args.token_file)
@@ -73,6 +155,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if problem:
         print(f"ahstream serve: {problem}", file=sys.stderr)
         return 2
+    processes = serve_processes(args.processes)
+    if processes > 1:
+        return _serve_front(args, processes)
+    from stream.ingest import MediaLimits
+    from stream.server import ASR_NICE, ASR_WORKERS, ServerConfig, run_server
+
+    # Sessions run side by side: two Whisper decodes at once, one thread each, at a lower
+    # CPU priority than frames (a live ASR that falls behind skips ahead; frames must not).
+    models = _profile_models(
+        args,
+        cpu_threads=1,
+        asr_workers=ASR_WORKERS,
+        asr_nice=ASR_NICE,
+        **_backend_options(args),
+    )
     config = ServerConfig(
         host=args.host,
         port=args.port,
@@ -89,10 +186,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         record_dir=args.record,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        batch_max=args.batch_max,
+        batch_wait_ms=args.batch_wait_ms,
     )
-    # Sessions run side by side: two Whisper decodes at once, one thread each, at a lower
-    # CPU priority than frames (a live ASR that falls behind skips ahead; frames must not).
-    models = _models(args.profile, cpu_threads=1, asr_workers=ASR_WORKERS, asr_nice=ASR_NICE)
     if tokens:
         print(f"ahstream: bearer-token auth on ({len(tokens)} service tokens)", file=sys.stderr)
     else:
@@ -110,6 +206,75 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.record:
         print(f"ahstream: recording every session under {args.record} (--record)", file=sys.stderr)
     run_server(models, config)
+    return 0
+
+
+MAX_AUTO_PROCESSES = 4
+
+
+def _processes(value: str) -> int | str:
+    """`--processes`: a positive count or 'auto'."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number of processes or 'auto'") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("at least one process")
+    return n
+
+
+def serve_processes(value: int | str) -> int:
+    """How many worker processes `serve` runs (1: no front, today's single process)."""
+    if os.environ.get("AHSTREAM_WORKER") is not None:
+        return 1  # a worker of a front never starts workers of its own
+    if value == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_AUTO_PROCESSES))
+    return int(value)
+
+
+FRONT_ONLY = ("host", "port", "processes", "tls_cert", "tls_key")
+
+
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """The `serve` command line of a worker: every option the user set, except the ones the
+    front keeps (address, TLS, processes)."""
+    argv = ["--log-level", args.log_level, "serve"]
+    for action in args.serve_parser._actions:
+        if not action.option_strings or action.dest in FRONT_ONLY or action.dest == "help":
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            argv.append(flag)
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _serve_front(args: argparse.Namespace, processes: int) -> int:
+    """Run `serve` as a front over ``processes`` worker servers (stream.front)."""
+    from stream.front import run_front
+    from stream.serving import tls_context
+
+    ssl_context = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    print(
+        f"ahstream: serving {'https' if args.tls_cert else 'http'}://{args.host}:{args.port}/ "
+        f"(profile {args.profile}, {processes} worker processes; starting them)",
+        file=sys.stderr,
+        flush=True,
+    )
+    run_front(
+        worker_argv(args),
+        processes,
+        args.host,
+        args.port,
+        ssl_context=ssl_context,
+        ws_max_msg=args.ws_max_msg,
+    )
     return 0
 
 
@@ -137,6 +302,9 @@ async def _analyze_one(
         context=args.context,
         executor=executor,
         asr_hop_s=args.asr_hop,
+        # The full profile's audio windows end at the tick, as in training: a file session
+        # waits for that audio (a live one takes what has arrived by then).
+        **({"audio_delay_s": 0.0} if getattr(models, "full", None) is not None else {}),
     )
     session.start()
     started = time.perf_counter()
@@ -206,7 +374,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.out and len(files) > 1:
         print("ahstream analyze: --out takes one file; use --out-dir for several", file=sys.stderr)
         return 2
-    models = _models(args.profile)
+    models = _profile_models(args, **_backend_options(args))
     if models.face_pool is not None:
         models.face_pool.fill()  # the face graph builds while the file opens
         models.face_pool.refill = len(files) > 1  # a replacement only if another file comes
@@ -323,8 +491,10 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.profile != "lite":
-        print("ahstream train: only --profile lite is available", file=sys.stderr)
+    if args.profile == "full":
+        return _train_full(args)
+    if not args.split_dir:
+        print("ahstream train: --profile lite needs --split-dir DIR", file=sys.stderr)
         return 2
     split_dir = Path(args.split_dir)
     for name in ("train.txt", "val.txt"):
@@ -356,10 +526,108 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _full_profile_call(command: str, call: Any) -> tuple[int, dict[str, Any] | None]:
+    """Run a full-profile train/evaluate call; errors become (exit code, None) and a message."""
+    from models.bah_layout import BahLayoutError
+    from models.train_full import FullProfileError
+
+    try:
+        return 0, call()
+    except (FullProfileError, FileNotFoundError) as exc:  # missing split, weights or model
+        print(f"ahstream {command}: {exc}", file=sys.stderr)
+        return 2, None
+    except BahLayoutError as exc:  # a malformed file of the layout
+        print(f"ahstream {command}: {exc}", file=sys.stderr)
+        return 1, None
+
+
+def _train_full(args: argparse.Namespace) -> int:
+    """`ahstream train --profile full --bah-root DIR --out-dir DIR`."""
+    if not args.bah_root or not args.out_dir:
+        print(
+            "ahstream train: --profile full needs --bah-root DIR and --out-dir DIR", file=sys.stderr
+        )
+        return 2
+    if not Path(args.bah_root).is_dir():
+        print(f"ahstream train: {args.bah_root}: not a BAH dataset root", file=sys.stderr)
+        return 2
+    from models.bah_features import TickConfig
+    from models.train_full import FullTrainConfig, train_full
+
+    chosen = {"video": args.video_model, "audio": args.audio_model, "text": args.text_model}
+    models = {k: v for k, v in chosen.items() if v}
+    if args.tick_hz <= 0 or args.audio_window <= 0:
+        print("ahstream train: --tick-hz and --audio-window must be > 0", file=sys.stderr)
+        return 2
+    ticks = TickConfig(hz=args.tick_hz, audio_window_s=args.audio_window)
+    config = FullTrainConfig(epochs=args.epochs, seed=args.seed, ticks=ticks)
+    code, result = _full_profile_call(
+        "train",
+        lambda: train_full(
+            args.bah_root,
+            args.out_dir,
+            models=models,
+            config=config,
+            cache_dir=args.cache_dir,
+            progress=not args.json,
+            device=args.device,
+        ),
+    )
+    if result is not None:
+        print(json.dumps(result))
+    return code
+
+
+def _evaluate_full(args: argparse.Namespace) -> int:
+    """`ahstream evaluate --bah-root DIR --split val|test --weights-dir DIR [--submission CSV]`."""
+    if not Path(args.bah_root).is_dir():
+        print(f"ahstream evaluate: {args.bah_root}: not a BAH dataset root", file=sys.stderr)
+        return 2
+    if not args.weights_dir:
+        print("ahstream evaluate: --bah-root needs --weights-dir DIR", file=sys.stderr)
+        return 2
+    from models.train_full import evaluate_full
+
+    code, result = _full_profile_call(
+        "evaluate",
+        lambda: evaluate_full(
+            args.bah_root,
+            args.split,
+            args.weights_dir,
+            cache_dir=args.cache_dir,
+            submission=args.submission,
+            progress=not args.json,
+            device=args.device,
+        ),
+    )
+    if result is None:
+        return code
+    if args.json:
+        print(json.dumps(result))
+    else:
+        fr = result["frame"]
+        print(
+            f"{args.split} video level: {_metrics_line(result)} threshold={result['threshold']:.3f}"
+        )
+        if fr.get("n"):
+            print(f"{args.split} frame level: {_metrics_line(fr)} threshold={fr['threshold']:.3f}")
+        if result["submission"]:
+            print(f"submission: {result['submission']}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from models.bah import BahFormatError
     from stream.evaluate import evaluate_split
 
+    if args.bah_root:
+        return _evaluate_full(args)
+    if not args.split_file:
+        print(
+            "ahstream evaluate: give --split-file FILE (lite) or --bah-root DIR (full)",
+            file=sys.stderr,
+        )
+        return 2
     if not Path(args.split_file).is_file():
         print(f"ahstream evaluate: no such file: {args.split_file}", file=sys.stderr)
         return 2
@@ -422,6 +690,99 @@ ANALYZE_ASR_HOP_S = 2.0  # files need no low latency: fewer, longer decodes, 5x 
 RESULTS_DIR = Path("benchmarks") / "results"  # relative to where the command runs
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from models.export import ExportError, export_full, export_lite
+
+    try:
+        if args.profile == "lite":
+            if args.head or args.video_model or args.audio_model or args.text_model:
+                print(
+                    "ahstream export: --head/--video-model/--audio-model/--text-model are "
+                    "full-profile options (--profile full)",
+                    file=sys.stderr,
+                )
+                return 2
+            manifest = export_lite(args.out, args.weights_dir, opset=args.opset, atol=args.atol)
+        else:
+            manifest = export_full(
+                args.out,
+                head=args.head,
+                video_model=args.video_model,
+                audio_model=args.audio_model,
+                text_model=args.text_model,
+                opset=args.opset,
+                atol=args.atol,
+            )
+    except (ExportError, OSError, ValueError) as exc:
+        print(f"ahstream export: {exc}", file=sys.stderr)
+        return 1
+    summary: dict[str, Any] = {
+        "out": str(args.out),
+        "manifest": str(Path(args.out) / "manifest.json"),
+        "backend": args.backend,
+        "opset": manifest["opset"],
+        "models": {k: m["parity"]["max_abs_diff"] for k, m in manifest["models"].items()},
+    }
+    if args.backend == "tensorrt":
+        from models.tensorrt import TensorRTUnavailable, build_export
+
+        try:
+            summary["engines"] = build_export(args.out, args.cache_dir, atol=args.trt_atol)
+        except TensorRTUnavailable as exc:
+            print(
+                f"ahstream export: {exc} (the ONNX export in {args.out} is complete)",
+                file=sys.stderr,
+            )
+            return 1
+    if not args.json:
+        for name, diff in summary["models"].items():
+            print(f"{name}: ONNX Runtime vs source max |diff| {diff:.2g}", file=sys.stderr)
+    print(json.dumps(summary))
+    return 0
+
+
+def _add_export_parser(sub: Any) -> None:
+    x = sub.add_parser(
+        "export",
+        help="export the models to ONNX (and TensorRT engines), checked against their source",
+        description="Export a profile's networks to ONNX (opset >= 17, dynamic batch; the TCN "
+        "also as a step graph with explicit state) into --out with a manifest.json (files, "
+        "sha256, inputs/outputs, source weights' hashes, parity). Every graph is run under "
+        "ONNX Runtime and compared with its source; a difference above --atol fails. "
+        "--backend tensorrt then builds one FP16 engine per graph (LayerNorm in FP32), cached "
+        "per GPU and TensorRT version, each checked against ONNX Runtime.",
+    )
+    x.add_argument("--profile", default="lite", choices=["lite", "full"], help="model profile")
+    x.add_argument(
+        "--backend",
+        default="onnx",
+        choices=["onnx", "tensorrt"],
+        help="onnx (default): graphs + manifest; tensorrt: also build and check an engine per "
+        "graph (needs an NVIDIA GPU and `pip install '.[gpu]'`)",
+    )
+    x.add_argument("--out", required=True, metavar="DIR", help="write the graphs and manifest here")
+    x.add_argument("--weights-dir", help="lite: text and TCN weights (default: the shipped ones)")
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (17)")
+    x.add_argument("--atol", type=float, default=1e-4, help="largest ONNX-vs-source |diff| (1e-4)")
+    x.add_argument("--head", metavar="CKPT", help="full: a ConflictAwareAH checkpoint")
+    x.add_argument("--video-model", metavar="ID|PATH", help="full: VideoMAE encoder id or path")
+    x.add_argument("--audio-model", metavar="ID|PATH", help="full: HuBERT encoder id or path")
+    x.add_argument("--text-model", metavar="ID|PATH", help="full: RoBERTa encoder id or path")
+    x.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="tensorrt: engine cache (default: DIR/engines under --out)",
+    )
+    x.add_argument(
+        "--trt-atol",
+        type=float,
+        default=1e-2,
+        help="tensorrt: largest engine-vs-ONNX Runtime |diff| on the sample inputs (FP16; 1e-2)",
+    )
+    x.add_argument("--json", action="store_true", help="one JSON object as the last line only")
+    x.set_defaults(func=cmd_export)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "asr":
         from benchmarks.asr import run_asr_bench
@@ -476,13 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the WHIP + websocket service")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    s.add_argument("--profile", default="lite", choices=["lite"], help="model profile")
-    s.add_argument(
-        "--analysis-hz",
-        type=float,
-        default=10.0,
-        help="analysis ticks (frame events) per media second (default 10)",
-    )
+    _add_profile_args(s)
+    _add_backend_args(s)
     s.add_argument(
         "--idle-timeout",
         type=float,
@@ -540,7 +896,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest websocket message a subscriber may send, bytes; larger closes it "
         "(default 4096)",
     )
-    s.set_defaults(func=cmd_serve)
+    s.add_argument(
+        "--batch-max",
+        type=int,
+        default=8,
+        help="cross-session batching: at most this many items (faces) per model run, shared "
+        "by all sessions of a process; 1 turns batching off (default 8)",
+    )
+    s.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        help="longest a model request is held for other sessions' requests to join its batch, "
+        "and only while another session is known to be mid-tick (a lone session never waits). "
+        "Longer waits form larger batches, which pays on a GPU and little on a CPU, at that "
+        "cost in frame latency; 0 turns batching off (default 2)",
+    )
+    s.add_argument(
+        "--processes",
+        type=_processes,
+        default="auto",
+        metavar="N|auto",
+        help="worker processes, each with its own models and event loop, behind one front on "
+        "--host:--port; media goes straight to the worker of its session. aiortc's RTP "
+        "stack runs in Python on one loop per process, so one process fills one core; "
+        "'auto' (default) is one per CPU core, at most 4; each costs about 0.5 GB of memory",
+    )
+    s.set_defaults(func=cmd_serve, serve_parser=s)
 
     a = sub.add_parser("analyze", help="run the session on media files (offline)")
     a.add_argument("files", nargs="+", metavar="FILE", help="audio/video files")
@@ -549,8 +931,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out-dir", help="write DIR/<stem>.jsonl for each file")
     a.add_argument("--realtime", action="store_true", help="feed at real-time pace")
     a.add_argument("--context", help="the prompt the person is answering (optional)")
-    a.add_argument("--profile", default="lite", choices=["lite"], help="model profile")
-    a.add_argument("--analysis-hz", type=float, default=10.0, help="analysis ticks per second")
+    _add_profile_args(a)
+    _add_backend_args(a)
     a.add_argument(
         "--asr-hop",
         type=float,
@@ -591,11 +973,38 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--token", help="bearer token: the session's read token or a service token")
     li.set_defaults(func=cmd_listen)
 
-    t = sub.add_parser("train", help="reproduce the shipped model weights (text + TCN)")
-    t.add_argument("--profile", default="lite", choices=["lite"])
-    t.add_argument("--split-dir", required=True, help="folder with BAH train.txt and val.txt")
-    t.add_argument("--out-dir", help="where to write weights (default: the package's weights)")
+    t = sub.add_parser(
+        "train", help="reproduce the shipped lite weights (text + TCN), or train the full profile"
+    )
+    t.add_argument("--profile", default="lite", choices=["lite", "full"])
+    t.add_argument("--split-dir", help="lite: folder with BAH train.txt and val.txt")
+    t.add_argument(
+        "--out-dir",
+        help="where to write weights (lite default: the package's weights; full: required)",
+    )
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--bah-root", metavar="DIR", help="full: BAH dataset root (distributed layout)")
+    for kind, default in (
+        ("video", "MCG-NJU/videomae-base"),
+        ("audio", "facebook/hubert-base-ls960"),
+        ("text", "SamLowe/roberta-base-go_emotions"),
+    ):
+        t.add_argument(f"--{kind}-model", help=f"full: hub id or local path (default {default})")
+    t.add_argument("--epochs", type=int, default=60, help="full: training epochs (60)")
+    t.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="full: embedding cache (default OUT_DIR/feature-cache; reused across runs)",
+    )
+    t.add_argument("--device", default="cpu", help="full: torch device of the encoders (cpu)")
+    t.add_argument("--tick-hz", type=float, default=2.0, help="full: analysis ticks per second (2)")
+    t.add_argument(
+        "--audio-window",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="full: seconds of audio each tick's voice embedding hears (2)",
+    )
     t.add_argument("--json", action="store_true", help="no progress bar; JSON metrics only")
     t.set_defaults(func=cmd_train)
 
@@ -604,16 +1013,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--split-file",
-        required=True,
         metavar="FILE",
-        help="BAH split file: video_id,label,transcript",
+        help="lite: BAH split file: video_id,label,transcript",
     )
+    ev.add_argument("--bah-root", metavar="DIR", help="full: BAH dataset root; needs --weights-dir")
+    ev.add_argument("--split", default="val", choices=["train", "val", "test"], help="full: split")
+    ev.add_argument(
+        "--submission", metavar="CSV", help="full: write the challenge submission of the split"
+    )
+    ev.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="full: embedding cache (default: the one `train` used)",
+    )
+    ev.add_argument("--device", default="cpu", help="full: torch device of the encoders (cpu)")
     ev.add_argument(
         "--context-from-question",
         action="store_true",
         help="give each answer the prompt of the question number in its video id as context",
     )
-    ev.add_argument("--weights-dir", help="text and TCN weights (default: the shipped ones)")
+    ev.add_argument(
+        "--weights-dir",
+        help="lite: text and TCN weights (default: the shipped ones); full: `train` output",
+    )
     ev.add_argument("--json", action="store_true", help="no progress bar; one JSON object")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -629,6 +1051,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sc.add_argument("--json", action="store_true", help="one JSON object as the last line")
     sc.set_defaults(func=cmd_score)
+
+    _add_export_parser(sub)
 
     b = sub.add_parser("bench", help="benchmarks (JSON results)")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")

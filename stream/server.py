@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 
 from aiohttp import WSMsgType, web
-from aiohttp.abc import AbstractAccessLogger
 
 from models.profile import Models
 from stream.auth import Auth
+from stream.batching import SharedRunners
 from stream.ingest import MediaLimits
 from stream.metrics import ServerMetrics, metrics_endpoint
 from stream.publisher import Publisher
+from stream.serving import AccessLogger, add_routes, new_event_loop, tls_context
 from stream.session import Session
 from stream.whip import LiveSession, whip_delete, whip_post
 
@@ -50,6 +50,8 @@ class ServerConfig:
     record_dir: str | None = None  # --record: write each session's audio and events here
     tls_cert: str | None = None
     tls_key: str | None = None
+    batch_max: int = 8  # cross-session batching of model runs (stream.batching); 1: off
+    batch_wait_ms: float = 2.0  # longest a request is held for a batch; 0: off
 
 
 class Server:
@@ -71,6 +73,9 @@ class Server:
             active_sessions=lambda: self.active_sessions,
             subscribers=lambda: sum(p.subscribers for p in self.publishers.values()),
         )
+        # One runner per model for all sessions, micro-batching their requests.
+        self.batching = SharedRunners(models, config.batch_max, config.batch_wait_ms)
+        self.metrics.registry.register(self.batching.collector())
 
     def new_session(self, session_id: str, context: str | None = None) -> Session:
         """A session whose events subscribers can find by id."""
@@ -126,6 +131,7 @@ class Server:
             task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.asr_executor.shutdown(wait=False, cancel_futures=True)
+        self.batching.close()
 
 
 async def events_ws(request: web.Request) -> web.StreamResponse:
@@ -192,25 +198,22 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     return web.Response(text=json.dumps(body), content_type="application/json")
 
 
-class AccessLogger(AbstractAccessLogger):
-    """Access log lines without query strings (they may carry tokens or context)."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        """Log method, path, status and duration of one request."""
-        self.logger.info("%s %s %d %.3fs", request.method, request.path, response.status, time)
-
-
 def make_app(server: Server) -> web.Application:
     """The aiohttp application for ``server``."""
     app = web.Application(client_max_size=256 * 1024)
     app["server"] = server
-    app.router.add_get("/", index)
-    app.router.add_get("/static/{name}", static)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_post("/whip", whip_post)
-    app.router.add_delete("/whip/{session}", whip_delete)
-    app.router.add_get("/sessions/{session}/events", events_ws)
+    add_routes(
+        app,
+        {
+            "index": index,
+            "static": static,
+            "healthz": healthz,
+            "metrics": metrics_endpoint,
+            "whip_post": whip_post,
+            "whip_delete": whip_delete,
+            "events": events_ws,
+        },
+    )
 
     async def on_shutdown(app: web.Application) -> None:
         await server.shutdown()
@@ -240,21 +243,3 @@ def run_server(models: Models, config: ServerConfig) -> None:
         ssl_context=ssl_context,
         loop=new_event_loop(),
     )
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it is installed (Linux, macOS): aiortc's RTP handling runs on the loop,
-    and uvloop's transports and callbacks cost it less (see README, Performance)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
-def tls_context(cert_file: str, key_file: str | None) -> ssl.SSLContext:
-    """Server TLS context (TLS 1.2+) from PEM files; raises OSError/ssl.SSLError if unusable."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
-    return context

@@ -111,9 +111,10 @@ class Session:
         # Frames waiting for their tick: a live tick runs as its frame arrives (4 s is
         # slack for a slow moment); a file is fed ahead of the ticks (see FILE_AHEAD_S).
         ahead = 4.0 if live else FILE_AHEAD_S + 2.0
-        self.slot = LatestFrameSlot(
-            interval_s=1.0 / analysis_hz, max_intervals=int(ahead * analysis_hz)
-        )
+        # The lite model analyses the newest frame of each tick; the full profile's face
+        # clips take every frame, at most `Models.frame_hz` per second.
+        per_s = max(analysis_hz, getattr(models, "frame_hz", None) or analysis_hz)
+        self.slot = LatestFrameSlot(interval_s=1.0 / per_s, max_intervals=int(ahead * per_s))
         self.analyzer = Analyzer(models, self.context, self.ring, self.vad)
         self.aggregator = VideoAggregator(
             self.analyzer.threshold, self.analyzer.method, analysis_hz
@@ -428,7 +429,12 @@ class Session:
         committed, final, tentative = self._take_asr(t, take_all)
         if tentative is not None:
             self._tick_tentative = tentative
-        frame = self.slot.take_until(t)
+        earlier: list[VideoFrame] = []  # frames before the newest (full profile only)
+        if self.analyzer.full is not None:
+            earlier = self.slot.take_all_until(t)
+            frame = earlier.pop() if earlier else None
+        else:
+            frame = self.slot.take_until(t)
         if frame is not None:
             self._last_video_t = frame.t
         audio_t = t if take_all else t - self._audio_lag
@@ -440,6 +446,7 @@ class Session:
             list(self._tick_tentative),
             frame,
             audio_t,
+            earlier,
         )
         p, evidence = result.p, result.evidence
         self._evidence = evidence

@@ -22,7 +22,12 @@ Planted cross-modal signal (learnable only by combining face and voice):
   flips class; negative videos agree throughout. ``global_ah`` = 1 iff a segment exists.
 
 Labels and tone classes are crossed so that neither modality alone predicts the label,
-and the transcripts are the same kind of neutral text for both classes.
+and the transcripts are the same kind of neutral text for both classes. Over time, though,
+the face alone gives it away (a positive video's face changes class, a negative's never
+does). ``xor_chunk_s`` closes that: the tone class is drawn at random for every chunk of
+that many seconds, the face class is the tone class XOR the frame label, and the A/H
+segment covers whole chunks, so the face sequence alone and the voice alone are both
+independent of the labels (``tone_hz`` is then the first chunk's tone).
 """
 
 from __future__ import annotations
@@ -126,8 +131,15 @@ def _face(brightness: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
-def _write_mp4(path: Path, frames: list[np.ndarray], tone_hz: float, seconds: float) -> None:
-    """H.264 video at FPS and an AAC mono tone of ``seconds`` (PyAV)."""
+def _write_mp4(
+    path: Path,
+    frames: list[np.ndarray],
+    tone_hz: float,
+    seconds: float,
+    chunk_hz: tuple[float, np.ndarray] | None = None,
+) -> None:
+    """H.264 video at FPS and an AAC mono tone of ``seconds`` (PyAV); ``chunk_hz`` =
+    (chunk seconds, tone of each chunk) switches the tone chunk by chunk instead."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as out:
         vs = out.add_stream("libx264", rate=FPS)
@@ -143,6 +155,9 @@ def _write_mp4(path: Path, frames: list[np.ndarray], tone_hz: float, seconds: fl
         n = int(round(seconds * AUDIO_RATE))
         t = np.arange(n) / AUDIO_RATE
         tone = (0.3 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
+        if chunk_hz is not None:
+            hz = chunk_hz[1][np.minimum((t / chunk_hz[0]).astype(int), chunk_hz[1].size - 1)]
+            tone = (0.3 * np.sin(2 * np.pi * np.cumsum(hz) / AUDIO_RATE)).astype(np.float32)
         step = 1024
         for i in range(0, n, step):
             chunk = tone[i : i + step]
@@ -190,8 +205,10 @@ def make_bah_fixture(
     counts: dict[str, int] | None = None,
     seconds: float = 2.0,
     seed: int = 0,
+    xor_chunk_s: float | None = None,
 ) -> BahFixture:
-    """Write the synthetic dataset under ``root`` (``counts`` = videos per split)."""
+    """Write the synthetic dataset under ``root`` (``counts`` = videos per split;
+    ``xor_chunk_s``: a random tone per chunk, see the module docstring)."""
     root = Path(root)
     counts = counts or {"train": 4, "val": 2, "test": 2}
     rng = np.random.default_rng(seed)
@@ -212,7 +229,21 @@ def make_bah_fixture(
             frame_labels = np.zeros(n_frames, dtype=np.int8)
             if segment:
                 frame_labels[segment[0] : segment[1] + 1] = 1
-            face_class = np.where(frame_labels == 1, 1 - audio_class, audio_class)
+            audio_frames = np.full(n_frames, audio_class)
+            chunk_hz = None
+            if xor_chunk_s is not None:
+                size = max(1, int(round(xor_chunk_s * FPS)))
+                classes = rng.integers(0, 2, -(-n_frames // size))
+                audio_frames = np.repeat(classes, size)[:n_frames]
+                chunk_hz = (size / FPS, np.where(classes == 1, HIGH_HZ, LOW_HZ))
+                tone_hz = float(chunk_hz[1][0])
+                if segment:  # whole chunks, about the middle third
+                    first = int(round(n_frames * 0.3 / size))
+                    last = max(first + 1, int(round(n_frames * 0.7 / size)))
+                    segment = (first * size, min(last * size, n_frames) - 1)
+                    frame_labels[:] = 0
+                    frame_labels[segment[0] : segment[1] + 1] = 1
+            face_class = np.where(frame_labels == 1, 1 - audio_frames, audio_frames)
             missing = (3, 4, 5, n_frames - 2) if index % 2 == 0 else (7,)
 
             frames, faces_dir = [], root / "cropped-aligned-faces" / pid / "Visite_1" / name
@@ -224,7 +255,7 @@ def make_bah_fixture(
                     Image.fromarray(_face(level, FACE_SIZE, rng)).save(
                         faces_dir / f"frame-{n}.jpg", quality=90
                     )
-            _write_mp4(root / video_id, frames, tone_hz, seconds)
+            _write_mp4(root / video_id, frames, tone_hz, seconds, chunk_hz)
 
             chunks = _utterances(seconds, rng)
             ypath = root / "transcription" / pid / "Visite_1" / f"{Path(name).stem}.yml"

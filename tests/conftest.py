@@ -36,6 +36,8 @@ class ServeProcess:
         """Start the server; ``cafile`` (a CA in PEM) means it serves https with that CA."""
         import ssl
 
+        if "--processes" not in extra:
+            extra = (*extra, "--processes", "1")  # one process unless a test asks for more
         self.port = free_port()
         scheme = "https" if cafile else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
@@ -184,3 +186,32 @@ def analyzed_call(tmp_path_factory, talking_face_mp4):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return out, run
+
+
+@pytest.fixture(scope="session")
+def bah_fx(tmp_path_factory):
+    """The XOR BAH-layout fixture of the full profile (tests.full_training)."""
+    from tests.full_training import make_fixture
+
+    return make_fixture(tmp_path_factory.mktemp("bah"))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoders(tmp_path_factory):
+    """Tiny random VideoMAE / HuBERT / RoBERTa models on disk: {"video", "audio", "text"}."""
+    from tests.tiny_models import make_tiny_encoders
+
+    return make_tiny_encoders(tmp_path_factory.mktemp("encoders"))
+
+
+@pytest.fixture(scope="session")
+def full_trained(bah_fx, tiny_encoders, tmp_path_factory):
+    """`ahstream train --profile full` on `bah_fx` run once: {"out": weights dir, "summary"}."""
+    import json
+
+    from stream.cli import main
+    from tests.full_training import train_argv
+
+    out = tmp_path_factory.mktemp("weights")
+    assert main(train_argv(bah_fx, tiny_encoders, out)) == 0
+    return {"out": out, "summary": json.loads((out / "full_profile.json").read_text())}

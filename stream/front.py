@@ -1,0 +1,525 @@
+"""The front process of a multi-process server: one `ahstream serve` worker per core.
+
+aiortc's RTP stack (SRTP, packet parsing, jitter buffers, RTCP) runs in Python on the
+event loop of the process that holds the peer connection, so one process saturates one
+core long before the machine's CPUs are busy (README, Performance). ``serve --processes N``
+therefore starts N worker servers on loopback ports and this front on the public address:
+
+- ``POST /whip`` goes to the worker with the fewest live sessions (asked at that moment;
+  a worker at its limit answers 503 and the next is tried). The worker's SDP answer holds
+  its own ICE candidates, so media flows straight to the worker, never through the front.
+- ``DELETE /whip/<id>`` and the event websocket ``/sessions/<id>/events`` go to the worker
+  that owns the session; headers (tokens) and queries pass through untouched, so the
+  workers keep doing authentication.
+- ``/healthz`` and ``/metrics`` add the workers' numbers up; ``/`` and ``/static`` come
+  from any worker.
+
+A worker that dies is started again (its sessions are lost, the others go on); workers
+die with the front (Linux parent-death signal) and are stopped with SIGTERM on shutdown,
+which finalizes their sessions while the front still relays the final events. The front
+loads no models, so its memory is small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from stream.serving import AccessLogger, add_routes, new_event_loop
+
+__all__ = ["Front", "Worker", "make_front_app", "merge_metrics", "run_front"]
+
+log = logging.getLogger(__name__)
+
+#: Request and response headers that belong to one hop, not to the request.
+HOP_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+        "Content-Encoding",
+    )
+)
+#: Sessions the front remembers (id -> worker); past it the oldest is forgotten (their
+#: DELETE and events then answer 404 at the front). Far above --max-sessions x linger.
+MAX_ROUTES = 10_000
+STARTUP_TIMEOUT_S = 240.0  # model loading on a loaded 2-core machine takes a while
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+WORKER_TIMEOUT = aiohttp.ClientTimeout(total=30.0, sock_connect=5.0)
+HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the worker gets SIGTERM when the front dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class Worker:
+    """One worker server process."""
+
+    index: int
+    port: int = 0
+    proc: asyncio.subprocess.Process | None = None
+    ready: bool = False
+    restarts: int = 0
+    pending: int = 0  # WHIP offers forwarded to it and not answered yet
+    started_at: float = 0.0
+    supervisor: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the worker on loopback."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Front:
+    """Starts, watches and routes to the worker servers."""
+
+    def __init__(self, worker_args: Sequence[str], processes: int) -> None:
+        if processes < 1:
+            raise ValueError("processes must be >= 1")
+        self.worker_args = list(worker_args)
+        self.workers = [Worker(i) for i in range(processes)]
+        self.routes: OrderedDict[str, Worker] = OrderedDict()
+        self.stopping = False
+        self.client: aiohttp.ClientSession | None = None
+
+    # -- processes ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start every worker and wait until all answer /healthz (RuntimeError if one fails)."""
+        self.client = aiohttp.ClientSession(timeout=WORKER_TIMEOUT, auto_decompress=False)
+        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        for w in self.workers:
+            w.supervisor = asyncio.get_running_loop().create_task(self._supervise(w))
+
+    async def _spawn(self, w: Worker) -> None:
+        for _attempt in range(3):  # a port taken between probe and bind: try another
+            w.port = free_port()
+            env = {**os.environ, "AHSTREAM_WORKER": str(w.index)}
+            w.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "stream.cli",
+                *self.worker_args,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(w.port),
+                "--processes",
+                "1",
+                env=env,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+            w.started_at = time.monotonic()
+            if await self._wait_ready(w):
+                w.ready = True
+                log.info("worker %d ready (pid %d, port %d)", w.index, w.proc.pid, w.port)
+                return
+        raise RuntimeError(f"worker {w.index} did not start (see its messages above)")
+
+    async def _wait_ready(self, w: Worker) -> bool:
+        assert self.client is not None and w.proc is not None
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if w.proc.returncode is not None:
+                return False
+            try:
+                async with self.client.get(w.url + "/healthz", timeout=HEALTH_TIMEOUT) as r:
+                    if r.status == 200:
+                        return True
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            await asyncio.sleep(0.3)
+        w.proc.kill()
+        await w.proc.wait()
+        return False
+
+    async def _supervise(self, w: Worker) -> None:
+        """Start ``w`` again when it dies (with back-off), unless the front is stopping."""
+        while not self.stopping:
+            assert w.proc is not None
+            code = await w.proc.wait()
+            w.ready = False
+            if self.stopping:
+                return
+            lost = [sid for sid, owner in self.routes.items() if owner is w]
+            for sid in lost:
+                self.routes.pop(sid, None)
+            log.error(
+                "worker %d (pid %d) exited with %s; %d sessions lost; restarting",
+                w.index,
+                w.proc.pid,
+                code,
+                len(lost),
+            )
+            delay = RESTART_BACKOFF_S[min(w.restarts, len(RESTART_BACKOFF_S) - 1)]
+            w.restarts += 1
+            await asyncio.sleep(delay)
+            try:
+                await self._spawn(w)
+            except RuntimeError as exc:
+                log.error("%s", exc)
+
+    async def stop(self) -> None:
+        """SIGTERM every worker (they finalize their sessions), then wait for them."""
+        self.stopping = True
+        procs = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                await asyncio.wait_for(p.wait(), 60.0)
+            except TimeoutError:
+                p.kill()
+                await p.wait()
+        for w in self.workers:
+            if w.supervisor is not None:
+                w.supervisor.cancel()
+        if self.client is not None:
+            await self.client.close()
+
+    # -- routing -----------------------------------------------------------------------
+    async def health(self, w: Worker) -> dict[str, Any] | None:
+        """A worker's /healthz body, None if it does not answer."""
+        if not w.ready or self.client is None:
+            return None
+        try:
+            async with self.client.get(w.url + "/healthz", timeout=HEALTH_TIMEOUT) as r:
+                if r.status == 200:
+                    return dict(await r.json())
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            pass
+        return None
+
+    async def loads(self) -> dict[int, int]:
+        """Live sessions of each ready worker, by worker index."""
+        healths = await asyncio.gather(*(self.health(w) for w in self.workers))
+        return {
+            w.index: int(h["sessions"])
+            for w, h in zip(self.workers, healths, strict=True)
+            if h is not None
+        }
+
+    def least_loaded(self, loads: dict[int, int]) -> Worker | None:
+        """Of the workers in ``loads``, the one with the fewest sessions plus offers on their
+        way (decided without awaiting, so concurrent offers spread)."""
+        if not loads:
+            return None
+        i = min(loads, key=lambda i: (loads[i] + self.workers[i].pending, i))
+        return self.workers[i]
+
+    def remember(self, session_id: str, w: Worker) -> None:
+        """Route ``session_id`` to ``w`` from now on (oldest forgotten past MAX_ROUTES)."""
+        self.routes[session_id] = w
+        self.routes.move_to_end(session_id)
+        while len(self.routes) > MAX_ROUTES:
+            self.routes.popitem(last=False)
+
+    def owner(self, session_id: str) -> Worker:
+        """The worker of a session (404 if the front does not know it)."""
+        w = self.routes.get(session_id)
+        if w is None or not w.ready:
+            raise web.HTTPNotFound(text="unknown session\n")
+        return w
+
+    async def forward(
+        self, request: web.Request, w: Worker, body: bytes | None = None
+    ) -> web.Response:
+        """Send ``request`` (method, path, query, headers, body) to ``w``; its answer back."""
+        assert self.client is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        if body is None and request.can_read_body:
+            body = await request.read()
+        try:
+            async with self.client.request(
+                request.method,
+                w.url + request.rel_url.path,
+                params=request.rel_url.query,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+            ) as r:
+                payload = await r.read()
+                out = {k: v for k, v in r.headers.items() if k.lower() not in HOP_HEADERS}
+                return web.Response(status=r.status, body=payload, headers=out)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("worker %d did not answer %s: %s", w.index, request.path, exc)
+            raise web.HTTPBadGateway(text="the worker holding this request failed\n") from None
+
+
+# -- handlers ----------------------------------------------------------------------------
+async def whip_post(request: web.Request) -> web.StreamResponse:
+    """A new session on the least loaded worker."""
+    front: Front = request.app["front"]
+    body = await request.content.read(256 * 1024 + 1)
+    if len(body) > 256 * 1024:
+        raise web.HTTPRequestEntityTooLarge(max_size=256 * 1024, actual_size=len(body))
+    last: web.Response | None = None
+    loads = await front.loads()
+    while (w := front.least_loaded(loads)) is not None:
+        del loads[w.index]
+        w.pending += 1
+        try:
+            resp = await front.forward(request, w, body=body)
+        finally:
+            w.pending -= 1
+        if resp.status == 503:  # that worker is at its session limit: try the next
+            last = resp
+            continue
+        if resp.status == 201:
+            location = resp.headers.get("Location", "")
+            session_id = location.rsplit("/", 1)[-1]
+            if session_id:
+                front.remember(session_id, w)
+        return resp
+    if last is not None:
+        return last
+    raise web.HTTPServiceUnavailable(
+        text="no worker process is ready; retry later\n", headers={"Retry-After": "5"}
+    )
+
+
+async def whip_delete(request: web.Request) -> web.StreamResponse:
+    """End a session on its worker."""
+    front: Front = request.app["front"]
+    w = front.owner(request.match_info["session"])
+    return await front.forward(request, w)
+
+
+async def events_ws(request: web.Request) -> web.StreamResponse:
+    """Relay a session's event websocket from its worker (the worker checks the token)."""
+    front: Front = request.app["front"]
+    session_id = request.match_info["session"]
+    w = front.owner(session_id)
+    assert front.client is not None
+    headers = {
+        k: v
+        for k, v in request.headers.items()
+        if k.lower() in ("authorization", "user-agent", "origin")
+    }
+    try:
+        upstream = await front.client.ws_connect(
+            w.url + request.rel_url.path,
+            params=request.rel_url.query,
+            headers=headers,
+            heartbeat=20.0,
+            timeout=aiohttp.ClientWSTimeout(ws_close=10.0),
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        if exc.status == 404:
+            front.routes.pop(session_id, None)
+        raise _status(exc.status) from None
+    except (TimeoutError, aiohttp.ClientError):
+        raise web.HTTPBadGateway(text="the session's worker does not answer\n") from None
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=request.app["ws_max_msg"])
+    await ws.prepare(request)
+
+    async def pump() -> None:
+        async for msg in upstream:
+            if msg.type == WSMsgType.TEXT:
+                await ws.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+
+    async def drain_client() -> None:
+        async for msg in ws:  # subscribers have nothing to say; ignore what they send
+            if msg.type == WSMsgType.ERROR:
+                break
+
+    tasks = {asyncio.ensure_future(pump()), asyncio.ensure_future(drain_client())}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        pass
+    finally:
+        for task in tasks:
+            task.cancel()
+        await upstream.close()
+        await ws.close()
+    return ws
+
+
+def _status(code: int) -> web.HTTPException:
+    """The worker's refusal of a websocket, as the same HTTP status."""
+    from stream.auth import CHALLENGE
+
+    if code == 401:
+        return web.HTTPUnauthorized(
+            text="a valid bearer token is required\n", headers={"WWW-Authenticate": CHALLENGE}
+        )
+    if code == 403:
+        return web.HTTPForbidden(text="this token may not read this session\n")
+    if code == 404:
+        return web.HTTPNotFound(text="unknown session\n")
+    return web.HTTPBadGateway(text=f"the session's worker refused the websocket ({code})\n")
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    """The workers' health added up (status "degraded" while one is down)."""
+    front: Front = request.app["front"]
+    healths = await asyncio.gather(*(front.health(w) for w in front.workers))
+    up = [h for h in healths if h]
+    body = {
+        "status": "ok" if len(up) == len(front.workers) else ("degraded" if up else "down"),
+        "profile": up[0].get("profile") if up else None,
+        "sessions": sum(int(h.get("sessions", 0)) for h in up),
+        "max_sessions": sum(int(h.get("max_sessions", 0)) for h in up),
+        "processes": [
+            {
+                "pid": w.proc.pid if w.proc else None,
+                "ready": h is not None,
+                "sessions": h.get("sessions") if h else None,
+                "restarts": w.restarts,
+            }
+            for w, h in zip(front.workers, healths, strict=True)
+        ],
+    }
+    return web.Response(
+        text=json.dumps(body), content_type="application/json", status=200 if up else 503
+    )
+
+
+def merge_metrics(texts: Sequence[str]) -> str:
+    """Prometheus text of several workers, samples with the same name and labels summed."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, dict[str, Any]] = {}
+    for text in texts:
+        for fam in text_string_to_metric_families(text):
+            f = families.setdefault(
+                fam.name, {"doc": fam.documentation, "type": fam.type, "samples": {}}
+            )
+            for s in fam.samples:
+                key = (s.name, tuple(sorted(s.labels.items())))
+                f["samples"][key] = f["samples"].get(key, 0.0) + float(s.value)
+    lines: list[str] = []
+    for name, f in families.items():
+        lines.append(f"# HELP {name} {f['doc']}")
+        lines.append(f"# TYPE {name} {f['type']}")
+        for (sname, labels), value in f["samples"].items():
+            lab = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            lines.append(f"{sname}{{{lab}}} {value!r}" if lab else f"{sname} {value!r}")
+    return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """The workers' /metrics, summed (the workers check the token)."""
+    front: Front = request.app["front"]
+    texts: list[str] = []
+    for w in front.workers:
+        if not w.ready:
+            continue
+        resp = await front.forward(request, w)
+        if resp.status != 200:
+            return resp
+        assert resp.body is not None
+        texts.append(bytes(resp.body).decode("utf-8"))
+    up = sum(w.ready for w in front.workers)
+    restarts = sum(w.restarts for w in front.workers)
+    text = merge_metrics(texts) + (
+        "# HELP ahstream_worker_processes Worker processes ready\n"
+        "# TYPE ahstream_worker_processes gauge\n"
+        f"ahstream_worker_processes {up}\n"
+        "# HELP ahstream_worker_restarts Worker processes started again after dying\n"
+        "# TYPE ahstream_worker_restarts counter\n"
+        f"ahstream_worker_restarts_total {restarts}\n"
+    )
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def from_any_worker(request: web.Request) -> web.StreamResponse:
+    """The browser page and its files, as any ready worker serves them."""
+    front: Front = request.app["front"]
+    for w in front.workers:
+        if w.ready:
+            return await front.forward(request, w)
+    raise web.HTTPServiceUnavailable(text="no worker process is ready\n")
+
+
+def make_front_app(front: Front, ws_max_msg: int = 4096) -> web.Application:
+    """The front's aiohttp application (workers are started on startup, stopped on shutdown)."""
+    app = web.Application(client_max_size=256 * 1024)
+    app["front"] = front
+    app["ws_max_msg"] = ws_max_msg
+    add_routes(
+        app,
+        {
+            "index": from_any_worker,
+            "static": from_any_worker,
+            "healthz": healthz,
+            "metrics": metrics,
+            "whip_post": whip_post,
+            "whip_delete": whip_delete,
+            "events": events_ws,
+        },
+    )
+
+    async def on_startup(app: web.Application) -> None:
+        await front.start()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await front.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    return app
+
+
+def run_front(
+    worker_args: Sequence[str],
+    processes: int,
+    host: str,
+    port: int,
+    ssl_context: Any = None,
+    ws_max_msg: int = 4096,
+) -> None:
+    """Serve on ``host:port`` in front of ``processes`` workers until interrupted."""
+    web.run_app(
+        make_front_app(Front(worker_args, processes), ws_max_msg=ws_max_msg),
+        host=host,
+        port=port,
+        print=None,
+        access_log_class=AccessLogger,
+        ssl_context=ssl_context,
+        loop=new_event_loop(),
+    )

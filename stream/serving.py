@@ -1,0 +1,59 @@
+"""What every HTTP process of ahstream shares (the server, the multi-process front):
+its event loop and its access log. Light on purpose: the front loads no models."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+__all__ = ["ROUTES", "AccessLogger", "add_routes", "new_event_loop", "tls_context"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: The HTTP interface (README, "HTTP interface"): method, path, handler name. The server
+#: and the multi-process front (stream.front) both serve exactly these.
+ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("GET", "/", "index"),
+    ("GET", "/static/{name}", "static"),
+    ("GET", "/healthz", "healthz"),
+    ("GET", "/metrics", "metrics"),
+    ("POST", "/whip", "whip_post"),
+    ("DELETE", "/whip/{session}", "whip_delete"),
+    ("GET", "/sessions/{session}/events", "events"),
+)
+
+
+def add_routes(app: web.Application, handlers: Mapping[str, Handler]) -> None:
+    """Route every path of ROUTES to its handler in ``handlers`` (all must be given)."""
+    for method, path, name in ROUTES:
+        app.router.add_route(method, path, handlers[name])
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Access log lines without query strings (they may carry tokens or context)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Log method, path, status and duration of one request."""
+        self.logger.info("%s %s %d %.3fs", request.method, request.path, response.status, time)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (Linux, macOS): aiortc's RTP handling runs on the loop,
+    and uvloop's transports and callbacks cost it less (see README, Performance)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def tls_context(cert_file: str, key_file: str | None) -> ssl.SSLContext:
+    """Server TLS context (TLS 1.2+) from PEM files; raises OSError/ssl.SSLError if unusable."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context

@@ -1,0 +1,179 @@
+"""`ahstream serve --processes 2`: a front routing WHIP sessions to two worker processes.
+
+A real server (front + two workers with their models) and real aiortc publishers over
+loopback; tokens on, so the workers' authentication is exercised through the front.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import time
+import urllib.request
+
+import aiohttp
+import pytest
+
+from clients.send import send_file
+from stream.cli import build_parser, worker_argv
+from stream.front import merge_metrics
+from tests.conftest import ServeProcess
+
+TOKEN = "front-token-4Rk9"
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory):
+    tokens = tmp_path_factory.mktemp("front") / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    srv = ServeProcess("--processes", "2", "--token-file", str(tokens), "--max-sessions", "3")
+    yield srv
+    srv.stop()
+
+
+def _health(front) -> dict:
+    with urllib.request.urlopen(front.url + "/healthz", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _get(front, path: str, token: str | None = TOKEN) -> tuple[int, str]:
+    req = urllib.request.Request(front.url + path)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_two_workers_start_behind_one_front(front):
+    h = _health(front)
+    assert h["status"] == "ok" and h["profile"] == "lite"
+    assert len(h["processes"]) == 2 and all(p["ready"] for p in h["processes"])
+    assert len({p["pid"] for p in h["processes"]}) == 2
+    assert h["max_sessions"] == 6  # each worker has its own --max-sessions 3
+    status, page = _get(front, "/", token=None)  # the page comes from a worker
+    assert status == 200 and "<html" in page.lower()
+
+
+async def test_concurrent_sessions_spread_over_workers_with_full_events(front, audio_only_wav):
+    async def one() -> list[dict]:
+        return await send_file(audio_only_wav, front.url, token=TOKEN)
+
+    async def spread() -> list[int]:
+        # While both calls run, each worker holds one of them.
+        for _ in range(100):
+            counts = [p["sessions"] for p in _health(front)["processes"]]
+            if sum(counts) == 2:
+                return counts
+            await asyncio.sleep(0.1)
+        return counts
+
+    a, b, counts = await asyncio.gather(one(), one(), spread())
+    assert sorted(counts) == [1, 1]
+    for events in (a, b):
+        assert events[0]["type"] == "session.started"
+        assert [e for e in events if e["type"] == "frame"]
+        assert [e for e in events if e["type"] == "transcript" and e["final"]]
+        assert events[-1]["type"] == "session.ended"
+    status, text = _get(front, "/metrics")
+    assert status == 200
+    assert "ahstream_worker_processes 2" in text
+    started = [line for line in text.splitlines() if line.startswith("ahstream_sessions_total")]
+    assert started and float(started[0].split()[-1]) >= 2.0  # summed over both workers
+
+
+async def test_auth_and_unknown_sessions_through_the_front(front):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            front.url + "/whip", data=b"v=0\r\n", headers={"Content-Type": "application/sdp"}
+        ) as r:
+            assert r.status == 401  # the worker's check, passed through
+            assert "Bearer" in r.headers.get("WWW-Authenticate", "")
+        async with http.get(front.url + "/sessions/nope/events") as r:
+            assert r.status == 404
+        async with http.delete(
+            front.url + "/whip/nope", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as r:
+            assert r.status == 404
+        async with http.post(
+            front.url + "/whip",
+            data=b"not sdp",
+            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {TOKEN}"},
+        ) as r:
+            assert r.status == 400
+    assert _get(front, "/metrics", token=None)[0] == 401
+
+
+async def test_a_dead_worker_is_restarted_and_other_sessions_go_on(front, audio_only_wav):
+    """SIGKILL one worker during a call on the other: that call ends normally, the dead
+    worker comes back, and the front reports it."""
+    started = asyncio.Event()
+    owner: dict[str, int] = {}
+
+    def on_session(session_id: str, read_token: str | None) -> None:
+        busy = [p for p in _health(front)["processes"] if p["sessions"]]
+        owner["pid"] = busy[0]["pid"]
+        started.set()
+
+    call = asyncio.ensure_future(
+        send_file(audio_only_wav, front.url, token=TOKEN, on_session=on_session)
+    )
+    await asyncio.wait_for(started.wait(), 60)
+    idle = [p for p in _health(front)["processes"] if p["pid"] != owner["pid"]][0]
+    os.kill(idle["pid"], signal.SIGKILL)
+    events = await call
+    assert events[-1]["type"] == "session.ended"
+    assert not [e for e in events if e["type"] == "error"]
+    deadline = time.monotonic() + 180
+    h = _health(front)
+    while time.monotonic() < deadline and h["status"] != "ok":
+        await asyncio.sleep(1.0)
+        h = _health(front)
+    assert h["status"] == "ok"
+    assert sum(p["restarts"] for p in h["processes"]) == 1
+    assert idle["pid"] not in {p["pid"] for p in h["processes"]}
+
+
+def test_worker_command_line_keeps_the_users_options():
+    args = build_parser().parse_args(
+        ["serve", "--host", "0.0.0.0", "--port", "9000", "--processes", "3"]
+        + ["--token-file", "/t", "--max-sessions", "5", "--analysis-hz", "5"]
+        + ["--tls-cert", "c.pem", "--tls-key", "k.pem"]
+    )
+    argv = worker_argv(args)
+    assert argv[:3] == ["--log-level", "WARNING", "serve"]
+    rest = argv[3:]
+    assert dict(zip(rest[::2], rest[1::2], strict=True)) == {
+        "--token-file": "/t",
+        "--max-sessions": "5",
+        "--analysis-hz": "5.0",
+    }
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--processes", "0"])
+    assert isinstance(args, argparse.Namespace)
+
+
+def test_merge_metrics_sums_samples_with_the_same_labels():
+    a = (
+        "# HELP ahstream_errors Error events\n# TYPE ahstream_errors counter\n"
+        'ahstream_errors_total{code="bad_media"} 2.0\n'
+        "# HELP ahstream_sessions_active Live\n# TYPE ahstream_sessions_active gauge\n"
+        "ahstream_sessions_active 1.0\n"
+    )
+    b = (
+        "# HELP ahstream_errors Error events\n# TYPE ahstream_errors counter\n"
+        'ahstream_errors_total{code="bad_media"} 3.0\n'
+        'ahstream_errors_total{code="asr"} 1.0\n'
+        "# HELP ahstream_sessions_active Live\n# TYPE ahstream_sessions_active gauge\n"
+        "ahstream_sessions_active 2.0\n"
+    )
+    merged = merge_metrics([a, b])
+    assert 'ahstream_errors_total{code="bad_media"} 5.0' in merged
+    assert 'ahstream_errors_total{code="asr"} 1.0' in merged
+    assert "ahstream_sessions_active 3.0" in merged
+    assert merged.count("# TYPE ahstream_errors counter") == 1

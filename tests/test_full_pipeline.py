@@ -1,0 +1,296 @@
+"""The full profile's BAH pipeline end to end: per-tick features, training, evaluation, score.
+
+A synthetic dataset in the distributed BAH layout (`tests.bah_fixture`) with a planted
+face-vs-voice signal and tiny random encoders of the real classes (`tests.tiny_models`)
+go through the CLI in process: `ahstream train --profile full`, `ahstream evaluate
+--bah-root`, `ahstream score`.
+
+The fixture is its XOR variant (``xor_chunk_s``): the tone is random per 0.5 s chunk and
+the face is the tone XOR the label, so neither the face sequence nor the voice alone says
+anything about the labels. (In the plain variant the face alone does: a positive's face
+changes class, a negative's never does; a face-only model scores 1.0 there.) Ticks hear
+0.5 s of audio to match the chunks. Training with one sensor masked must then fail, which
+is what shows the models learn the cross-modal conflict.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from models.bah_features import (
+    FeatureExtractor,
+    TickConfig,
+    clip_indices,
+    frame_ticks,
+    tick_times,
+)
+from models.bah_layout import AUDIO_RATE, BahLayout, FeatureCache
+from models.embedding_tcn import ONNX_INPUTS, TCNStream
+from models.embedding_tcn import export_onnx as export_tcn_onnx
+from models.embedding_tcn import load as load_tcn
+from models.runner import OrtRunner
+from models.train_full import FullTrainConfig, evaluate_full, load_encoders, train_full
+from stream.cli import main
+from tests.bah_fixture import BahFixture, make_bah_fixture
+from tests.full_training import COUNTS
+from tests.full_training import train_argv as _train_argv
+
+torch.set_num_threads(1)
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any] | None]:
+    """`ahstream ARGV` in process: exit code and the JSON of its last stdout line."""
+    capsys.readouterr()
+    code = main(list(argv))
+    lines = capsys.readouterr().out.strip().splitlines()
+    return code, (json.loads(lines[-1]) if code == 0 and lines else None)
+
+
+def test_train_learns_the_planted_signal(full_trained: dict[str, Any], bah_fx: BahFixture) -> None:
+    s = full_trained["summary"]
+    assert s["val"]["video"]["n"] == len(bah_fx.by_split("val"))
+    assert s["val"]["video"]["macro_f1"] >= 0.9
+    frame = s["val"]["frame"]
+    n_frame_lines = len((bah_fx.root / "split-frames" / "val.txt").read_text().split())
+    assert frame["n"] == n_frame_lines  # exactly the frames of the frame split
+    assert frame["macro_f1"] >= 0.9 and 0.75 <= frame["ap"] <= 1.0
+    assert 0.0 <= s["video_level"]["alpha"] <= 1.0
+    assert {p.name for p in full_trained["out"].iterdir()} >= {
+        "full_profile.json",
+        "conflict_head.pt",
+        "embedding_tcn.pt",
+    }
+
+
+def test_trained_tcn_streams_as_it_was_evaluated(
+    full_trained: dict[str, Any], bah_fx: BahFixture, tiny_encoders: dict[str, Path], tmp_path: Path
+) -> None:
+    out = full_trained["out"]
+    enc = load_encoders(*(str(tiny_encoders[k]) for k in ("video", "audio", "text")))
+    layout = BahLayout(bah_fx.root)
+    ticks = TickConfig(**full_trained["summary"]["ticks"])
+    ex = FeatureExtractor(layout, enc, FeatureCache(out / "feature-cache"), ticks)
+    video = next(v for v in layout.split("val") if v.label == 1)
+    f = ex.features(video)
+    assert ex.stats.computed == 0  # the training run cached it
+    tcn, extra = load_tcn(out / "embedding_tcn.pt")
+    x = {
+        "video": f.video[None],
+        "audio": f.audio[None],
+        "text": f.text[None],
+        "present": f.present[None],
+    }
+    with torch.no_grad():
+        offline = torch.sigmoid(tcn(*(torch.from_numpy(x[n]) for n in ONNX_INPUTS)))[0].numpy()
+    stream = TCNStream(tcn)
+    live = [
+        stream.step(f.video[k], f.audio[k], f.text[k], f.present[k]) for k in range(len(f.times))
+    ]
+    np.testing.assert_allclose(live, offline, atol=1e-5)
+    # The A/H ticks of this positive video score above the tuned threshold, the others below.
+    lab = f.tick_labels()
+    assert lab is not None
+    pred = np.asarray(live) >= extra["threshold"]
+    assert np.mean(pred == (lab >= 0.5)) >= 0.8
+    # ONNX export of the trained model (normalisation included) on this sequence.
+    runner = OrtRunner(export_tcn_onnx(tcn, tmp_path / "tcn.onnx"))
+    logit = runner.run(x)["logit"][0]
+    np.testing.assert_allclose(1 / (1 + np.exp(-logit)), offline, atol=1e-4)
+
+
+def test_evaluate_val_and_test_and_score_the_submission(
+    full_trained: dict[str, Any], bah_fx: BahFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = full_trained["out"]
+    for split in ("val", "test"):
+        csv = out / f"{split}.csv"
+        code, res = _run(
+            capsys,
+            "evaluate",
+            "--bah-root",
+            str(bah_fx.root),
+            "--split",
+            split,
+            "--weights-dir",
+            str(out),
+            "--submission",
+            str(csv),
+            "--json",
+        )
+        assert code == 0 and res is not None
+        assert res["n"] == len(bah_fx.by_split(split))
+        # Held-out test videos too: thresholds come from val only.
+        assert res["macro_f1"] >= 0.9, (split, res)
+        assert res["frame"]["macro_f1"] >= 0.9 and 0.75 <= res["frame"]["ap"] <= 1.0
+        if split == "val":  # the same weights and features give what training reported
+            assert res["macro_f1"] == full_trained["summary"]["val"]["video"]["macro_f1"]
+            assert res["frame"] == pytest.approx(full_trained["summary"]["val"]["frame"])
+        lines = csv.read_text().splitlines()
+        assert [ln.split(",")[0] for ln in lines] == [v.video_id for v in bah_fx.by_split(split)]
+        code, scored = _run(
+            capsys,
+            "score",
+            "--predictions",
+            str(csv),
+            "--split-file",
+            str(bah_fx.root / "split" / f"{split}.txt"),
+            "--json",
+        )
+        assert code == 0 and scored is not None
+        assert scored["macro_f1"] == pytest.approx(res["macro_f1"])
+        assert scored["ap"] == pytest.approx(res["ap"], abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("kept", "video_level"),
+    [
+        (("video", "text"), "windows"),
+        (("audio", "text"), "windows"),
+        # Pooling each modality over the video first cancels conflicts of opposite sign.
+        (("video", "audio", "text"), "pooled"),
+    ],
+)
+def test_one_sensor_alone_cannot_learn_it(
+    full_trained: dict[str, Any],
+    bah_fx: BahFixture,
+    tiny_encoders: dict[str, Path],
+    tmp_path: Path,
+    kept: tuple[str, ...],
+    video_level: str,
+) -> None:
+    enc = load_encoders(*(str(tiny_encoders[k]) for k in ("video", "audio", "text")))
+    cfg = FullTrainConfig(
+        ticks=TickConfig(audio_window_s=0.5), modalities=kept, video_level=video_level
+    )
+    cache = full_trained["out"] / "feature-cache"
+    res = train_full(bah_fx.root, tmp_path / "w", encoders=enc, config=cfg, cache_dir=cache)
+    assert res["features"]["computed"] == 0
+    test = evaluate_full(bah_fx.root, "test", tmp_path / "w", encoders=enc, cache_dir=cache)
+    full = full_trained["summary"]["val"]
+    # Measured (val, test): face only 0.73, 0.5; voice only 0.56, 0.33; pooled 0.75, 0.62;
+    # all sensors, per-tick windows: 1.0, 1.0.
+    assert res["val"]["video"]["macro_f1"] <= 0.8 and test["macro_f1"] <= 0.7
+    if video_level == "windows":
+        assert res["val"]["frame"]["ap"] < full["frame"]["ap"] - 0.1
+
+
+def test_second_run_reuses_the_feature_cache(
+    full_trained: dict[str, Any],
+    bah_fx: BahFixture,
+    tiny_encoders: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    cache = full_trained["out"] / "feature-cache"
+    files = sorted(cache.rglob("*.npz"))
+    # meta + video + audio + text for each train and val video (test ones came from evaluate).
+    assert len(files) >= 4 * (COUNTS["train"] + COUNTS["val"])
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    argv = _train_argv(bah_fx, tiny_encoders, tmp_path / "again")
+    argv += ["--cache-dir", str(cache)]
+    code, res = _run(capsys, *argv)
+    assert code == 0 and res is not None
+    assert res["features"] == {"computed": 0, "cached": 4 * (COUNTS["train"] + COUNTS["val"])}
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps
+    # Seeded: the same data and seed give the same model and metrics.
+    assert res["val"] == full_trained["summary"]["val"]
+
+
+def test_clear_errors(
+    full_trained: dict[str, Any],
+    bah_fx: BahFixture,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["train", "--profile", "full", "--bah-root", str(tmp_path / "nope"),
+                 "--out-dir", str(tmp_path / "w")])  # fmt: skip
+    assert code == 2 and "not a BAH dataset root" in capsys.readouterr().err
+    (tmp_path / "root" / "split").mkdir(parents=True)
+    (tmp_path / "root" / "split" / "train.txt").write_text(
+        (bah_fx.root / "split" / "train.txt").read_text()
+    )
+    code = main(["train", "--profile", "full", "--bah-root", str(tmp_path / "root"),
+                 "--out-dir", str(tmp_path / "w")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "split 'val'" in err and "not found" in err
+    code = main(["evaluate", "--bah-root", str(bah_fx.root), "--split", "test",
+                 "--weights-dir", str(tmp_path / "empty")])  # fmt: skip
+    assert code == 2 and "weights directory not found" in capsys.readouterr().err
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "full_profile.json").write_text("{}")
+    code = main(["evaluate", "--bah-root", str(bah_fx.root), "--weights-dir",
+                 str(tmp_path / "partial")])  # fmt: skip
+    assert code == 2 and "missing conflict_head.pt, embedding_tcn.pt" in capsys.readouterr().err
+    # The lite commands still ask for their own inputs.
+    assert main(["evaluate"]) == 2 and "--split-file" in capsys.readouterr().err
+    assert main(["train"]) == 2 and "--split-dir" in capsys.readouterr().err
+
+
+# --- features: what each tick sees ----------------------------------------------------------
+
+
+def test_tick_timing_helpers() -> None:
+    np.testing.assert_allclose(tick_times(3.0, 2.0), [0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+    np.testing.assert_allclose(tick_times(1.2, 2.0), [0.5, 1.0, 1.2])
+    # Frame n (at n/24 s) goes to the first tick at or after it.
+    ft = frame_ticks(30, 24.0, tick_times(1.2, 2.0))
+    assert list(ft[:13]) == [0] * 13 and list(ft[13:25]) == [1] * 12 and list(ft[25:]) == [2] * 5
+    # Gaps: a missing position takes the nearest earlier crop in the window, else the first.
+    assert clip_indices(9, 4, [0, 1, 7, 9]) == [7, 7, 7, 9]
+    assert clip_indices(9, 4, [0, 1, 8]) == [8, 8, 8, 8]
+    assert clip_indices(9, 4, [0, 1, 5]) is None  # no face in the window: masked
+
+
+def test_features_follow_the_media_timeline(tiny_encoders: dict[str, Path], tmp_path: Path) -> None:
+    fx = make_bah_fixture(tmp_path / "bah", {"test": 1}, seconds=3.0, seed=1)
+    enc = load_encoders(*(str(tiny_encoders[k]) for k in ("video", "audio", "text")))
+    layout = BahLayout(fx.root)
+    video = layout.split("test")[0]
+    truth = fx.by_split("test")[0]
+    # Remove the crops of frames 10..29: the tick at 1.0 s (frames 17..24) sees no face.
+    for n in range(10, 30):
+        (video.faces_dir / f"frame-{n}.jpg").unlink(missing_ok=True)
+    ticks = TickConfig(hz=4.0, audio_window_s=0.5)
+    ex = FeatureExtractor(layout, enc, FeatureCache(tmp_path / "cache"), ticks)
+    f = ex.features(video)
+    assert f.n_frames == truth.n_frames and f.fps == 24.0
+    np.testing.assert_allclose(f.times[:4], [0.25, 0.5, 0.75, 1.0])
+    assert f.present[3, 0] == 0.0 and f.present[1, 0] == 1.0
+    assert not f.video[3].any()
+    # Text: the chunks ended by each tick; none at 0.25 s.
+    assert f.present[0, 2] == 0.0
+    said = " ".join(u[2] for u in truth.utterances if u[1] is not None and u[1] <= 1.0)
+    np.testing.assert_allclose(f.text[3], enc.text.encode([said])[0], atol=1e-5)
+    # Audio: the last 0.5 s at 16 kHz, pooled over real samples only.
+    audio = layout.audio(video)
+    window = audio[int(round(0.5 * AUDIO_RATE)) : int(round(1.0 * AUDIO_RATE))]
+    np.testing.assert_allclose(f.audio[3], enc.audio.encode([window])[0], atol=1e-5)
+    # Video: the 8 raw positions ending at frame 12 (the tick at 0.5 s), gaps filled.
+    have = sorted(int(p.stem.split("-")[1]) for p in video.faces_dir.glob("frame-*.jpg"))
+    idx = clip_indices(12, enc.video.num_frames, have)
+    assert idx is not None and idx[-3:] == [9, 9, 9]
+    from PIL import Image
+
+    clip = np.stack([np.asarray(Image.open(video.faces_dir / f"frame-{n}.jpg")) for n in idx])
+    np.testing.assert_allclose(f.video[1], enc.video.encode([clip])[0], atol=1e-5)
+    # Labels of each tick: the A/H fraction of the frames it is the first to see.
+    lab = f.tick_labels()
+    assert lab is not None and lab.shape == f.times.shape
+    exp = [truth.frame_labels[f.frame_ticks() == k].mean() for k in range(len(f.times))]
+    np.testing.assert_allclose(lab, exp, atol=1e-6)
+    # The second extractor over the same cache computes nothing.
+    again = FeatureExtractor(layout, enc, FeatureCache(tmp_path / "cache"), ticks)
+    g = again.features(video)
+    assert again.stats.as_dict() == {"computed": 0, "cached": 4}
+    assert np.array_equal(g.video, f.video) and np.array_equal(g.present, f.present)
+    # A changed face folder is a new entry, not a stale one: frame 9 gone, tick 0.5 s differs.
+    (video.faces_dir / "frame-9.jpg").unlink()
+    third = FeatureExtractor(layout, enc, FeatureCache(tmp_path / "cache"), ticks)
+    h = third.features(video)
+    assert third.stats.computed == 4 and not np.allclose(h.video[1], f.video[1])
