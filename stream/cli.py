@@ -158,6 +158,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     processes = serve_processes(args.processes)
     if processes > 1:
         return _serve_front(args, processes)
+    from stream.serving import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread: per-session memory (README, Performance)
     from stream.ingest import MediaLimits
     from stream.server import ASR_NICE, ASR_WORKERS, ServerConfig, run_server
 

@@ -4,13 +4,22 @@ its event loop and its access log. Light on purpose: the front loads no models."
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-__all__ = ["ROUTES", "AccessLogger", "add_routes", "new_event_loop", "tls_context"]
+__all__ = [
+    "ROUTES",
+    "AccessLogger",
+    "add_routes",
+    "limit_malloc_arenas",
+    "new_event_loop",
+    "tls_context",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -39,6 +48,19 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Log method, path, status and duration of one request."""
         self.logger.info("%s %s %d %.3fs", request.method, request.path, response.status, time)
+
+
+def limit_malloc_arenas(n: int = 2) -> bool:
+    """Cap glibc's malloc arenas for threads created from now on (what MALLOC_ARENA_MAX does
+    at start-up); the user's MALLOC_ARENA_MAX wins. False where it does not apply."""
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-8, n))  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
