@@ -157,7 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     processes = serve_processes(args.processes)
     if processes > 1:
-        return _serve_front(args, processes)
+        return _serve_front(args, processes, len(tokens))
     from stream.serving import limit_malloc_arenas
 
     limit_malloc_arenas()  # before any thread: per-session memory (README, Performance)
@@ -192,24 +192,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
         batch_max=args.batch_max,
         batch_wait_ms=args.batch_wait_ms,
     )
-    if tokens:
-        print(f"ahstream: bearer-token auth on ({len(tokens)} service tokens)", file=sys.stderr)
+    worker = os.environ.get("AHSTREAM_WORKER")
+    if worker is None:
+        _announce(args, len(tokens), processes=1)
+    else:
+        print(
+            f"ahstream: worker process {worker} (pid {os.getpid()}) ready on "
+            f"{args.host}:{args.port}, behind the front",
+            file=sys.stderr,
+            flush=True,
+        )
+    run_server(models, config)
+    return 0
+
+
+def _announce(args: argparse.Namespace, n_tokens: int, processes: int) -> None:
+    """What `serve` tells its user at start: auth, address, recording."""
+    if n_tokens:
+        print(f"ahstream: bearer-token auth on ({n_tokens} service tokens)", file=sys.stderr)
     else:
         print(
             "ahstream: no tokens configured: running WITHOUT authentication, "
             "on localhost only (use --token-file to serve other hosts)",
             file=sys.stderr,
         )
+    workers = f", {processes} worker processes" if processes > 1 else ""
     print(
         f"ahstream: serving {'https' if args.tls_cert else 'http'}://{args.host}:{args.port}/ "
-        f"(profile {args.profile})",
+        f"(profile {args.profile}{workers})",
         file=sys.stderr,
         flush=True,
     )
     if args.record:
         print(f"ahstream: recording every session under {args.record} (--record)", file=sys.stderr)
-    run_server(models, config)
-    return 0
 
 
 MAX_AUTO_PROCESSES = 4
@@ -258,18 +273,13 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _serve_front(args: argparse.Namespace, processes: int) -> int:
+def _serve_front(args: argparse.Namespace, processes: int, n_tokens: int) -> int:
     """Run `serve` as a front over ``processes`` worker servers (stream.front)."""
     from stream.front import run_front
     from stream.serving import tls_context
 
     ssl_context = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-    print(
-        f"ahstream: serving {'https' if args.tls_cert else 'http'}://{args.host}:{args.port}/ "
-        f"(profile {args.profile}, {processes} worker processes; starting them)",
-        file=sys.stderr,
-        flush=True,
-    )
+    _announce(args, n_tokens, processes)
     run_front(
         worker_argv(args),
         processes,
