@@ -134,8 +134,7 @@ def load_full_profile(
 
     Raises `models.train_full.FullProfileError` (a ValueError) without a trained directory
     or for unusable weights, ValueError for an unknown ``face_crop``."""
-    from models.train_full import TCN_FILE, FullProfileError, load_encoders
-    from models.train_full import _read_weights as read_weights
+    from models.train_full import TCN_FILE, FullProfileError, read_weights, weights_encoders
 
     if face_crop not in FACE_CROPS:
         raise ValueError(f"unknown face crop {face_crop!r}; available: {', '.join(FACE_CROPS)}")
@@ -145,13 +144,7 @@ def load_full_profile(
             "a directory written by `ahstream train --profile full --bah-root DIR --out-dir DIR`"
         )
     meta = read_weights(weights_dir)
-    if encoders is None:
-        names = meta["encoders"]
-        encoders = load_encoders(names["video"], names["audio"], names["text"], device)
-    if list(encoders.dims) != list(meta["dims"]):
-        raise FullProfileError(
-            f"encoder widths {list(encoders.dims)} differ from the weights' {meta['dims']}"
-        )
+    encoders = weights_encoders(meta, encoders, device)
     wd = Path(weights_dir)
     tcn, extra = load_tcn(wd / TCN_FILE)
     ticks = TickConfig(**meta["ticks"])

@@ -536,7 +536,9 @@ def train_full(
 # --- evaluation ---------------------------------------------------------------------------
 
 
-def _read_weights(weights_dir: str | Path) -> dict[str, Any]:
+def read_weights(weights_dir: str | Path) -> dict[str, Any]:
+    """The ``full_profile.json`` of a trained weights directory (FullProfileError if the
+    directory, a file of it or its format is missing)."""
     d = Path(weights_dir)
     if not d.is_dir():
         raise FullProfileError(f"{d}: weights directory not found")
@@ -552,6 +554,20 @@ def _read_weights(weights_dir: str | Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT_VERSION or meta.get("profile") != "full":
         raise FullProfileError(f"{d / PROFILE_JSON}: not a full-profile weights file")
     return meta
+
+
+def weights_encoders(
+    meta: dict[str, Any], encoders: Encoders | None = None, device: str = "cpu"
+) -> Encoders:
+    """The encoders a weights directory names (or ``encoders``), checked against its widths."""
+    if encoders is None:
+        names = meta["encoders"]
+        encoders = load_encoders(names["video"], names["audio"], names["text"], device)
+    if list(encoders.dims) != list(meta["dims"]):
+        raise FullProfileError(
+            f"encoder widths {list(encoders.dims)} differ from the weights' {meta['dims']}"
+        )
+    return encoders
 
 
 def evaluate_full(
@@ -571,17 +587,11 @@ def evaluate_full(
     are at the top level; ``frame`` holds the frame-level ones. ``submission`` writes the
     challenge CSV of the split. The feature cache defaults to the one training used.
     """
-    meta = _read_weights(weights_dir)
+    meta = read_weights(weights_dir)
     layout = BahLayout(bah_root)
     videos = _split(layout, split)
     wd = Path(weights_dir)
-    if encoders is None:
-        names = meta["encoders"]
-        encoders = load_encoders(names["video"], names["audio"], names["text"], device)
-    if list(encoders.dims) != list(meta["dims"]):
-        raise FullProfileError(
-            f"encoder widths {list(encoders.dims)} differ from the weights' {meta['dims']}"
-        )
+    encoders = weights_encoders(meta, encoders, device)
     ticks = TickConfig(**meta["ticks"])
     cache = FeatureCache(
         Path(cache_dir) if cache_dir else Path(meta.get("feature_cache", wd / "feature-cache"))
