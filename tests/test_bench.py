@@ -20,8 +20,12 @@ def test_passthrough_publisher_latencies_are_matched_frames(server, talking_face
     analysed = [e["video_t"] for _, e in frames if e.get("video_t") is not None]
     assert len(analysed) >= 0.9 * len(frames)
     assert all(min(abs(t - s) for s in sent) < 1e-3 for t in analysed)
-    # Each tick analyses the newest frame at or before it (15 fps clip: within 1/15 s).
-    assert all(0 <= e["t"] - e["video_t"] < 1 / 15 + 1e-3 for _, e in frames if e.get("video_t"))
+    # Each tick analyses a frame at or before it: the newest one (15 fps clip: within 1/15 s)
+    # unless the video track stalled behind the audio (stream.session.TRACK_STALL_S), which
+    # a CPU loaded by other work can cause for a moment.
+    ages = [e["t"] - e["video_t"] for _, e in frames if e.get("video_t") is not None]
+    assert all(age >= 0 for age in ages)
+    assert sum(age < 1 / 15 + 1e-3 for age in ages) >= 0.9 * len(ages)
     lat = pub.frame_latencies()
     assert len(lat) == len(analysed)
     assert 0 < min(lat) and max(lat) < 5.0
