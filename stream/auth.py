@@ -91,6 +91,8 @@ class Auth:
     def issue(self, session_id: str) -> str:
         """Create and remember the read token of a new session."""
         token = secrets.token_urlsafe(24)
+        while token.startswith("-"):  # "--token -x…" would read as an option on a command line
+            token = secrets.token_urlsafe(24)
         self._read[session_id] = token
         return token
 

@@ -172,3 +172,8 @@ async def test_publish_with_token_and_read_token_subscription(auth_server, audio
     await asyncio.wait_for(listen(events_url, out=out, token=TOKEN), timeout=20)
     assert json.loads(out.getvalue().splitlines()[-1])["type"] == "session.ended"
     assert auth_server.health()["status"] == "ok"
+
+
+def test_read_tokens_never_look_like_command_line_options():
+    auth = Auth(["svc"])
+    assert not any(auth.issue(f"s{i}").startswith("-") for i in range(2000))
