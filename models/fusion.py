@@ -167,7 +167,7 @@ class TextStream:
 
     def _text_block(self, text: str) -> np.ndarray:
         n = count_words(text)
-        usable = n >= self.model.min_words
+        usable = self.model.usable(text)
         z_text, z_q = self.model.scores(text) if usable else self._empty
         p = self.model.combine(z_text, z_q, self.question)
         cues = lexical_cues(tokenize(text)[-RECENT_WORDS:])

@@ -56,6 +56,8 @@ __all__ = [
     "normalize_text",
     "tokenize",
     "count_words",
+    "content_tokens",
+    "FILLERS",
     "lexical_cues",
     "word_terms",
     "char_terms",
@@ -85,6 +87,12 @@ def normalize_text(text: str) -> str:
 def tokenize(text: str) -> list[str]:
     """Return the normalised word tokens of a text."""
     return normalize_text(text).split()
+
+
+def content_tokens(text: str, drop_fillers: bool) -> list[str]:
+    """`tokenize`, without the `FILLERS` tokens when ``drop_fillers``."""
+    toks = tokenize(text)
+    return [t for t in toks if t not in FILLERS] if drop_fillers else toks
 
 
 def count_words(text: str) -> int:
@@ -156,6 +164,12 @@ CUE_LEXICON: dict[str, tuple[str, ...]] = {
     "repetition": (),  # computed: immediately repeated word ("i i", "the the")
 }
 CUE_NAMES: tuple[str, ...] = tuple(CUE_LEXICON)
+
+# Filler sounds. Whisper large-v3 (the training transcripts) mostly drops them, the live
+# Whisper tiny.en with its disfluent prompt keeps them, so a model that reads them would
+# see a different language live; weights with ``drop_fillers`` ignore them (the filler cue
+# events still count them).
+FILLERS: frozenset[str] = frozenset(CUE_LEXICON["filler"])
 
 
 def _compile_lexicon() -> tuple[
@@ -272,6 +286,7 @@ class FeatureSpec:
     char_idf: np.ndarray = field(default_factory=lambda: np.zeros(0))
     cue_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
     cue_std: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    drop_fillers: bool = False  # ignore `FILLERS` tokens (weights before 1.1.0: False)
 
     @property
     def n_cue(self) -> int:
@@ -308,9 +323,13 @@ class FeatureSpec:
             val_parts.append(cues)
         return np.concatenate(idx_parts), np.concatenate(val_parts)
 
+    def tokens(self, text: str) -> list[str]:
+        """The normalised tokens of a text the model reads (fillers out if ``drop_fillers``)."""
+        return content_tokens(text, self.drop_fillers)
+
     def featurize(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Return (indices, values) of the sparse feature vector of one text."""
-        return self.featurize_tokens(tokenize(text))
+        return self.featurize_tokens(self.tokens(text))
 
 
 def _tfidf(
@@ -419,7 +438,10 @@ class TextAHModel:
         return {q: float(v) for q, v in zip(QUESTIONS, qz, strict=True)}
 
     def usable(self, text: str) -> bool:
-        """True if the text has at least ``min_words`` words (else no probability is given)."""
+        """True if the text has at least ``min_words`` words the model reads (else no
+        probability is given; fillers do not count when the weights drop them)."""
+        if self.spec.drop_fillers:
+            return len(self.spec.tokens(text)) >= self.min_words
         return count_words(text) >= self.min_words
 
     def combine(self, z_text: float, z_q: float, question: int | None = None) -> float:
@@ -498,6 +520,7 @@ class TextAHModel:
                 "cue_names": list(CUE_NAMES),
                 "n_word": len(s.word_vocab),
                 "n_char": len(s.char_vocab),
+                "drop_fillers": s.drop_fillers,
             },
             "intercept": self.intercept,
             "mix": {"a": self.mix_a, "b": self.mix_b, "c": self.mix_c},
@@ -534,6 +557,7 @@ class TextAHModel:
             char_idf=arrays["char_idf"],
             cue_mean=arrays["cue_mean"],
             cue_std=arrays["cue_std"],
+            drop_fillers=bool(f.get("drop_fillers", False)),
         )
         if f["cue_weight"] > 0 and list(f["cue_names"]) != list(CUE_NAMES):
             raise ValueError(f"{json_path}: cue names differ from this code's CUE_LEXICON")

@@ -12,6 +12,7 @@ from models.metrics import (
     evaluate_scores,
     f1_per_class,
     macro_f1,
+    pooled_threshold,
     precision_recall_points,
 )
 
@@ -114,6 +115,23 @@ def test_best_threshold_hand_case() -> None:
     assert 0.2 < t <= 0.7
     # Perfect on indices 201..700: the lower median of those 500 indices is 450.
     assert t == AP_THRESHOLDS[450]
+
+
+def test_pooled_threshold_is_the_threshold_of_all_parts_together() -> None:
+    rng = np.random.default_rng(3)
+    y1, y2 = rng.integers(0, 2, 300), rng.integers(0, 2, 40)
+    p1 = np.clip(0.3 * y1 + rng.uniform(0, 0.7, 300), 0, 0.999)
+    p2 = np.clip(0.3 * y2 + rng.uniform(0, 0.7, 40), 0, 0.999)
+    both = best_threshold(np.concatenate([y1, y2]), np.concatenate([p1, p2]))[0]
+    assert pooled_threshold((y1, p1), (y2, p2)) == both
+    # Hand case: the small set alone would put the threshold in (0.2, 0.3]; the larger
+    # set, whose positives start at 0.4, moves it above 0.3.
+    small = ([0, 1], [0.2, 0.3])
+    large = ([0, 0, 0, 1, 1, 1], [0.1, 0.3, 0.35, 0.4, 0.6, 0.8])
+    assert 0.2 < best_threshold(*small)[0] <= 0.3
+    t = pooled_threshold(small, large)
+    assert 0.35 < t <= 0.4
+    assert t == pooled_threshold(large, small)  # order does not matter
 
 
 def test_evaluate_scores_keys() -> None:

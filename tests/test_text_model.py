@@ -171,6 +171,27 @@ def test_empty_and_too_short_texts_give_no_probability(model: TextAHModel) -> No
     assert model.usable(ok) and model.predict_one(ok) is not None
 
 
+def test_filler_sounds_do_not_move_the_probability(model: TextAHModel) -> None:
+    # The training transcripts (Whisper large-v3) mostly lack fillers; the live ASR keeps
+    # them. The shipped weights read the answer without them; the filler cue still counts.
+    assert model.spec.drop_fillers
+    plain = "I want to go to the gym more often but I keep putting it off"
+    filled = "um I want to go uh to the gym more often but um I keep putting it off hmm"
+    assert model.predict_one(filled) == model.predict_one(plain)
+    assert model.predict_one(filled, QUESTION_PROMPTS[7]) == model.predict_one(
+        plain, QUESTION_PROMPTS[7]
+    )
+    assert lexical_cues(filled)["filler"] == 4
+    # Fillers are not words towards min_words either.
+    assert not model.usable("um uh so") and model.predict_one("um uh so") is None
+    # Weights from before 1.1.0 (no drop_fillers in their JSON) read the fillers as words.
+    from dataclasses import replace
+
+    old = replace(model.spec, drop_fillers=False)
+    (i_old, v_old), (i_new, v_new) = old.featurize(filled), model.spec.featurize(filled)
+    assert not (np.array_equal(i_old, i_new) and np.allclose(v_old, v_new))
+
+
 def test_crafted_texts_order(model: TextAHModel) -> None:
     # Sanity only (the val test below is the real check): a plainly neutral routine
     # answer scores below a plainly torn, hedging one.
