@@ -42,7 +42,8 @@ def _tfidf_reference(train_file: Path, split_items: list[Any]) -> tuple[Any, flo
     return pipe, threshold
 
 
-def _speak(text: str, wav: Path, rate_wpm: int) -> None:
+def speak_to_wav(text: str, wav: Path, rate_wpm: int) -> None:
+    """Synthesise ``text`` with espeak-ng (en-us) into the WAV file ``wav``."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise SystemExit("espeak-ng is not installed (Debian package espeak-ng)")
@@ -68,7 +69,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "answer.wav"
         for i, item in enumerate(items):
-            _speak(item.transcript, wav, args.rate)
+            speak_to_wav(item.transcript, wav, args.rate)
             session = Session(f"spoken{i}", models, Publisher(f"spoken{i}"))
             session.start()
             await replay_file(wav, session)

@@ -254,8 +254,8 @@ class RunningBaseline:
             buf = np.stack(self._warm)
             seen = ~np.isnan(buf).all(axis=0)
             if seen.any():
-                med = np.nanmedian(buf[:, seen], axis=0)
-                mad = np.nanmedian(np.abs(buf[:, seen] - med), axis=0)
+                med = _nanmedian(buf[:, seen])
+                mad = _nanmedian(np.abs(buf[:, seen] - med))
                 self.mean[seen] = med
                 self.var[seen] = (1.4826 * mad) ** 2
             if self.seen_s >= self.warmup_s:
@@ -269,6 +269,14 @@ class RunningBaseline:
         upd = ~np.isnan(x)
         self.mean = np.where(upd, self.mean + incr, self.mean)
         self.var = np.where(upd, (1.0 - alpha) * (self.var + diff * incr), self.var)
+
+
+def _nanmedian(a: np.ndarray) -> np.ndarray:
+    """Column medians ignoring NaN (numpy's nanmedian is 20x slower on small arrays; the
+    warm-up calls it every frame, and most frames have no NaN)."""
+    if np.isnan(a).any():
+        return np.nanmedian(a, axis=0)
+    return np.median(a, axis=0)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
