@@ -152,7 +152,7 @@ def pooled_threshold(*parts: tuple[np.ndarray, np.ndarray]) -> float:
     (110): a threshold tuned on 110 answers is noisy. In a simulation on the text
     model's out-of-fold train probabilities (3 seeds x 400 splits), a threshold tuned
     on 110 answers gave macro F1 0.703 on 110 other answers, one tuned on 506 answers
-    0.715 (the best threshold for those 110 themselves: 0.743; `python -m
+    0.714 (the best threshold for those 110 themselves: 0.743; `python -m
     models.train_text --threshold-study`).
     """
     y = np.concatenate([np.asarray(a, dtype=np.int64) for a, _ in parts])

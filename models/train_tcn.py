@@ -68,7 +68,7 @@ __all__ = [
     "main",
 ]
 
-TCN_VERSION = "1.1.0"  # 1.1: thresholds on out-of-fold train + val pooled
+TCN_VERSION = "1.1.0"  # 1.1: text model 1.1.0; thresholds on out-of-fold train + val
 METHODS = ("last", "mean", "max_ma1s")
 EARLY_FRACTIONS = (0.25, 0.5, 0.75)
 HZ = 10.0
@@ -681,7 +681,7 @@ def train_tcn_model(
         seqs = [(p_val_tcn if source == "tcn" else va.p_text)[i] for i in sel]
         s = video_scores(seqs, method)
         # The threshold of the out-of-fold train scores and val's pooled (726 answers; val
-        # alone, 110, is noisy: models.train_text.pooled_threshold).
+        # alone, 110, is noisy: models.metrics.pooled_threshold).
         cv_sel = np.flatnonzero((tr.context == ctx) & cv_salts)
         s_cv = video_scores([(oof if source == "tcn" else tr.p_text)[i] for i in cv_sel], method)
         thr = pooled_threshold((tr.y[cv_sel], s_cv), (va.y[sel], s))

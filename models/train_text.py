@@ -79,7 +79,7 @@ __all__ = [
     "main",
 ]
 
-MODEL_VERSION = "1.1.0"  # 1.1: thresholds on out-of-fold train + val pooled
+MODEL_VERSION = "1.1.0"  # 1.1: fillers not read; thresholds on out-of-fold train + val
 CV_FOLDS = 5
 
 
@@ -455,10 +455,10 @@ def train_text_model(
     model.threshold, model.threshold_context = thr, thr_c
     model.metadata = {
         "description": (
-            "Text-only A/H probability of a (partial) answer transcript: word 1-2-gram TF-IDF "
-            "+ codebook cue counts, L2 logistic regression on answers and random prefixes, "
-            "mixed with the A/H base rate of the question inferred from the text; a known BAH "
-            "prompt as context replaces the inferred question."
+            "Text-only A/H probability of a (partial) answer transcript, filler sounds ignored: "
+            "word 1-2-gram TF-IDF + codebook cue counts, L2 logistic regression on answers and "
+            "random prefixes, mixed with the A/H base rate of the question inferred from the "
+            "text; a known BAH prompt as context replaces the inferred question."
         ),
         "trained_on": "BAH video-level split-0 train.txt (public LIVIAETS/bah-dataset)",
         "data_sha256": {f: _sha256(split_dir / f) for f in ("train.txt", "val.txt")},
