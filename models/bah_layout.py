@@ -1,6 +1,6 @@
 """Reader for the BAH dataset as distributed to licensed users, and a feature cache.
 
-Layout under the dataset root (DESIGN.md, "Training and evaluation")::
+Layout under the dataset root::
 
     Videos/<pid>/Visite_1/<file>.mp4
     cropped-aligned-faces/<pid>/Visite_1/<file>.mp4/frame-<N>.jpg   (N = raw frame index)

@@ -35,7 +35,10 @@ class CueHit:
             raise ValueError(f"CueHit {self.cue!r}: strength {self.strength} not in [0, 1]")
 
     def to_event(self) -> dict[str, object]:
-        """The fields of a ``cue`` event (DESIGN.md: t0, t1, cue, modality, strength, detail)."""
+        """The fields of a ``cue`` event: t0, t1, cue, modality, strength, detail.
+
+        As `stream.events.Cue` and the README's "Event protocol" table.
+        """
         return {
             "t0": round(self.t0, 3),
             "t1": round(self.t1, 3),

@@ -1,4 +1,4 @@
-"""The BAH dataset's official video-level metrics (see DESIGN.md, "Training and evaluation").
+"""The BAH dataset's official video-level metrics, defined here (also in the model card).
 
 - Macro F1 is the mean of the F1 of class 1 (A/H) and the F1 of class 0 (no A/H).
   The F1 of a class that is neither present nor predicted (tp + fp + fn == 0) is 0.

@@ -20,7 +20,8 @@ Network (per ensemble member; the output is the mean of the members' p):
 
 ``step`` keeps, per convolution, a ring of the last ``(kernel - 1) * d + 1``
 inputs; a fresh state is all zeros, which is exactly the left zero padding
-``forward`` uses, so ``step`` over a sequence equals ``forward`` of it (float64).
+``forward`` uses, so ``step`` over a sequence equals ``forward`` of it (float64) up to
+float rounding (``tests/test_tcn.py`` checks <= 1e-5).
 
 Weights: ``<stem>.npz`` (float32 arrays, ``allow_pickle=False``) and
 ``<stem>.json`` (architecture, active modalities, decision rule, metrics,
@@ -293,7 +294,12 @@ class FusionTCN:
         return self.config.active
 
     def decision(self) -> dict[str, Any]:
-        """The video-level rule tuned on val: source, method, thresholds."""
+        """The video-level rule stored with the weights: source, method, thresholds.
+
+        `models.train_tcn.choose_rule` picks source and method by cross-validation on
+        train (not worse on val); the thresholds are tuned on out-of-fold train and val
+        scores pooled (`models.metrics.pooled_threshold`).
+        """
         return dict(self.metadata.get("decision", {}))
 
     # ---- persistence

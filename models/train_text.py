@@ -5,8 +5,9 @@ Reproduce the shipped weights (seeded and deterministic, well under a minute on 
     python -m models.train_text --split-dir DIR --out-dir models/weights
 
 ``DIR`` holds the BAH video-level ``train.txt`` and ``val.txt``. The model is
-fit on train.txt only; val.txt is used once, to choose the decision
-thresholds and to report metrics. ``--cv-table`` instead prints the
+fit on train.txt only; val.txt is used to choose the decision thresholds
+(pooled with the out-of-fold train probabilities, step 5) and to report
+metrics. ``--cv-table`` instead prints the
 candidate comparison (grouped 5-fold CV on train, 3 fold seeds, and val).
 
 Recipe (``DEFAULT_CONFIG``):
@@ -20,8 +21,10 @@ Recipe (``DEFAULT_CONFIG``):
 4. Out-of-fold scores (5 folds over train, stratified and grouped by
    participant) fit the final mix ``sigmoid(a*z_text + b*z_q + c)`` and the
    context head ``sigmoid(a'*z_text + b_q)`` used when the prompt is known.
-5. Thresholds maximising macro F1 on val (``metrics.best_threshold``), with
-   and without the prompt as context; val metrics go into the JSON metadata.
+5. Thresholds maximising macro F1 on the out-of-fold train probabilities of
+   step 4 and the val probabilities pooled (726 answers;
+   ``metrics.pooled_threshold``), with and without the prompt as context; val
+   metrics go into the JSON metadata.
 """
 
 from __future__ import annotations

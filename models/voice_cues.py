@@ -13,7 +13,8 @@ Rules:
   (so the silence after the last answer, which never resumes, is not reported).
   Speech runs shorter than `MIN_SPEECH_RUN_S` (clicks, breaths) do not split a pause.
   Strength (L - 0.5) / 2.5 clipped to [0, 1]: 1 s -> 0.2, 2 s -> 0.6, >= 3 s -> 1.
-  The VAD's hangover (0.15 s) is inside the speech runs, so pauses read ~0.15 s short.
+  The VAD's hold-over (about 0.25 s after the last voiced frame, measured) is inside
+  the speech runs, so a pause starts that much late and reads that much short.
 - ``slowed_speech`` / ``hurried_speech``: speech-rate z-score (syllable rate, else
   word rate) <= -`RATE_Z` / >= +`RATE_Z` on every tick with a rate for at least
   `RATE_SUSTAIN_S` (ticks without a rate, e.g. short pauses, neither extend nor
@@ -47,9 +48,11 @@ LONG_PAUSE_S = 1.0
 MAX_HESITATION_PAUSE_S = 5.0
 # Speech must resume for this long to prove the pause was inside speech.
 RESUME_MIN_S = 0.3
-# VAD runs shorter than this are noise: one raw webrtcvad frame plus the 0.15 s
-# hangover already lasts 0.18 s, the shortest word (~0.1 s) with hangover 0.25 s.
-MIN_SPEECH_RUN_S = 0.2
+# VAD runs shorter than this are noise (a click, a breath). Measured with
+# `stream.vad.VadTimeline` on a voiced tone: 30 ms of it (one webrtcvad frame) gives a
+# 0.27 s run (webrtcvad's own hold-over plus our 0.15 s hangover), 60 ms a 0.30 s run,
+# 100 ms (the shortest word) 0.33 s.
+MIN_SPEECH_RUN_S = 0.29
 # Strength ramp for pauses: 0 at 0.5 s, 1 at 3 s.
 PAUSE_STRENGTH_S = (0.5, 3.0)
 # Speech-rate z-score for slowed/hurried: +-1.5 std of the speaker's own windowed rate

@@ -16,7 +16,10 @@ class VideoAggregator:
     Methods: ``last`` (the newest frame value: the model's estimate given
     everything heard so far), ``mean`` of all frames, and ``max_ma1s`` (the
     maximum of a 1 s moving average, as in the BAH paper). The method and its
-    threshold come with the weights (chosen and tuned on val; see the model card).
+    threshold come with the weights: the method chosen by a rule on
+    cross-validation on train (kept only if not worse on val), the threshold tuned
+    on out-of-fold train and val scores pooled (``models.metrics.pooled_threshold``);
+    see the model card, "Decision rule and the candidates compared".
     """
 
     def __init__(self, threshold: float, method: str = "last", hz: float = 10.0) -> None:

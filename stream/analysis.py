@@ -136,7 +136,8 @@ class Analyzer:
         self._face_pool = getattr(models, "face_pool", None)
         self._reformatter = VideoReformatter()  # one scaler per session, not per frame
         self._face_lock = threading.Lock()
-        self.face: FaceAnalyzer | None = None  # created by prepare_face or on the first frame
+        self.face: FaceAnalyzer | None = None  # made by warm_face or on the first frame
+        self._closed = False  # set by close: no face graph is taken any more
         self.face_cues = FaceCueDetector()
         self.cross_cues = ValenceInconsistencyDetector()
 
@@ -258,18 +259,38 @@ class Analyzer:
         )
 
     def prepare_face(self) -> FaceAnalyzer:
-        """The session's face analyzer, made now if it is not yet (call when video is coming)."""
+        """The session's face analyzer, made now if it is not yet (RuntimeError once closed)."""
         with self._face_lock:
-            if self.face is None:
-                pool = self._face_pool
-                self.face = pool.take() if pool is not None else FaceAnalyzer(self._expression)
-            return self.face
+            if self._closed:
+                raise RuntimeError("the analyzer is closed")
+            return self._take_face()
+
+    def warm_face(self) -> None:
+        """Make the face analyzer ahead of the first frame; nothing once closed (a warm-up
+        that runs after the session ended must not take a graph that nobody closes)."""
+        with self._face_lock:
+            if not self._closed:
+                self._take_face()
+
+    def _take_face(self) -> FaceAnalyzer:
+        # Called with the face lock held, so `close` waits for a graph being built.
+        if self.face is None:
+            pool = self._face_pool
+            self.face = pool.take() if pool is not None else FaceAnalyzer(self._expression)
+        return self.face
 
     def flush(self) -> list[CueHit]:
-        """Cues still pending at the end of the session; releases the face graph."""
-        hits = self.word_cues.flush() + self.face_cues.flush() + self.cross_cues.flush()
+        """Cues still pending at the end of the session; closes the analyzer, even if a
+        detector fails."""
+        try:
+            return self.word_cues.flush() + self.face_cues.flush() + self.cross_cues.flush()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the face graph; a later `warm_face` takes none, `prepare_face` raises."""
         with self._face_lock:
-            if self.face is not None:
-                self.face.close()
-                self.face = None
-        return hits
+            self._closed = True
+            face, self.face = self.face, None
+        if face is not None:
+            face.close()

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,77 @@ from typing import Any
 __all__ = ["main"]
 
 log = logging.getLogger("ahstream")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Session.__init__ (stream/session.py) raises ValueError outside these ranges; they are
+# checked at start so that a bad value fails here, not in every session.
+ANALYSIS_HZ_RANGE = (1.0, 50.0)
+ASR_HOP_RANGE_S = (0.1, 5.0)
+#: Numeric options (by dest) with their inclusive range, whichever command has them. A full
+#: profile is served at the --tick-hz it was trained at, so that must suit a Session too.
+RANGES: dict[str, tuple[float, float]] = {
+    "analysis_hz": ANALYSIS_HZ_RANGE,
+    "tick_hz": ANALYSIS_HZ_RANGE,
+    "asr_hop": ASR_HOP_RANGE_S,
+    "port": (1, 65535),
+}
+#: Numeric options (by dest) that must be > 0, whichever command has them.
+POSITIVE = ("idle_timeout", "max_sessions", "max_duration", "epochs", "audio_window")
+
+
+def _number_problem(args: argparse.Namespace) -> str | None:
+    """The first numeric option of ``args`` out of its range (None: all fine)."""
+    for dest, (low, high) in RANGES.items():
+        value = getattr(args, dest, None)
+        if value is not None and not low <= value <= high:
+            return f"{_flag(dest)} must be between {low:g} and {high:g} (got {value:g})"
+    for dest in POSITIVE:
+        value = getattr(args, dest, None)
+        if value is not None and not value > 0:
+            return f"{_flag(dest)} must be > 0 (got {value:g})"
+    return None
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _reason(exc: OSError) -> str:
+    """The short reason of an OSError ("Address already in use"), without the call's words."""
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)
+
+
+def _dir_problem(flag: str, directory: str | Path) -> str | None:
+    """Why files cannot be written in ``directory``, made if missing (None: they can)."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create the {flag} directory {path}: {_reason(exc)}"
+    if not os.access(path, os.W_OK):
+        return f"the {flag} directory {path} is not writable"
+    return None
+
+
+def _file_problem(flag: str, file: str | Path) -> str | None:
+    """Why ``file`` cannot be written (its directory must exist; None: it can)."""
+    path = Path(file)
+    if path.is_dir():
+        return f"{flag} {path} is a directory"
+    if not path.parent.is_dir():
+        return f"{flag} {path}: no such directory {path.parent}"
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        return f"{flag} {path} is not writable"
+    return None
+
+
+def _weights_dir_problem(args: argparse.Namespace) -> str | None:
+    """A --weights-dir that is not a directory (its files are checked as the models load)."""
+    if args.weights_dir is not None and not Path(args.weights_dir).is_dir():
+        return f"--weights-dir {args.weights_dir}: weights directory not found"
+    return None
 
 
 def _models(profile: str, **options: Any) -> Any:
@@ -59,7 +131,12 @@ def _add_backend_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_profile_args(parser: argparse.ArgumentParser) -> None:
     """--profile, --weights-dir, --face-crop and --analysis-hz of `serve` and `analyze`."""
-    parser.add_argument("--profile", default="lite", choices=["lite", "full"], help="model profile")
+    parser.add_argument(
+        "--profile",
+        default="lite",
+        choices=["lite", "full"],
+        help="model profile (default %(default)s)",
+    )
     parser.add_argument(
         "--weights-dir",
         metavar="DIR",
@@ -77,23 +154,22 @@ def _add_profile_args(parser: argparse.ArgumentParser) -> None:
         "--analysis-hz",
         type=float,
         default=None,
-        help="analysis ticks (frame events) per media second (lite default 10; full: the "
-        "rate its weights were trained at, which is also the default)",
+        help="analysis ticks (frame events) per media second, 1 to 50 (lite default 10; "
+        "full: the rate its weights were trained at, which is also the default)",
     )
 
 
 def _profile_models(args: argparse.Namespace, **options: Any) -> Any:
     """The models of --profile with --weights-dir/--face-crop; sets ``args.analysis_hz``
-    to the rate they need. Exits with a message when they cannot be loaded or the rate
-    given differs from the one the weights need."""
+    to the rate they need. Exits with a message when they cannot be loaded, or the rate
+    given differs from the one the weights need, or that one is out of a session's range."""
     extra: dict[str, Any] = {} if args.weights_dir is None else {"weights_dir": args.weights_dir}
     if args.profile == "full":
         extra["face_crop"] = args.face_crop
     try:
         models = _models(args.profile, **options, **extra)
     except (ValueError, FileNotFoundError) as exc:  # FullProfileError is a ValueError
-        if args.profile != "full":
-            raise
+        # missing weight files, another format, an export that does not match
         raise SystemExit(f"ahstream {args.command}: {exc}") from exc
     need = models.analysis_hz
     if need is not None and args.analysis_hz is not None and abs(args.analysis_hz - need) > 1e-9:
@@ -102,6 +178,12 @@ def _profile_models(args: argparse.Namespace, **options: Any) -> Any:
             f"{need:g} Hz the --weights-dir TCN was trained at (leave it out)"
         )
     args.analysis_hz = need or (10.0 if args.analysis_hz is None else args.analysis_hz)
+    low, high = ANALYSIS_HZ_RANGE
+    if not low <= args.analysis_hz <= high:
+        raise SystemExit(
+            f"ahstream {args.command}: the --weights-dir TCN was trained at "
+            f"{args.analysis_hz:g} Hz; sessions run at {low:g} to {high:g} Hz"
+        )
     return models
 
 
@@ -109,13 +191,17 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def _serve_options_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with the TLS, recording and limit options of `serve` (None: nothing)."""
+    """What is wrong with the TLS, weights, recording and limit options of `serve` (None:
+    nothing)."""
     import ssl
 
     from stream.serving import tls_context
 
     if bool(args.tls_cert) != bool(args.tls_key):
         return "--tls-cert and --tls-key go together"
+    problem = _weights_dir_problem(args)
+    if problem:
+        return problem
     if args.tls_cert:
         try:
             tls_context(args.tls_cert, args.tls_key)
@@ -135,6 +221,28 @@ def _serve_options_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _listen_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (None: it could a moment ago). The server
+    binds only once the models are loaded; this binds as asyncio's create_server does
+    (every address of ``host``, SO_REUSEADDR) to fail before that."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                s.bind(address)
+                s.listen()
+    except OSError as exc:
+        return _cannot_listen(host, port, exc)
+    return None
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    return f"cannot listen on {host}:{port}: {_reason(exc)}"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from stream.auth import ENV_TOKENS, TokenFileError, load_tokens
 
@@ -151,7 +259,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    problem = _serve_options_problem(args)
+    problem = _serve_options_problem(args) or _listen_problem(args.host, args.port)
     if problem:
         print(f"ahstream serve: {problem}", file=sys.stderr)
         return 2
@@ -202,7 +310,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    run_server(models, config)
+    try:
+        run_server(models, config)
+    except OSError as exc:  # the port was taken after _listen_problem looked
+        print(f"ahstream serve: {_cannot_listen(args.host, args.port, exc)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -280,14 +392,22 @@ def _serve_front(args: argparse.Namespace, processes: int, n_tokens: int) -> int
 
     ssl_context = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     _announce(args, n_tokens, processes)
-    run_front(
-        worker_argv(args),
-        processes,
-        args.host,
-        args.port,
-        ssl_context=ssl_context,
-        ws_max_msg=args.ws_max_msg,
-    )
+    try:
+        run_front(
+            worker_argv(args),
+            processes,
+            args.host,
+            args.port,
+            ssl_context=ssl_context,
+            ws_max_msg=args.ws_max_msg,
+            max_sessions=args.max_sessions,
+        )
+    except OSError as exc:  # the port was taken after _listen_problem looked
+        print(f"ahstream serve: {_cannot_listen(args.host, args.port, exc)}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # a worker did not start; its own messages came before
+        print(f"ahstream serve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -387,6 +507,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.out and len(files) > 1:
         print("ahstream analyze: --out takes one file; use --out-dir for several", file=sys.stderr)
         return 2
+    problem = (
+        _weights_dir_problem(args)
+        or (args.out and _file_problem("--out", args.out))
+        or (args.out_dir and _dir_problem("--out-dir", args.out_dir))
+        or (args.report and _dir_problem("--report", args.report))
+    )
+    if problem:
+        print(f"ahstream analyze: {problem}", file=sys.stderr)
+        return 2
     models = _profile_models(args, **_backend_options(args))
     if models.face_pool is not None:
         models.face_pool.fill()  # the face graph builds while the file opens
@@ -397,7 +526,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         with ThreadPoolExecutor(2, thread_name_prefix="infer") as executor:
             for path in files:
                 if args.out_dir:
-                    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
                     target = Path(args.out_dir) / f"{path.stem}.jsonl"
                 else:
                     target = Path(args.out) if args.out else None
@@ -451,6 +579,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     from clients.send import SendError, send_file
 
+    problem = args.events and _file_problem("--events", args.events)
+    if problem:
+        print(f"ahstream send: {problem}", file=sys.stderr)
+        return 2
+
     def show(event: dict[str, Any]) -> None:
         if args.quiet:
             return
@@ -497,6 +630,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(listen(args.url, token=args.token))
+    except aiohttp.InvalidURL as exc:  # its text is the URL alone
+        print(f"ahstream listen: invalid URL: {exc}", file=sys.stderr)
+        return 2
     except (aiohttp.ClientError, OSError) as exc:
         print(f"ahstream listen: {exc}", file=sys.stderr)
         return 1
@@ -569,9 +705,6 @@ def _train_full(args: argparse.Namespace) -> int:
 
     chosen = {"video": args.video_model, "audio": args.audio_model, "text": args.text_model}
     models = {k: v for k, v in chosen.items() if v}
-    if args.tick_hz <= 0 or args.audio_window <= 0:
-        print("ahstream train: --tick-hz and --audio-window must be > 0", file=sys.stderr)
-        return 2
     ticks = TickConfig(hz=args.tick_hz, audio_window_s=args.audio_window)
     config = FullTrainConfig(epochs=args.epochs, seed=args.seed, ticks=ticks)
     code, result = _full_profile_call(
@@ -598,6 +731,10 @@ def _evaluate_full(args: argparse.Namespace) -> int:
         return 2
     if not args.weights_dir:
         print("ahstream evaluate: --bah-root needs --weights-dir DIR", file=sys.stderr)
+        return 2
+    problem = args.submission and _dir_problem("--submission", Path(args.submission).parent)
+    if problem:
+        print(f"ahstream evaluate: {problem}", file=sys.stderr)
         return 2
     from models.train_full import evaluate_full
 
@@ -644,11 +781,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not Path(args.split_file).is_file():
         print(f"ahstream evaluate: no such file: {args.split_file}", file=sys.stderr)
         return 2
+    problem = _weights_dir_problem(args)
     models = None
-    if args.weights_dir:
+    if args.weights_dir and problem is None:
         from models.profile import load_models
 
-        models = load_models(weights_dir=args.weights_dir, asr=False, face=False)
+        try:
+            models = load_models(weights_dir=args.weights_dir, asr=False, face=False)
+        except (FileNotFoundError, ValueError) as exc:  # missing weight files, another format
+            problem = str(exc)
+    if problem:
+        print(f"ahstream evaluate: {problem}", file=sys.stderr)
+        return 2
     try:
         result = evaluate_split(
             args.split_file,
@@ -765,7 +909,12 @@ def _add_export_parser(sub: Any) -> None:
         "--backend tensorrt then builds one FP16 engine per graph (LayerNorm in FP32), cached "
         "per GPU and TensorRT version, each checked against ONNX Runtime.",
     )
-    x.add_argument("--profile", default="lite", choices=["lite", "full"], help="model profile")
+    x.add_argument(
+        "--profile",
+        default="lite",
+        choices=["lite", "full"],
+        help="model profile (default %(default)s)",
+    )
     x.add_argument(
         "--backend",
         default="onnx",
@@ -774,9 +923,18 @@ def _add_export_parser(sub: Any) -> None:
         "graph (needs an NVIDIA GPU and `pip install '.[gpu]'`)",
     )
     x.add_argument("--out", required=True, metavar="DIR", help="write the graphs and manifest here")
-    x.add_argument("--weights-dir", help="lite: text and TCN weights (default: the shipped ones)")
-    x.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (17)")
-    x.add_argument("--atol", type=float, default=1e-4, help="largest ONNX-vs-source |diff| (1e-4)")
+    x.add_argument(
+        "--weights-dir",
+        metavar="DIR",
+        help="lite: text and TCN weights (default: the shipped ones)",
+    )
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default %(default)s)")
+    x.add_argument(
+        "--atol",
+        type=float,
+        default=1e-4,
+        help="largest ONNX-vs-source |diff| (default %(default)g)",
+    )
     x.add_argument("--head", metavar="CKPT", help="full: a ConflictAwareAH checkpoint")
     x.add_argument("--video-model", metavar="ID|PATH", help="full: VideoMAE encoder id or path")
     x.add_argument("--audio-model", metavar="ID|PATH", help="full: HuBERT encoder id or path")
@@ -790,35 +948,58 @@ def _add_export_parser(sub: Any) -> None:
         "--trt-atol",
         type=float,
         default=1e-2,
-        help="tensorrt: largest engine-vs-ONNX Runtime |diff| on the sample inputs (FP16; 1e-2)",
+        help="tensorrt: largest engine-vs-ONNX Runtime |diff| on the sample inputs, FP16 "
+        "(default %(default)g)",
     )
-    x.add_argument("--json", action="store_true", help="one JSON object as the last line only")
+    x.add_argument(
+        "--json",
+        action="store_true",
+        help="no per-model parity lines on stderr (the JSON summary is always printed, as the "
+        "last line of stdout)",
+    )
     x.set_defaults(func=cmd_export)
 
 
+def _bench_problem(args: argparse.Namespace) -> str | None:
+    """Missing inputs or an unusable output place of `bench` (None: none)."""
+    inputs = ("wav", "file", "reference")
+    for name in (getattr(args, dest, None) for dest in inputs):
+        if name and not Path(name).is_file():
+            return f"no such file: {name}"
+    if any(n < 1 for n in getattr(args, "batch", None) or ()):
+        return "--batch sizes must be >= 1"
+    if getattr(args, "out", None):
+        return _file_problem("--out", args.out)
+    if not getattr(args, "no_save", True):
+        return _dir_problem("--out-dir", args.out_dir)
+    return None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.bench == "asr":
-        from benchmarks.asr import run_asr_bench
+    import av
 
-        reference = Path(args.reference).read_text(encoding="utf-8") if args.reference else None
-        result = run_asr_bench(args.wav, reference, realtime=not args.fast)
-        if args.out:
-            from benchmarks.asr import plot_commit_latency
-
-            Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-            plot_commit_latency(result, Path(args.out).with_suffix(".png"))
-        print(json.dumps(result) if args.json else json.dumps(result, indent=2))
-        return 0
-    out_dir = None if args.no_save else args.out_dir
+    problem = _bench_problem(args)
+    if problem:
+        print(f"ahstream bench {args.bench}: {problem}", file=sys.stderr)
+        return 2
+    out_dir = None if getattr(args, "no_save", True) else args.out_dir
+    reference_file = getattr(args, "reference", None)
     try:
-        if args.bench == "latency":
+        reference = Path(reference_file).read_text(encoding="utf-8") if reference_file else None
+        if args.bench == "asr":
+            from benchmarks.asr import plot_commit_latency, run_asr_bench
+
+            result = run_asr_bench(args.wav, reference, realtime=not args.fast)
+            if args.out:
+                Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+                plot_commit_latency(result, Path(args.out).with_suffix(".png"))
+        elif args.bench == "latency":
             from benchmarks.latency import run_latency_bench
 
             result = run_latency_bench(args.file, url=args.url, out_dir=out_dir)
         elif args.bench == "throughput":
             from benchmarks.throughput import run_throughput_bench
 
-            reference = Path(args.reference).read_text() if args.reference else None
             result = run_throughput_bench(
                 args.file, max_sessions=args.max_sessions, out_dir=out_dir, reference=reference
             )
@@ -828,7 +1009,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             result = run_encoders_bench(args.file, batch_sizes=args.batch, out_dir=out_dir)
         else:
             return 2
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError, av.error.FFmpegError) as exc:
         print(f"ahstream bench {args.bench}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
@@ -842,14 +1023,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
         default=os.environ.get("AHSTREAM_LOG", "WARNING"),
-        help="logging level (default WARNING; env AHSTREAM_LOG)",
+        help="logging level, any case (default WARNING; env AHSTREAM_LOG)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the WHIP + websocket service")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    s.add_argument("--port", type=int, default=8080, help="port, 1 to 65535 (default 8080)")
     _add_profile_args(s)
     _add_backend_args(s)
     s.add_argument(
@@ -862,7 +1045,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-sessions",
         type=int,
         default=8,
-        help="concurrent sessions; more get 503 with Retry-After (default 8)",
+        help="concurrent sessions in total, across all worker processes; more get 503 with "
+        "Retry-After (default 8)",
     )
     s.add_argument(
         "--max-duration",
@@ -940,9 +1124,16 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="run the session on media files (offline)")
     a.add_argument("files", nargs="+", metavar="FILE", help="audio/video files")
     g = a.add_mutually_exclusive_group()
-    g.add_argument("--out", help="write the events of one file to this JSONL file")
-    g.add_argument("--out-dir", help="write DIR/<stem>.jsonl for each file")
-    a.add_argument("--realtime", action="store_true", help="feed at real-time pace")
+    g.add_argument(
+        "--out",
+        help="write the events of one file to this JSONL file (default: stdout, unless --json)",
+    )
+    g.add_argument("--out-dir", metavar="DIR", help="write DIR/<stem>.jsonl for each file")
+    a.add_argument(
+        "--realtime",
+        action="store_true",
+        help="feed at real-time pace (default: as fast as it can)",
+    )
     a.add_argument("--context", help="the prompt the person is answering (optional)")
     _add_profile_args(a)
     _add_backend_args(a)
@@ -950,7 +1141,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--asr-hop",
         type=float,
         default=ANALYZE_ASR_HOP_S,
-        help=f"seconds of audio between incremental ASR decodes (default {ANALYZE_ASR_HOP_S}; "
+        help=f"seconds of audio between incremental ASR decodes, 0.1 to 5 "
+        f"(default {ANALYZE_ASR_HOP_S}; "
         f"the live service uses {LIVE_ASR_HOP_S} for latency: give that to reproduce a live "
         "session step for step)",
     )
@@ -989,13 +1181,19 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train", help="reproduce the shipped lite weights (text + TCN), or train the full profile"
     )
-    t.add_argument("--profile", default="lite", choices=["lite", "full"])
+    t.add_argument(
+        "--profile",
+        default="lite",
+        choices=["lite", "full"],
+        help="lite: the text model and TCN from BAH transcripts; full: the encoders' "
+        "embeddings and the conflict-aware head (default %(default)s)",
+    )
     t.add_argument("--split-dir", help="lite: folder with BAH train.txt and val.txt")
     t.add_argument(
         "--out-dir",
         help="where to write weights (lite default: the package's weights; full: required)",
     )
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     t.add_argument("--bah-root", metavar="DIR", help="full: BAH dataset root (distributed layout)")
     for kind, default in (
         ("video", "MCG-NJU/videomae-base"),
@@ -1003,22 +1201,34 @@ def build_parser() -> argparse.ArgumentParser:
         ("text", "SamLowe/roberta-base-go_emotions"),
     ):
         t.add_argument(f"--{kind}-model", help=f"full: hub id or local path (default {default})")
-    t.add_argument("--epochs", type=int, default=60, help="full: training epochs (60)")
+    t.add_argument(
+        "--epochs", type=int, default=60, help="full: training epochs (default %(default)s)"
+    )
     t.add_argument(
         "--cache-dir",
         metavar="DIR",
         help="full: embedding cache (default OUT_DIR/feature-cache; reused across runs)",
     )
-    t.add_argument("--device", default="cpu", help="full: torch device of the encoders (cpu)")
-    t.add_argument("--tick-hz", type=float, default=2.0, help="full: analysis ticks per second (2)")
+    t.add_argument(
+        "--device", default="cpu", help="full: torch device of the encoders (default %(default)s)"
+    )
+    t.add_argument(
+        "--tick-hz",
+        type=float,
+        default=2.0,
+        help="full: analysis ticks per second, 1 to 50; the weights are served at this rate "
+        "(default %(default)g)",
+    )
     t.add_argument(
         "--audio-window",
         type=float,
         default=2.0,
         metavar="S",
-        help="full: seconds of audio each tick's voice embedding hears (2)",
+        help="full: seconds of audio each tick's voice embedding hears (default %(default)g)",
     )
-    t.add_argument("--json", action="store_true", help="no progress bar; JSON metrics only")
+    t.add_argument(
+        "--json", action="store_true", help="no progress bar (the JSON metrics are always printed)"
+    )
     t.set_defaults(func=cmd_train)
 
     ev = sub.add_parser(
@@ -1030,7 +1240,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="lite: BAH split file: video_id,label,transcript",
     )
     ev.add_argument("--bah-root", metavar="DIR", help="full: BAH dataset root; needs --weights-dir")
-    ev.add_argument("--split", default="val", choices=["train", "val", "test"], help="full: split")
+    ev.add_argument(
+        "--split",
+        default="val",
+        choices=["train", "val", "test"],
+        help="full: the split to evaluate (default %(default)s)",
+    )
     ev.add_argument(
         "--submission", metavar="CSV", help="full: write the challenge submission of the split"
     )
@@ -1039,7 +1254,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="full: embedding cache (default: the one `train` used)",
     )
-    ev.add_argument("--device", default="cpu", help="full: torch device of the encoders (cpu)")
+    ev.add_argument(
+        "--device", default="cpu", help="full: torch device of the encoders (default %(default)s)"
+    )
     ev.add_argument(
         "--context-from-question",
         action="store_true",
@@ -1047,6 +1264,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--weights-dir",
+        metavar="DIR",
         help="lite: text and TCN weights (default: the shipped ones); full: `train` output",
     )
     ev.add_argument("--json", action="store_true", help="no progress bar; one JSON object")
@@ -1069,6 +1287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks (JSON results)")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    bench_json_help = "print the result JSON on one line (default: indented)"
     ba = bsub.add_parser("asr", help="incremental ASR at real-time pace: WER, RTF, commit latency")
     ba.add_argument("wav", metavar="WAV")
     ba.add_argument("--reference", help="reference transcript (text file) for WER")
@@ -1076,7 +1295,7 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument(
         "--out", help="also write the result JSON here, and a commit-latency plot beside it (.png)"
     )
-    ba.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    ba.add_argument("--json", action="store_true", help=bench_json_help)
     results_help = "write JSON and PNG here (default ./benchmarks/results)"
     bl = bsub.add_parser(
         "latency",
@@ -1088,15 +1307,19 @@ def build_parser() -> argparse.ArgumentParser:
         "throughput", help="concurrent real-time sessions until lag grows or frames drop"
     )
     bt.add_argument("file", metavar="FILE", help="clip each session publishes in real time")
-    bt.add_argument("--max-sessions", type=int, default=8, help="stop after this many (8)")
+    bt.add_argument(
+        "--max-sessions", type=int, default=8, help="stop after this many (default %(default)s)"
+    )
     bt.add_argument("--reference", help="the clip's transcript (text file): WER per session")
     be = bsub.add_parser("encoders", help="ms per item of each model x backend x batch size")
     be.add_argument("file", nargs="?", metavar="FILE", help="video with a face for the face rows")
-    be.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16], help="batch sizes (1 4 16)")
+    be.add_argument(
+        "--batch", type=int, nargs="+", default=[1, 4, 16], help="batch sizes (default 1 4 16)"
+    )
     for sp in (bl, bt, be):
         sp.add_argument("--out-dir", default=str(RESULTS_DIR), help=results_help)
         sp.add_argument("--no-save", action="store_true", help="print only, write no files")
-        sp.add_argument("--json", action="store_true", help="one JSON object as the last line")
+        sp.add_argument("--json", action="store_true", help=bench_json_help)
     b.set_defaults(func=cmd_bench)
     return p
 
@@ -1104,8 +1327,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ahstream` command."""
     args = build_parser().parse_args(argv)
+    if args.log_level not in LOG_LEVELS:  # argparse does not check a default (AHSTREAM_LOG)
+        print(
+            f"ahstream: AHSTREAM_LOG={args.log_level} is not one of {', '.join(LOG_LEVELS)}",
+            file=sys.stderr,
+        )
+        return 2
+    problem = _number_problem(args)
+    if problem:
+        command = " ".join(filter(None, (args.command, getattr(args, "bench", None))))
+        print(f"ahstream {command}: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return int(args.func(args) or 0)

@@ -1,7 +1,8 @@
 """The published event protocol (schema version 1): one JSON object per websocket message.
 
 Each event is a small dataclass; `to_dict()` gives its public face as listed
-in DESIGN.md. `critical` events (session start/end, committed transcript,
+in the README's "Event protocol" table and `clients/events.schema.json`.
+`critical` events (session start/end, committed transcript, cues, segments,
 final decisions, errors) are never dropped for a slow subscriber.
 """
 

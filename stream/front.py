@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from stream.serving import AccessLogger, add_routes, new_event_loop
+from stream.serving import AccessLogger, add_routes, new_event_loop, read_body
 
 __all__ = ["Front", "Worker", "make_front_app", "merge_metrics", "run_front"]
 
@@ -111,10 +111,14 @@ class Worker:
 class Front:
     """Starts, watches and routes to the worker servers."""
 
-    def __init__(self, worker_args: Sequence[str], processes: int) -> None:
+    def __init__(
+        self, worker_args: Sequence[str], processes: int, max_sessions: int | None = None
+    ) -> None:
         if processes < 1:
             raise ValueError("processes must be >= 1")
         self.worker_args = list(worker_args)
+        self.max_sessions = max_sessions  # over all workers (each also enforces it alone)
+        self.admitted = 0  # sessions the workers accepted through this front, ever
         self.workers = [Worker(i) for i in range(processes)]
         self.routes: OrderedDict[str, Worker] = OrderedDict()
         self.stopping = False
@@ -249,6 +253,15 @@ class Front:
         i = min(loads, key=lambda i: (loads[i] + self.workers[i].pending, i))
         return self.workers[i]
 
+    def at_limit(self, loads: dict[int, int], admitted_before: int) -> bool:
+        """Whether the workers' sessions, the offers on their way and the sessions admitted
+        since ``loads`` was asked for (``admitted_before`` = ``admitted`` then) reach the
+        total limit. Decided without awaiting, so concurrent offers cannot all pass."""
+        if self.max_sessions is None:
+            return False
+        busy = sum(loads.values()) + sum(w.pending for w in self.workers)
+        return busy + self.admitted - admitted_before >= self.max_sessions
+
     def remember(self, session_id: str, w: Worker) -> None:
         """Route ``session_id`` to ``w`` from now on (oldest forgotten past MAX_ROUTES)."""
         self.routes[session_id] = w
@@ -292,11 +305,15 @@ class Front:
 async def whip_post(request: web.Request) -> web.StreamResponse:
     """A new session on the least loaded worker."""
     front: Front = request.app["front"]
-    body = await request.content.read(256 * 1024 + 1)
-    if len(body) > 256 * 1024:
-        raise web.HTTPRequestEntityTooLarge(max_size=256 * 1024, actual_size=len(body))
+    body = await read_body(request, 256 * 1024)
     last: web.Response | None = None
+    admitted = front.admitted
     loads = await front.loads()
+    if front.at_limit(loads, admitted):
+        raise web.HTTPServiceUnavailable(
+            text="the server is at its session limit; retry later\n",
+            headers={"Retry-After": "10"},
+        )
     while (w := front.least_loaded(loads)) is not None:
         del loads[w.index]
         w.pending += 1
@@ -308,6 +325,7 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
             last = resp
             continue
         if resp.status == 201:
+            front.admitted += 1
             location = resp.headers.get("Location", "")
             session_id = location.rsplit("/", 1)[-1]
             if session_id:
@@ -375,6 +393,9 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     finally:
         for task in tasks:
             task.cancel()
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                # a subscriber or worker that went away mid-send: the relay just ends
+                log.debug("event relay ended: %r", task.exception())
         await upstream.close()
         await ws.close()
     return ws
@@ -404,7 +425,11 @@ async def healthz(request: web.Request) -> web.StreamResponse:
         "status": "ok" if len(up) == len(front.workers) else ("degraded" if up else "down"),
         "profile": up[0].get("profile") if up else None,
         "sessions": sum(int(h.get("sessions", 0)) for h in up),
-        "max_sessions": sum(int(h.get("max_sessions", 0)) for h in up),
+        "max_sessions": (
+            front.max_sessions
+            if front.max_sessions is not None
+            else sum(int(h.get("max_sessions", 0)) for h in up)
+        ),
         "processes": [
             {
                 "pid": w.proc.pid if w.proc else None,
@@ -517,10 +542,12 @@ def run_front(
     port: int,
     ssl_context: Any = None,
     ws_max_msg: int = 4096,
+    max_sessions: int | None = None,
 ) -> None:
-    """Serve on ``host:port`` in front of ``processes`` workers until interrupted."""
+    """Serve on ``host:port`` in front of ``processes`` workers until interrupted
+    (at most ``max_sessions`` live sessions over all of them)."""
     web.run_app(
-        make_front_app(Front(worker_args, processes), ws_max_msg=ws_max_msg),
+        make_front_app(Front(worker_args, processes, max_sessions), ws_max_msg=ws_max_msg),
         host=host,
         port=port,
         print=None,

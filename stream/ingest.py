@@ -209,6 +209,10 @@ async def drain_track(
                 frame = await track.recv()
             except MediaStreamError:
                 break
+            except Exception as exc:  # the transport or decoder failed: the track is over
+                log.warning("session %s: %s track failed", session.id, kind, exc_info=True)
+                session.report_error("bad_media", f"{kind} track failed: {type(exc).__name__}")
+                break
             try:
                 ingest.push(frame, clock.media_time(frame.pts, frame.time_base))
             except Exception as exc:  # a corrupt frame must not end the session

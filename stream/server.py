@@ -66,6 +66,7 @@ class Server:
         if models.face_pool is not None:
             models.face_pool.fill()  # the first session's face graph, built before it comes
         self.live: dict[str, LiveSession] = {}
+        self.pending_offers = 0  # WHIP offers being negotiated: they hold a session slot
         self.publishers: dict[str, Publisher] = {}
         self.auth = Auth(config.tokens)
         self._reapers: set[asyncio.Task[None]] = set()
@@ -81,8 +82,7 @@ class Server:
         """A session whose events subscribers can find by id."""
         publisher = Publisher(session_id, queue_size=self.config.subscriber_queue)
         publisher.listeners.append(self.metrics.observe)
-        self.publishers[session_id] = publisher
-        return Session(
+        session = Session(
             session_id,
             self.models,
             publisher,
@@ -92,6 +92,8 @@ class Server:
             asr_executor=self.asr_executor,
             live=True,
         )
+        self.publishers[session_id] = publisher
+        return session
 
     def register(self, live: LiveSession) -> None:
         """Track a live session until it ends, then keep its events for late subscribers."""

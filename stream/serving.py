@@ -18,6 +18,7 @@ __all__ = [
     "add_routes",
     "limit_malloc_arenas",
     "new_event_loop",
+    "read_body",
     "tls_context",
     "trim_heap",
 ]
@@ -41,6 +42,24 @@ def add_routes(app: web.Application, handlers: Mapping[str, Handler]) -> None:
     """Route every path of ROUTES to its handler in ``handlers`` (all must be given)."""
     for method, path, name in ROUTES:
         app.router.add_route(method, path, handlers[name])
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, however many TCP segments it arrives in; 413 past ``limit``.
+
+    (``request.content.read(n)`` alone returns only what has arrived so far: a browser's
+    5 kB offer split across packets would be cut short.)
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+    return b"".join(chunks)
 
 
 class AccessLogger(AbstractAccessLogger):

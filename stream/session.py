@@ -19,7 +19,9 @@ keeps up with ``text_delay_s`` gives the same transcript and decisions as
 the offline run of the same media. A live session never waits for the ASR: a
 tick uses the ASR steps finished by then, and an ASR worker that has fallen
 more than a hop behind skips to the newest audio (counted in
-``status.asr_skipped``) rather than lag without bound.
+``status.asr_skipped``) rather than lag without bound. An ASR step that fails
+is reported (an ``internal`` error) and skipped; the ticks, the final events
+and the cleanup always run (see `_asr_step`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections import deque
 from concurrent.futures import Executor
 from typing import Any
@@ -63,6 +66,10 @@ TEXT_DELAY_S = 0.8  # a tick at t uses the words of ASR steps at or before t - t
 FILE_AHEAD_S = 6.0  # a file is decoded this far ahead of the ticks (ASR and ticks overlap)
 TRACK_STALL_S = 2.0  # a track this far behind the other stops holding the ticks back
 AUDIO_DELAY_S = 0.3  # a tick at t uses audio up to t - this (WebRTC audio arrives ~0.1 s late)
+ASR_MAX_FAILURES = 3  # ASR steps failing in a row before the ASR stops for the session
+# A live tick this long after its media arrived: the status event says the session is
+# behind. The analysis rate itself stays: the TCN and the aggregation are trained at it.
+BEHIND_S = 1.0
 
 
 def _words_json(words: list[Any]) -> list[dict[str, Any]]:
@@ -132,11 +139,13 @@ class Session:
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._asr_task: asyncio.Task[None] | None = None
+        self._warming: asyncio.Future[None] | None = None  # the face graph made ahead
         self._asr_updates: deque[tuple[float, ASRUpdate]] = deque()  # not yet seen by a tick
         self._asr_done_t = 0.0  # media time of the newest finished ASR step
         self._asr_finished = False
         self._asr_used_t: float | None = None  # newest ASR step the ticks have taken words from
         self.asr_skipped = 0  # ASR hops a live session skipped to catch up
+        self._asr_failures = 0  # ASR steps failed in a row (ASR_MAX_FAILURES: ASR stops)
         self._tentative: list[Any] = []  # the ASR's current tentative tail (published)
         self._tick_tentative: list[Any] = []  # the tail the ticks see (as of ASR step asr_t)
         self._expects_face = getattr(models, "expression", None) is not None
@@ -161,13 +170,15 @@ class Session:
         self._tracks[kind] = False
         if kind == "video" and self._expects_face:
             # Have the face graph ready before the first frame (it takes ~1 s to build).
-            asyncio.get_running_loop().run_in_executor(self.executor, self._warm_face)
+            self._warming = asyncio.get_running_loop().run_in_executor(
+                self.executor, self._warm_face
+            )
             self._expects_face = False
         self._notify()
 
     def _warm_face(self) -> None:
         try:
-            self.analyzer.prepare_face()
+            self.analyzer.warm_face()
         except Exception:  # the first tick with a frame retries and reports it
             log.exception("session %s: face analyzer not ready", self.id)
 
@@ -331,19 +342,32 @@ class Session:
                 next_tick += tick_ms
                 self.processed_t = t
                 self._progress.set()
-            await asyncio.shield(self._asr_task)
+            await asyncio.shield(self._asr_task)  # it reports its own failures
             end = self.media_end
             if end > last_tick + 1e-6 or self._asr_updates:
                 await self._tick(max(end, last_tick), take_all=True)
-            self._publish_cues(await self._infer(self.analyzer.flush))
         except Exception as exc:  # one session's failure must not reach the others
             log.exception("session %s: worker failed", self.id)
-            self.report_error("internal", f"analysis failed: {type(exc).__name__}: {exc}")
+            self.report_error("internal", f"analysis failed ({type(exc).__name__})")
         finally:
             if self._asr_task is not None and not self._asr_task.done():
                 self._asr_task.cancel()
-            self._finalize()
-            self._progress.set()
+            try:
+                await self._close_analyzer()
+            finally:
+                self._finalize()
+                self._progress.set()
+
+    async def _close_analyzer(self) -> None:
+        """Publish the analyzer's pending cues and release its face graph (also after a
+        failure); wait for a face warm-up still running, so none outlives the session."""
+        try:
+            self._publish_cues(await self._infer(self.analyzer.flush))
+        except Exception as exc:
+            log.exception("session %s: analyzer flush failed", self.id)
+            self.report_error("internal", f"analysis failed ({type(exc).__name__})")
+        if self._warming is not None:  # a no-op once the analyzer is closed; never raises
+            await asyncio.wait({self._warming})
 
     def _media_short_of(self, t: float) -> bool:
         """Whether the input (closed) ended before the tick at ``t`` could be ready."""
@@ -376,15 +400,52 @@ class Session:
                         k = newest
                         s = k * hop_ms / 1000.0
                 started = time.perf_counter()
-                update = await self._infer_asr(self.asr.step, s)
+                ok = await self._asr_step(self.asr.step, s)
                 self._asr_compute += time.perf_counter() - started
-                self._on_asr(s, update)
+                if not ok:
+                    return
                 k += 1
-            end = self.ring.end_time
-            self._on_asr(end, await self._infer_asr(self.asr.flush, end))
+            await self._asr_step(self.asr.flush, self.ring.end_time)
+        except Exception as exc:  # not the decode (see _asr_step): stop the ASR, not the session
+            log.exception("session %s: ASR worker failed", self.id)
+            self.report_error("internal", f"speech recognition stopped ({type(exc).__name__})")
         finally:
             self._asr_finished = True
             self._wake_tick.set()
+
+    async def _asr_step(self, fn: Any, s: float) -> bool:
+        """Run the ASR step (or flush) ``fn`` at media time ``s`` and hand on its update.
+
+        A step that raises is reported and skipped: the ASR commits only after a decode,
+        so the next step decodes the same utterance again with newer audio, and a one-off
+        failure costs a hop of latency, not words. That is what a live user wants from a
+        glitch; a failure that repeats (a broken model, no memory) would fail every hop,
+        so after ``ASR_MAX_FAILURES`` in a row the session goes on without transcripts.
+        Returns False then. The message has no exception text: it may quote the prompt,
+        i.e. the transcript, which is health data.
+        """
+        try:
+            update = await self._infer_asr(fn, s)
+        except Exception as exc:
+            self._asr_failures += 1
+            name = type(exc).__name__
+            where = "".join(traceback.format_tb(exc.__traceback__))  # frames, not the message
+            log.error("session %s: ASR failed at %.2f s (%s)\n%s", self.id, s, name, where)
+            stop = self._asr_failures >= ASR_MAX_FAILURES
+            then = (
+                f"stopped after {self._asr_failures} failures in a row: no more transcripts"
+                if stop
+                else "step skipped"
+            )
+            self.report_error(
+                "internal",
+                f"speech recognition failed at {s:.2f} s ({name}); {then}",
+            )
+            self._on_asr(s, None)  # the step is done: file ticks need not wait for it
+            return not stop
+        self._asr_failures = 0
+        self._on_asr(s, update)
+        return True
 
     def _on_asr(self, s: float, update: ASRUpdate | None) -> None:
         self._asr_done_t = max(self._asr_done_t, s)
@@ -515,6 +576,12 @@ class Session:
 
     def _status(self, t: float) -> Status:
         lag = self.clock.lag(min(t, self.media_end))  # a tick may run before t arrives
+        message = None
+        if self.live and lag is not None and lag > BEHIND_S:
+            message = (
+                f"analysis {lag:.1f} s behind the call (CPU short): video frames are dropped "
+                "to keep up and speech recognition skips ahead"
+            )
         return Status(
             self.id,
             t=t,
@@ -523,6 +590,7 @@ class Session:
             received_video_frames=self.slot.received,
             rtf=self._asr_compute / t if t > 0 else None,
             asr_skipped=self.asr_skipped,
+            message=message,
         )
 
     def _finalize(self) -> None:

@@ -23,6 +23,7 @@ from stream.auth import READ_TOKEN_HEADER
 from stream.ingest import MediaLimits, drain_track
 from stream.record import SessionRecorder
 from stream.rtpreceiver import tune_receivers
+from stream.serving import read_body
 from stream.session import Session
 
 if TYPE_CHECKING:
@@ -57,7 +58,19 @@ class LiveSession:
         self.recorder = recorder  # --record: the session's audio goes here too
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self.created = time.monotonic()
+
+    def start(self) -> None:
+        """Start the session and its watchdog."""
+        self.session.start()
+        self._watchdog = asyncio.get_running_loop().create_task(self.watchdog())
+        self._watchdog.add_done_callback(self._watchdog_done)
+
+    def _watchdog_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session %s: watchdog failed", self.session.id, exc_info=task.exception())
+            self.close("internal error")
 
     def add_track(self, track: Any) -> None:
         """Start draining a remote track into the session."""
@@ -83,6 +96,8 @@ class LiveSession:
             await asyncio.wait(self._tasks, timeout=2.0)
         for task in self._tasks:
             task.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         await self.session.finish(reason)
 
     async def watchdog(self) -> None:
@@ -104,18 +119,22 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
     """Create a session from an SDP offer (a service token is required when auth is on)."""
     server: Server = request.app["server"]
     server.auth.require_service(request)
-    if server.active_sessions >= server.config.max_sessions:
+    if server.active_sessions + server.pending_offers >= server.config.max_sessions:
         raise web.HTTPServiceUnavailable(
             text="the server is at its session limit; retry later\n",
             headers={"Retry-After": "10"},
         )
-    if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
-        raise web.HTTPRequestEntityTooLarge(
-            max_size=MAX_SDP_BYTES, actual_size=request.content_length
-        )
-    body = await request.content.read(MAX_SDP_BYTES + 1)
-    if len(body) > MAX_SDP_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_SDP_BYTES, actual_size=len(body))
+    # The offer holds a slot from here (no await before this line), so concurrent offers
+    # cannot all pass the limit while each is still being negotiated.
+    server.pending_offers += 1
+    try:
+        return await _answer_offer(request, server)
+    finally:
+        server.pending_offers -= 1
+
+
+async def _answer_offer(request: web.Request, server: Server) -> web.StreamResponse:
+    body = await read_body(request, MAX_SDP_BYTES)
     ctype = request.content_type
     if ctype not in ("application/sdp", "application/octet-stream", "text/plain"):
         raise web.HTTPUnsupportedMediaType(text="WHIP offers must be sent as application/sdp\n")
@@ -128,8 +147,8 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
 
     session_id = uuid.uuid4().hex[:16]
     context = request.query.get("context") or request.headers.get(CONTEXT_HEADER)
-    pc = RTCPeerConnection()
     session = server.new_session(session_id, context=context)
+    pc = RTCPeerConnection()
     recorder = None
     if server.config.record_dir:
         recorder = SessionRecorder(server.config.record_dir, session_id)
@@ -169,13 +188,13 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
         except Exception:  # aiortc cannot close every half-negotiated connection
             log.info("closing a refused peer connection failed", exc_info=True)
         server.discard(session_id)
-        log.info("rejected WHIP offer: %s", exc)
-        raise web.HTTPBadRequest(text=f"unusable SDP offer: {exc}\n") from None
+        reason = str(exc) or type(exc).__name__
+        log.info("rejected WHIP offer: %s", reason)
+        raise web.HTTPBadRequest(text=f"unusable SDP offer: {reason}\n") from None
 
     read_token = server.auth.issue(session_id)
     server.register(live)
-    session.start()
-    asyncio.get_running_loop().create_task(live.watchdog())
+    live.start()
     return web.Response(
         status=201,
         content_type="application/sdp",

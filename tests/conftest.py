@@ -23,6 +23,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def post_in_parts(
+    url: str, path: str, body: bytes, headers: dict[str, str], pause_s: float = 0.3
+) -> tuple[int, dict[str, str]]:
+    """POST ``body`` as a slow network delivers it: headers and the first half in one TCP
+    segment, the rest ``pause_s`` later. Returns (status, response headers)."""
+    host, port = url.removeprefix("http://").split(":")
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()] + ["Connection: close", "", ""]
+    half = len(body) // 2
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall("\r\n".join(lines).encode() + body[:half])
+        time.sleep(pause_s)
+        s.sendall(body[half:])
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in head[1:] if ": " in line)
+    return int(head[0].split()[1]), fields
+
+
 class ServeProcess:
     """`ahstream serve` in a subprocess, so the tests talk to it as any client would."""
 

@@ -24,10 +24,7 @@ FILLER_SENTENCE = "I want to, um, start running, uh, but I don't know."
 
 @pytest.fixture(scope="module")
 def model():
-    try:
-        return load_whisper()
-    except Exception as exc:  # pragma: no cover - only without the bundled model
-        pytest.skip(f"Whisper model unavailable: {exc}")
+    return load_whisper()  # bundled by a required dependency: a failure here is a bug
 
 
 @pytest.fixture(scope="module")

@@ -174,6 +174,48 @@ async def test_publish_with_token_and_read_token_subscription(auth_server, audio
     assert auth_server.health()["status"] == "ok"
 
 
+async def _media_less_session(srv) -> tuple[str, str]:
+    """A session from a real offer (no media flows): (location, read token)."""
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp.encode()
+    await pc.close()
+    status, headers = await asyncio.to_thread(_post, srv, TOKEN, offer)
+    assert status == 201
+    READ_TOKENS.append(headers["X-Ahstream-Read-Token"])
+    return headers["Location"], headers["X-Ahstream-Read-Token"]
+
+
+async def test_delete_needs_a_token_that_may_read_the_session(auth_server):
+    (loc_a, read_a), (loc_b, read_b) = [await _media_less_session(auth_server) for _ in "ab"]
+    url = auth_server.url + loc_a
+
+    def delete(token: str | None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return _request(url, "DELETE", headers=headers)[0]
+
+    assert await asyncio.to_thread(delete, None) == 401
+    assert await asyncio.to_thread(delete, "wrong") == 403
+    assert await asyncio.to_thread(delete, read_b) == 403  # another session's read token
+    assert auth_server.health()["sessions"] == 2  # both still running
+    assert await asyncio.to_thread(delete, read_a) == 200
+    assert auth_server.health()["sessions"] == 1
+    out = io.StringIO()  # its final events, kept for late subscribers
+    events_url = auth_server.url + loc_a.replace("/whip/", "/sessions/") + "/events"
+    await asyncio.wait_for(listen(events_url, out=out, token=read_a), timeout=20)
+    ended = json.loads(out.getvalue().splitlines()[-1])
+    assert ended["type"] == "session.ended" and ended["reason"] == "deleted"
+    assert _request(auth_server.url + loc_b, "DELETE", headers=_bearer(TOKEN))[0] == 200
+    assert auth_server.health()["sessions"] == 0
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 def test_read_tokens_never_look_like_command_line_options():
     auth = Auth(["svc"])
     assert not any(auth.issue(f"s{i}").startswith("-") for i in range(2000))

@@ -179,13 +179,15 @@ def test_shared_runners_batch_a_full_profile_encoder(tmp_path):
 
 
 def test_a_lone_request_does_not_wait_and_max_wait_is_honoured(fer, faces):
+    # Upper bounds are far below the deadline they tell apart, so a loaded machine
+    # cannot make them fail; the lower bounds are the behaviour.
     x = faces[0]
     recording = Recording(fer.runner)
-    with MicroBatcher(recording, max_batch=8, max_wait_ms=400) as batcher:
+    with MicroBatcher(recording, max_batch=8, max_wait_ms=5000) as batcher:
         started = time.monotonic()
         batcher.run(x)
         lone = time.monotonic() - started
-        assert lone < 0.2  # nobody else is mid-tick: no wait at all ...
+        assert lone < 2.5  # nobody else is mid-tick: no wait for the 5 s deadline ...
         assert recording.threads == [threading.get_ident()]  # ... not even a thread hand-off
 
         # Another caller announced a request: the batch is held for it until it comes ...
@@ -201,14 +203,16 @@ def test_a_lone_request_does_not_wait_and_max_wait_is_honoured(fer, faces):
         batcher.run(x)
         joined = time.monotonic() - started
         thread.join()
-        assert 0.09 <= joined < 0.35 and batcher.stats().sizes.get(2) == 1
+        # ... and runs when it arrives, not at the deadline
+        assert 0.09 <= joined < 2.5 and batcher.stats().sizes.get(2) == 1
 
-        # ... or at most max_wait after the first request, if it never comes.
+    # ... or at most max_wait after the first request, if it never comes.
+    with MicroBatcher(fer.runner, max_batch=8, max_wait_ms=400) as batcher:
         left = threading.Event()
 
         def silent_caller() -> None:
             with batcher.expecting():
-                left.wait(5)
+                left.wait(10)
 
         thread = threading.Thread(target=silent_caller)
         thread.start()
@@ -218,8 +222,8 @@ def test_a_lone_request_does_not_wait_and_max_wait_is_honoured(fer, faces):
         held = time.monotonic() - started
         left.set()
         thread.join()
-        assert 0.39 <= held < 1.5
-        assert 0.39 <= batcher.stats().max_wait_s < 1.5
+        assert 0.39 <= held < 5
+        assert 0.39 <= batcher.stats().max_wait_s < 5
 
     with MicroBatcher(fer.runner, max_batch=8, max_wait_ms=200, wait="always") as batcher:
         started = time.monotonic()

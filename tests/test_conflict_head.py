@@ -3,7 +3,6 @@ ensembling, multi-window inference and ONNX parity."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +191,6 @@ def _planted(n: int, seed: int) -> tuple[torch.Tensor, ...]:
 
 
 def test_learns_planted_conflict_that_text_cannot() -> None:
-    start = time.perf_counter()
     torch.manual_seed(0)
     head = ConflictAwareAH(HeadConfig(*DIMS, d=32, heads=4, ff=64, dropout=0.0))
     v, a, t, present, y = _planted(768, seed=1)
@@ -213,13 +211,11 @@ def test_learns_planted_conflict_that_text_cannot() -> None:
         full, text = head(vv, va, vt, vp)
     acc_full = float(((full > 0).long() == vy).float().mean())
     acc_text = float(((text > 0).long() == vy).float().mean())
-    elapsed = time.perf_counter() - start
     assert np.mean(proto_losses[-10:]) < 0.7 * np.mean(proto_losses[:10])
     assert acc_full >= 0.9, (acc_full, acc_text)
     assert acc_text < 0.65, acc_text
     assert tune_blend(text, full, vy).macro_f1 >= 0.9
     assert tune_blend(text, full, vy, alphas=[1.0]).macro_f1 < 0.65  # text alone, tuned
-    assert elapsed < 10.0, elapsed
 
 
 def test_loss_parts_and_smoothing() -> None:

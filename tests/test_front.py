@@ -20,7 +20,7 @@ import pytest
 from clients.send import send_file
 from stream.cli import build_parser, worker_argv
 from stream.front import merge_metrics
-from tests.conftest import ServeProcess
+from tests.conftest import ServeProcess, post_in_parts
 
 TOKEN = "front-token-4Rk9"
 
@@ -55,7 +55,7 @@ def test_two_workers_start_behind_one_front(front):
     assert h["status"] == "ok" and h["profile"] == "lite"
     assert len(h["processes"]) == 2 and all(p["ready"] for p in h["processes"])
     assert len({p["pid"] for p in h["processes"]}) == 2
-    assert h["max_sessions"] == 6  # each worker has its own --max-sessions 3
+    assert h["max_sessions"] == 3  # in total, over both workers
     status, page = _get(front, "/", token=None)  # the page comes from a worker
     assert status == 200 and "<html" in page.lower()
 
@@ -107,6 +107,46 @@ async def test_auth_and_unknown_sessions_through_the_front(front):
         ) as r:
             assert r.status == 400
     assert _get(front, "/metrics", token=None)[0] == 401
+
+
+async def _offer() -> bytes:
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp.encode()
+
+
+async def test_the_session_limit_is_the_total_over_workers(front):
+    """--max-sessions 3 with two workers: five offers at once give three sessions (spread
+    over both workers), whichever worker has room; an offer split across TCP segments is
+    read whole by the front."""
+    offer = await _offer()
+    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+
+        async def post() -> tuple[int, str | None]:
+            async with http.post(front.url + "/whip", data=offer, headers=headers) as r:
+                return r.status, r.headers.get("Location")
+
+        got = await asyncio.gather(*(post() for _ in range(5)))
+        try:
+            assert sorted(s for s, _ in got) == [201, 201, 201, 503, 503], got
+            counts = [p["sessions"] for p in _health(front)["processes"]]
+            assert sorted(counts) == [1, 2]
+        finally:
+            for status, location in got:
+                if status == 201:
+                    async with http.delete(front.url + location, headers=headers) as r:
+                        assert r.status == 200
+        status, out = await asyncio.to_thread(post_in_parts, front.url, "/whip", offer, headers)
+        assert status == 201
+        async with http.delete(front.url + out["Location"], headers=headers) as r:
+            assert r.status == 200
+    assert _health(front)["sessions"] == 0
 
 
 async def test_a_dead_worker_is_restarted_and_other_sessions_go_on(front, audio_only_wav):

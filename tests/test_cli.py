@@ -1,0 +1,152 @@
+"""`ahstream` refuses bad input with one line on stderr, before it loads any model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import pytest
+
+from stream.cli import build_parser
+from tests.conftest import ROOT
+
+
+def ahstream(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command line in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "stream.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def refusal(*args: str, env: dict[str, str] | None = None) -> str:
+    """stderr of a command that must fail at once with a message and no traceback."""
+    proc = ahstream(*args, env=env)
+    assert proc.returncode != 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+@pytest.fixture
+def wav(tmp_path: Path) -> str:
+    """A tenth of a second of silence."""
+    path = tmp_path / "silence.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * 1600)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--analysis-hz", "100"], "--analysis-hz must be between 1 and 50 (got 100)"),
+        (["--analysis-hz", "0"], "--analysis-hz must be between 1 and 50 (got 0)"),
+        (["--idle-timeout", "0"], "--idle-timeout must be > 0 (got 0)"),
+        (["--max-sessions", "0"], "--max-sessions must be > 0 (got 0)"),
+        (["--max-duration", "-5"], "--max-duration must be > 0 (got -5)"),
+        (["--port", "70000"], "--port must be between 1 and 65535 (got 70000)"),
+        (["--weights-dir", "/missing"], "--weights-dir /missing: weights directory not found"),
+    ],
+)
+def test_serve_checks_its_options_at_start(args: list[str], message: str) -> None:
+    proc = ahstream("serve", *args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [f"ahstream serve: {message}"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--asr-hop", "-1"], "--asr-hop must be between 0.1 and 5 (got -1)"),
+        (["--analysis-hz", "0"], "--analysis-hz must be between 1 and 50 (got 0)"),
+        (["--out", "/missing/dir/x.jsonl"], "--out /missing/dir/x.jsonl: no such directory"),
+        (["--weights-dir", "/missing"], "--weights-dir /missing: weights directory not found"),
+    ],
+)
+def test_analyze_checks_its_options_before_loading_models(
+    wav: str, args: list[str], message: str
+) -> None:
+    proc = ahstream("analyze", wav, *args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"ahstream analyze: {message}")
+    assert len(proc.stderr.splitlines()) == 1
+
+
+def test_a_weights_dir_without_weights_names_the_missing_file(wav: str, tmp_path: Path) -> None:
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    expected = f"text A/H weights not found: {empty / 'text_ah_lite.json'}"
+    assert expected in refusal("analyze", wav, "--weights-dir", str(empty))
+    split = tmp_path / "split.txt"
+    split.write_text("v1,0,hello\n")
+    stderr = refusal("evaluate", "--split-file", str(split), "--weights-dir", str(empty))
+    assert expected in stderr
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_serve_on_a_port_in_use_says_so(processes: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stderr = refusal("serve", "--port", str(port), "--processes", processes)
+    assert stderr.splitlines() == [
+        f"ahstream serve: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+
+
+def test_a_bad_log_level_is_refused() -> None:
+    assert "invalid choice: 'LOUD'" in refusal("--log-level", "loud", "serve")
+    stderr = refusal("serve", env={"AHSTREAM_LOG": "loud"})
+    assert stderr.splitlines() == [
+        "ahstream: AHSTREAM_LOG=LOUD is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    ]
+
+
+def test_bench_send_and_listen_check_their_input(wav: str) -> None:
+    assert (
+        refusal("bench", "asr", "/missing.wav")
+        == "ahstream bench asr: no such file: /missing.wav\n"
+    )
+    stderr = refusal("bench", "throughput", wav, "--max-sessions", "0")
+    assert stderr == "ahstream bench throughput: --max-sessions must be > 0 (got 0)\n"
+    stderr = refusal("send", wav, "--url", "http://127.0.0.1:1", "--events", "/missing/e.jsonl")
+    assert stderr.startswith("ahstream send: --events /missing/e.jsonl: no such directory")
+    stderr = refusal("listen", "http://127.0.0.1:99999/sessions/x/events")
+    assert stderr.startswith("ahstream listen: invalid URL: ")
+
+
+def test_train_refuses_a_tick_rate_no_session_can_run() -> None:
+    stderr = refusal("train", "--profile", "full", "--tick-hz", "0.5")
+    assert stderr == "ahstream train: --tick-hz must be between 1 and 50 (got 0.5)\n"
+
+
+def _help(*command: str) -> str:
+    """The help of a (sub)command, on one line."""
+    parser = build_parser()
+    for name in command:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return " ".join(parser.format_help().split())
+
+
+def test_help_gives_the_defaults_and_says_what_flags_do() -> None:
+    train = _help("train")
+    assert "random seed (default 0)" in train and "(default lite)" in train
+    assert "(default val)" in _help("evaluate")
+    export = _help("export")
+    assert "no per-model parity lines on stderr" in export and "always printed" in export
+    assert "in total, across all worker processes" in _help("serve")
+    assert "(default 17)" in export and "(default 60)" in train

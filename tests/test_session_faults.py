@@ -1,0 +1,285 @@
+"""Faults inside a real `Session` (real models): a failing ASR step, a session that ends while
+its face graph is still being made, and a live ASR that falls behind and skips ahead.
+
+Faults are injected in the narrowest place: the session's own ASR object's `step`, or the
+moment its analyzer's face warm-up runs. Everything else is the production code path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from stream.buffers import VideoFrame
+from stream.publisher import Publisher
+from stream.session import ASR_MAX_FAILURES, Session
+from tests.media import espeak_speech, librivox_speech, silence
+from tests.mediafiles import astronaut_frames
+
+RATE = 16000
+CHUNK = 320  # 20 ms, as WebRTC delivers audio
+FPS = 10
+
+SPEECH = (
+    "Well, I guess I could try to walk a little every morning. "
+    "But honestly, I doubt that it would change much. "
+    "Maybe I will begin next week, when the weather is warmer."
+)
+
+
+@pytest.fixture(scope="module")
+def models() -> Any:
+    from models.profile import load_models
+
+    return load_models("lite")
+
+
+@pytest.fixture(scope="module")
+def sentences() -> np.ndarray:
+    """About 10 s of espeak-ng speech, then 1 s of silence (the last utterance ends)."""
+    return np.concatenate([espeak_speech(SPEECH), silence(1.0)])
+
+
+@pytest.fixture
+def handed_out(models: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The face analyzers the pool hands out during the test."""
+    pool = models.face_pool
+    taken: list[Any] = []
+    take = pool.take
+
+    def recording_take() -> Any:
+        analyzer = take()
+        taken.append(analyzer)
+        return analyzer
+
+    monkeypatch.setattr(pool, "take", recording_take)
+    return taken
+
+
+def graph_closed(face_analyzer: Any) -> bool:
+    """Whether a `FaceAnalyzer`'s MediaPipe graph has been closed."""
+    return face_analyzer._mesh._graph is None
+
+
+class Run:
+    """A `Session` and the events it published, each with the media time received by then."""
+
+    def __init__(self, models: Any, **kw: Any) -> None:
+        self.events: list[dict[str, Any]] = []
+        publisher = Publisher("faults")
+        publisher.listeners.append(self._record)
+        self.session = Session("faults", models, publisher, **kw)
+
+    def _record(self, event: Any) -> None:
+        self.events.append({**event.to_dict(), "received": self.session.media_end})
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+    def index(self, event: dict[str, Any]) -> int:
+        return next(i for i, e in enumerate(self.events) if e is event)
+
+    async def feed(
+        self, audio: np.ndarray, video: bool = False, realtime: bool = True, t0: float = 0.0
+    ) -> None:
+        """Push ``audio`` (from media time ``t0``) in 20 ms chunks, and a face at FPS with
+        ``video``: at the pace of a live call, or as a file is read (``realtime=False``)."""
+        s = self.session
+        frames = astronaut_frames(int(len(audio) / RATE * FPS) + 1) if video else []
+        started = time.monotonic()
+        next_frame = 0
+        for i in range(0, len(audio), CHUNK):
+            t = t0 + i / RATE
+            s.push_audio(audio[i : i + CHUNK], t)
+            while next_frame < len(frames) and next_frame / FPS <= t - t0:
+                img = frames[next_frame]
+                s.push_video(VideoFrame(t=t0 + next_frame / FPS, image=img, width=320, height=240))
+                next_frame += 1
+            if realtime:
+                await asyncio.sleep(max(0.0, started + (t - t0) - time.monotonic()))
+            else:
+                await s.wait_caught_up()
+
+    async def end(self, *kinds: str) -> None:
+        for kind in kinds:
+            self.session.track_ended(kind)
+        await asyncio.wait_for(self.session.finish(), timeout=120)
+
+
+def words_of(run: Run) -> set[str]:
+    """The words (4 letters or more) of every transcript the session published."""
+    text = " ".join(e["text"] for e in run.of("transcript")).lower()
+    return {w.strip(".,!?'") for w in text.split() if len(w.strip(".,!?'")) >= 4}
+
+
+async def test_a_failed_asr_step_is_reported_at_once_and_skipped(
+    models: Any, sentences: np.ndarray, handed_out: list[Any]
+) -> None:
+    run = Run(models, live=True)
+    asr = run.session.asr
+    step = asr.step
+    failed: list[float] = []
+
+    def failing_step(t: float) -> Any:
+        # The first step after words were committed fails, its exception quoting them
+        # (as a decoder error may quote its prompt).
+        if asr.committed_words and not failed:
+            failed.append(t)
+            raise RuntimeError(f"decode failed, prompt was: {asr.text}")
+        return step(t)
+
+    asr.step = failing_step
+    run.session.add_track("audio")
+    run.session.add_track("video")
+    run.session.start()
+    await run.feed(sentences, video=True)
+    await run.end("audio", "video")
+
+    assert len(failed) == 1
+    (error,) = run.of("error")
+    assert error["code"] == "internal"
+    assert "speech recognition" in error["message"] and "RuntimeError" in error["message"]
+    assert "prompt" not in error["message"]  # no exception text ...
+    assert not words_of(run) & set(error["message"].lower().split())  # ... nor transcript
+    # Reported while the call goes on, when the media had reached the failing step.
+    assert error["received"] == pytest.approx(failed[0], abs=1.0)
+    before = [e for e in run.events[: run.index(error)] if e["type"] == "frame"]
+    assert before and before[-1]["t"] == pytest.approx(failed[0], abs=1.0)
+    # The step was skipped, not the ASR: frames and committed words go on after it.
+    after = run.events[run.index(error) :]
+    assert [e["t"] for e in after if e["type"] == "frame"][-1] >= len(sentences) / RATE - 0.2
+    assert any(e["type"] == "transcript" and e["final"] and e["t0"] > failed[0] for e in after)
+    # A clean end: final decision, and the face graph closed.
+    assert [v for v in run.of("video") if v["final"]]
+    assert run.events[-1]["type"] == "session.ended"
+    assert run.session.analyzer.face is None
+    assert handed_out and all(graph_closed(a) for a in handed_out)
+
+
+async def test_an_asr_that_keeps_failing_stops_but_the_session_goes_on(
+    models: Any, sentences: np.ndarray
+) -> None:
+    # A file session: its ticks wait for the ASR steps, so a failed one must not stall them.
+    run = Run(models, live=False)
+    asr = run.session.asr
+    step = asr.step
+    calls: list[float] = []
+
+    def broken_from_the_third_step(t: float) -> Any:
+        calls.append(t)
+        if len(calls) >= 3:
+            raise MemoryError
+        return step(t)
+
+    asr.step = broken_from_the_third_step
+    run.session.add_track("audio")
+    run.session.start()
+    await run.feed(sentences, realtime=False)
+    await run.end("audio")
+
+    errors = run.of("error")
+    assert len(errors) == ASR_MAX_FAILURES and len(calls) == 2 + ASR_MAX_FAILURES
+    assert all("MemoryError" in e["message"] for e in errors)
+    assert "stopped" in errors[-1]["message"] and "skipped" in errors[0]["message"]
+    frames = run.of("frame")
+    assert len(frames) >= 10 * len(sentences) / RATE - 2  # every tick, to the end
+    assert run.index(frames[-1]) > run.index(errors[-1])
+    assert [v for v in run.of("video") if v["final"]]
+    assert run.events[-1]["type"] == "session.ended"
+    assert run.session.analyzer.face is None
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["warm-up-first", "warm-up-after-end"])
+async def test_a_session_ended_right_after_its_video_track_closes_the_face_graph(
+    models: Any, handed_out: list[Any], late: bool
+) -> None:
+    run = Run(models, live=True)
+    analyzer = run.session.analyzer
+    closed, warmed = threading.Event(), threading.Event()
+    warm, close = analyzer.warm_face, analyzer.close
+
+    def close_and_tell() -> None:
+        close()
+        closed.set()
+
+    def warm_and_tell() -> None:
+        # late: the executor runs the warm-up only once the session has closed its analyzer
+        if late:
+            assert closed.wait(30)
+        warm()
+        warmed.set()
+
+    analyzer.close = close_and_tell
+    analyzer.warm_face = warm_and_tell
+    run.session.start()
+    run.session.add_track("video")
+    await run.end("video")
+    assert await asyncio.to_thread(warmed.wait, 30)
+
+    assert run.events[-1]["type"] == "session.ended"
+    assert closed.is_set()
+    assert analyzer.face is None
+    assert all(graph_closed(a) for a in handed_out)
+    if late:
+        assert not handed_out  # a closed analyzer takes nothing from the pool
+    with pytest.raises(RuntimeError):
+        analyzer.prepare_face()
+
+
+async def test_a_live_asr_that_falls_behind_skips_ahead_and_keeps_up(models: Any) -> None:
+    audio, _ = librivox_speech()
+    burst = 18 * RATE  # 18 s at once (a stalled connection delivering its backlog) ...
+    run = Run(models, live=True)
+    s = run.session
+    lags: list[float] = []  # newest media minus the newest finished ASR step, per tick
+
+    def lag(event: Any) -> None:
+        if event.type == "frame" and event.t >= 20.0:
+            lags.append(s.media_end - s._asr_done_t)
+
+    s.publisher.listeners.append(lag)
+    s.add_track("audio")
+    s.start()
+    s.push_audio(audio[:burst], 0.0)
+    await run.feed(audio[burst:], t0=burst / RATE)  # ... then the rest as it is spoken
+    await run.end("audio")
+
+    hop = s.asr.hop_s
+    status = run.of("status")[-1]
+    # The first step found 18 s waiting and went straight to the newest audio.
+    assert status["asr_skipped"] >= round(18 / hop) - 2
+    finals = [e for e in run.of("transcript") if e["final"]]
+    assert any(e["t1"] <= 18.0 for e in finals)  # the newest of the backlog is transcribed
+    assert any(e["t0"] >= 19.0 for e in finals)  # and what follows it
+    # Without skipping, the ASR would be 18 s behind after the burst and catch up slowly.
+    assert lags and max(lags) <= 4.0
+    assert run.events[-1]["type"] == "session.ended"
+
+
+async def test_a_live_session_short_of_cpu_says_so_in_its_status(models: Any) -> None:
+    """Ticks slowed to 1.5x real time (a machine short of CPU, injected): the session
+    falls behind, and its status events say so; before that, and in a file, they do not."""
+    audio, _ = librivox_speech()
+    run = Run(models, live=True, status_every_s=0.5)
+    s = run.session
+    tick = s.analyzer.tick
+
+    def slow_tick(*args: Any, **kw: Any) -> Any:
+        time.sleep(0.15)  # 10 ticks per media second: 1.5 s of work per second
+        return tick(*args, **kw)
+
+    s.analyzer.tick = slow_tick  # type: ignore[method-assign]
+    s.add_track("audio")
+    s.start()
+    await run.feed(audio[: 6 * RATE])
+    await run.end("audio")
+    status = run.of("status")
+    behind = [e for e in status if e.get("message")]
+    assert behind and all("behind the call" in e["message"] for e in behind)
+    assert all(e["lags"]["tick"] > 1.0 for e in behind)
+    assert not status[0].get("message") and status[0]["lags"]["tick"] <= 1.0
