@@ -245,6 +245,7 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from stream.auth import ENV_TOKENS, TokenFileError, load_tokens
+    from stream.serving import EXIT_CANNOT_LISTEN
 
     try:
         tokens = load_tokens(args.token_file)
@@ -259,10 +260,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    problem = _serve_options_problem(args) or _listen_problem(args.host, args.port)
+    problem = _serve_options_problem(args)
     if problem:
         print(f"ahstream serve: {problem}", file=sys.stderr)
         return 2
+    problem = _listen_problem(args.host, args.port)
+    if problem:
+        print(f"ahstream serve: {problem}", file=sys.stderr)
+        return EXIT_CANNOT_LISTEN
     processes = serve_processes(args.processes)
     if processes > 1:
         return _serve_front(args, processes, len(tokens))
@@ -314,7 +319,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run_server(models, config)
     except OSError as exc:  # the port was taken after _listen_problem looked
         print(f"ahstream serve: {_cannot_listen(args.host, args.port, exc)}", file=sys.stderr)
-        return 1
+        return EXIT_CANNOT_LISTEN
     return 0
 
 
@@ -388,7 +393,7 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
 def _serve_front(args: argparse.Namespace, processes: int, n_tokens: int) -> int:
     """Run `serve` as a front over ``processes`` worker servers (stream.front)."""
     from stream.front import run_front
-    from stream.serving import tls_context
+    from stream.serving import EXIT_CANNOT_LISTEN, tls_context
 
     ssl_context = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     _announce(args, n_tokens, processes)
@@ -404,7 +409,7 @@ def _serve_front(args: argparse.Namespace, processes: int, n_tokens: int) -> int
         )
     except OSError as exc:  # the port was taken after _listen_problem looked
         print(f"ahstream serve: {_cannot_listen(args.host, args.port, exc)}", file=sys.stderr)
-        return 1
+        return EXIT_CANNOT_LISTEN
     except RuntimeError as exc:  # a worker did not start; its own messages came before
         print(f"ahstream serve: {exc}", file=sys.stderr)
         return 1

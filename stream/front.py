@@ -39,7 +39,13 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from stream.serving import AccessLogger, add_routes, new_event_loop, read_body
+from stream.serving import (
+    EXIT_CANNOT_LISTEN,
+    AccessLogger,
+    add_routes,
+    new_event_loop,
+    read_body,
+)
 
 __all__ = ["Front", "Worker", "make_front_app", "merge_metrics", "run_front"]
 
@@ -128,7 +134,11 @@ class Front:
     async def start(self) -> None:
         """Start every worker and wait until all answer /healthz (RuntimeError if one fails)."""
         self.client = aiohttp.ClientSession(timeout=WORKER_TIMEOUT, auto_decompress=False)
-        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        try:
+            await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        except BaseException:
+            await self.stop()  # the workers that did start, and the client
+            raise
         for w in self.workers:
             w.supervisor = asyncio.get_running_loop().create_task(self._supervise(w))
 
@@ -159,6 +169,8 @@ class Front:
                 w.ready = True
                 log.info("worker %d ready (pid %d, port %d)", w.index, w.proc.pid, w.port)
                 return
+            if w.proc.returncode != EXIT_CANNOT_LISTEN:  # it would fail again the same way
+                break
         raise RuntimeError(f"worker {w.index} did not start (see its messages above)")
 
     async def _wait_ready(self, w: Worker) -> bool:

@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 __all__ = [
+    "EXIT_CANNOT_LISTEN",
     "ROUTES",
     "AccessLogger",
     "add_routes",
@@ -24,6 +25,10 @@ __all__ = [
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Exit status of `ahstream serve` that could not listen on its address (the front starts
+#: a worker again on another port then; any other failure to start is not retried).
+EXIT_CANNOT_LISTEN = 3
 
 #: The HTTP interface (README, "HTTP interface"): method, path, handler name. The server
 #: and the multi-process front (stream.front) both serve exactly these.

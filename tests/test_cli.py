@@ -107,6 +107,27 @@ def test_serve_on_a_port_in_use_says_so(processes: str) -> None:
     ]
 
 
+def test_a_worker_that_cannot_start_is_not_retried(tmp_path: Path) -> None:
+    """Two workers whose weights are missing: each says why once (a retry would fail the
+    same way; only a port taken under a worker is retried), and the front exits cleanly."""
+    from tests.conftest import free_port
+
+    stderr = refusal(
+        "serve",
+        "--port",
+        str(free_port()),
+        "--processes",
+        "2",
+        "--profile",
+        "full",
+        "--weights-dir",
+        str(tmp_path),
+    )
+    assert stderr.count("missing full_profile.json") == 2, stderr
+    assert "did not start" in stderr.splitlines()[-1]
+    assert "Unclosed" not in stderr
+
+
 def test_a_bad_log_level_is_refused() -> None:
     assert "invalid choice: 'LOUD'" in refusal("--log-level", "loud", "serve")
     stderr = refusal("serve", env={"AHSTREAM_LOG": "loud"})
