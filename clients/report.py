@@ -41,15 +41,22 @@ _AH_COLOUR = "#ff7f0e"
 
 
 def load_events(path: str | Path) -> list[dict[str, Any]]:
-    """The events of a JSONL file (one JSON object per line; blank lines skipped)."""
+    """The events of a JSONL file (one JSON object per line; blank lines skipped).
+
+    Raises ValueError naming the file and line of the first line that is not a JSON object.
+    """
     events = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    events.append(json.loads(line))
+                    event = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path}:{n}: not JSON: {exc.msg}") from None
+                if not isinstance(event, dict):
+                    kind = type(event).__name__
+                    raise ValueError(f"{path}:{n}: not a JSON object (a {kind})")
+                events.append(event)
     return events
 
 
@@ -189,7 +196,14 @@ def _render_png(s: dict[str, Any], path: Path, title: str) -> None:
     ax_p.grid(alpha=0.3)
     if handles:
         fig.legend(handles=handles, loc="outside upper right", fontsize=8, ncol=len(handles))
-    fig.suptitle(f"{title}: {_decision_text(s['decision'])}", fontsize=12, x=0.01, ha="left")
+    # parse_math=False on every text that shows user text: "$5 or $10" is not mathtext
+    fig.suptitle(
+        f"{title}: {_decision_text(s['decision'])}",
+        fontsize=12,
+        x=0.01,
+        ha="left",
+        parse_math=False,
+    )
 
     # cues by modality
     rows = {m: i for i, (m, _) in enumerate(MODALITY_ROWS)}
@@ -213,6 +227,7 @@ def _render_png(s: dict[str, Any], path: Path, title: str) -> None:
             color=colour,
             va="bottom",
             clip_on=True,
+            parse_math=False,
         )
     ax_c.set_yticks(
         [len(rows) - 1 - i for i in range(len(rows))], [label for _, label in MODALITY_ROWS]
@@ -239,6 +254,7 @@ def _render_png(s: dict[str, Any], path: Path, title: str) -> None:
             ha="left",
             wrap=False,
             clip_on=True,
+            parse_math=False,
         )
         ax_t.axvline(lo, color="#cccccc", lw=0.6)
     if not excerpts:

@@ -2,8 +2,10 @@
 
 This is `ahstream send`: aiortc's MediaPlayer decodes the file and paces its
 frames in real time; the sender POSTs the offer to ``<url>/whip``, subscribes
-to ``<url>/sessions/<id>/events``, writes every event, sends
-``DELETE /whip/<id>`` when the file is done and returns after `session.ended`.
+to ``<url>/sessions/<id>/events``, writes every event, sends ``DELETE`` to the
+session's ``Location`` when the file is done and returns after `session.ended`.
+Once the server has created the session, a failure or a cancellation (Ctrl-C)
+still ends it with a short, best-effort DELETE, unless `session.ended` came.
 With ``token`` (a service token) the offer carries ``Authorization: Bearer``;
 the websocket and the DELETE then use the session's read token from the
 ``X-Ahstream-Read-Token`` response header (or the service token without one).
@@ -12,16 +14,25 @@ the websocket and the DELETE then use the session's read token from the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urljoin
 
 import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 
 __all__ = ["SendError", "send_file", "ws_url"]
+
+#: Seconds granted to a best-effort DELETE, and then to the final events, when the
+#: sender stops early (an error, Ctrl-C): short, so that an interrupt stays prompt.
+CLEANUP_TIMEOUT_S = 5.0
+#: Websocket ping interval: a half-open connection is noticed instead of waited on forever.
+HEARTBEAT_S = 30.0
 
 
 class SendError(Exception):
@@ -38,6 +49,14 @@ def ws_url(base: str, path: str) -> str:
     return base + path
 
 
+def _status(code: int) -> str:
+    """``403 Forbidden``: an HTTP status with its reason phrase."""
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
+
+
 async def _read_events(
     ws: aiohttp.ClientWebSocketResponse,
     out: TextIO | None,
@@ -47,15 +66,126 @@ async def _read_events(
     async for msg in ws:
         if msg.type != aiohttp.WSMsgType.TEXT:
             break
-        event = json.loads(msg.data)
+        try:
+            event = json.loads(msg.data)
+        except json.JSONDecodeError:
+            raise SendError("the server sent an event that is not JSON") from None
+        if not isinstance(event, dict):
+            raise SendError("the server sent an event that is not a JSON object")
         events.append(event)
         if out is not None:
-            out.write(msg.data + "\n")
-            out.flush()
+            try:
+                out.write(msg.data + "\n")
+                out.flush()
+            except OSError as exc:
+                raise SendError(f"cannot write the events file: {exc}") from exc
         if on_event is not None:
-            on_event(event)
+            try:
+                on_event(event)
+            except Exception as exc:
+                kind = event.get("type")
+                raise SendError(f"the event handler failed on a {kind} event: {exc!r}") from exc
         if event.get("type") == "session.ended":
             break
+
+
+class _Call:
+    """A session the server accepted: its events subscription and its end (DELETE)."""
+
+    def __init__(self, http: aiohttp.ClientSession, delete_url: str, auth: dict[str, str]) -> None:
+        self.http = http
+        self.delete_url = delete_url
+        self.auth = auth
+        self.events: list[dict[str, Any]] = []
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.delete_sent = False
+
+    @property
+    def ended(self) -> bool:
+        """Whether `session.ended` was received."""
+        return any(e.get("type") == "session.ended" for e in self.events)
+
+    async def subscribe(self, url: str) -> aiohttp.ClientWebSocketResponse:
+        """Open the events websocket; SendError with a plain reason when that fails."""
+        try:
+            self.ws = await self.http.ws_connect(url, headers=self.auth, heartbeat=HEARTBEAT_S)
+        except aiohttp.WSServerHandshakeError as exc:
+            raise SendError(f"events websocket refused: {_status(exc.status)}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SendError(f"events websocket failed: {str(exc) or type(exc).__name__}") from None
+        return self.ws
+
+    def check_reader(self) -> None:
+        """Raise the reader's failure (as SendError) if it stopped on one."""
+        if self.reader is None or not self.reader.done() or self.reader.cancelled():
+            return
+        exc = self.reader.exception()
+        if isinstance(exc, SendError):
+            raise exc
+        if exc is not None:
+            raise SendError(f"reading the events failed: {exc!r}") from exc
+
+    async def delete(self, timeout_s: float) -> None:
+        """End the session with DELETE; SendError when the server does not confirm it."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        try:
+            async with self.http.delete(
+                self.delete_url, headers=self.auth, timeout=timeout
+            ) as resp:
+                body = await resp.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.delete_sent = True
+            reason = str(exc) or type(exc).__name__
+            raise SendError(f"ending the session (DELETE) failed: {reason}") from None
+        self.delete_sent = True  # not set when cancelled: the cleanup then sends it again
+        if resp.status >= 300:
+            text = body.strip()
+            raise SendError(
+                f"ending the session (DELETE) failed: {_status(resp.status)}"
+                + (f": {text}" if text else "")
+            )
+
+    async def finish(self, end_timeout_s: float) -> None:
+        """After publishing: DELETE unless the session ended, then wait for `session.ended`."""
+        assert self.reader is not None
+        if self.reader.done():  # ended, failed, or the websocket closed
+            self.check_reader()
+            return
+        problem: SendError | None = None
+        try:
+            await self.delete(end_timeout_s)
+        except SendError as exc:
+            problem = exc
+        # A refused DELETE (say 404: the session ended meanwhile) matters only if no
+        # session.ended follows; without a confirmed DELETE, wait for it only briefly.
+        wait_s = CLEANUP_TIMEOUT_S if problem else end_timeout_s
+        await asyncio.wait({self.reader}, timeout=wait_s)
+        self.check_reader()
+        if self.ended:
+            return
+        if problem is not None:
+            raise problem
+        if not self.reader.done():
+            raise SendError("no session.ended received in time")
+
+    async def end_quietly(self) -> None:
+        """Best-effort DELETE (short timeout), then a short wait for the final events."""
+        with contextlib.suppress(SendError):
+            await self.delete(CLEANUP_TIMEOUT_S)
+        if self.reader is not None and not self.reader.done():
+            await asyncio.wait({self.reader}, timeout=CLEANUP_TIMEOUT_S)
+
+    async def close(self) -> None:
+        """Stop reading and close the websocket (nothing raised: this runs on every path)."""
+        if self.reader is not None:
+            self.reader.cancel()
+            await asyncio.wait({self.reader})
+            if not self.reader.cancelled():
+                self.reader.exception()  # retrieved: no "exception was never retrieved"
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(), CLEANUP_TIMEOUT_S)
 
 
 async def send_file(
@@ -74,6 +204,9 @@ async def send_file(
 
     ``duration_s`` stops publishing early (the session is then ended with DELETE);
     ``on_session`` is called with the session id and its read token once created.
+    Once the server has created the session, any failure or cancellation ends it
+    with a best-effort DELETE (unless `session.ended` already came); failures raise
+    SendError. ``events_out`` is written only once the events subscription is open.
     """
     path = Path(path)
     if not path.is_file():
@@ -99,8 +232,6 @@ async def send_file(
 
         track.on("ended", _ended)
 
-    out = open(events_out, "w", encoding="utf-8") if events_out else None  # noqa: SIM115
-    events: list[dict[str, Any]] = []
     headers = {"Content-Type": "application/sdp"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -109,41 +240,64 @@ async def send_file(
     try:
         await pc.setLocalDescription(await pc.createOffer())
         async with aiohttp.ClientSession() as http:
+            post_url = url.rstrip("/") + "/whip"
             try:
-                resp = await http.post(
-                    url.rstrip("/") + "/whip", data=pc.localDescription.sdp, headers=headers
-                )
+                async with http.post(
+                    post_url, data=pc.localDescription.sdp, headers=headers
+                ) as resp:
+                    answer = await resp.text()
             except aiohttp.ClientError as exc:
                 raise SendError(f"cannot reach {url}: {exc}") from exc
-            answer = await resp.text()
             if resp.status != 201:
                 raise SendError(f"server refused the offer: HTTP {resp.status}: {answer.strip()}")
-            location = resp.headers.get("Location", "")
-            session_id = resp.headers.get("X-Ahstream-Session") or location.rsplit("/", 1)[-1]
+            location = resp.headers.get("Location")
+            session_id = (
+                resp.headers.get("X-Ahstream-Session")
+                or (location or "").rstrip("/").rsplit("/", 1)[-1]
+            )
+            if not session_id:
+                raise SendError("the server accepted the offer but named no session")
+            # RFC 9725: Location may be relative (to the POST URL) or absolute.
+            delete_url = urljoin(post_url, location or f"{post_url}/{session_id}")
             read_token = resp.headers.get("X-Ahstream-Read-Token")
-            if on_session is not None:
-                on_session(session_id, read_token)
             sub_token = read_token or token
             auth = {"Authorization": f"Bearer {sub_token}"} if sub_token else {}
-            ws = await http.ws_connect(ws_url(url, f"/sessions/{session_id}/events"), headers=auth)
-            reader = asyncio.create_task(_read_events(ws, out, events, on_event))
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-            waits = [asyncio.create_task(finished.wait()), reader]
-            await asyncio.wait(waits, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
-            if not reader.done():
-                delete_url = url.rstrip("/") + (location or f"/whip/{session_id}")
-                async with http.delete(delete_url, headers=auth) as resp_del:
-                    await resp_del.read()
+            call = _Call(http, delete_url, auth)
+            out: TextIO | None = None
+            try:
+                if on_session is not None:
+                    on_session(session_id, read_token)
+                ws = await call.subscribe(ws_url(url, f"/sessions/{session_id}/events"))
+                if events_out:  # opened only now: a refused call leaves an old file alone
+                    try:
+                        out = open(events_out, "w", encoding="utf-8")  # noqa: SIM115
+                    except OSError as exc:
+                        raise SendError(f"cannot write {events_out}: {exc}") from None
+                call.reader = asyncio.create_task(_read_events(ws, out, call.events, on_event))
                 try:
-                    await asyncio.wait_for(reader, timeout=end_timeout_s)
-                except TimeoutError:
-                    raise SendError("no session.ended received in time") from None
-            waits[0].cancel()
-            await ws.close()
+                    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+                except Exception as exc:
+                    raise SendError(
+                        f"unusable SDP answer: {str(exc) or type(exc).__name__}"
+                    ) from None
+                done = asyncio.create_task(finished.wait())
+                try:
+                    await asyncio.wait(
+                        [done, call.reader], timeout=duration_s, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    done.cancel()
+                await call.finish(end_timeout_s)
+            finally:  # also on cancellation (Ctrl-C): shielded, so the DELETE goes out
+                try:
+                    if not call.ended and not call.delete_sent:
+                        await asyncio.shield(call.end_quietly())
+                finally:
+                    await call.close()
+                    if out is not None:
+                        out.close()
+            return call.events
     finally:
         await pc.close()
         for track in tracks:
             track.stop()
-        if out is not None:
-            out.close()
-    return events

@@ -6,12 +6,17 @@ width), projected to a common width ``d``. The encoder sees six tokens
 missing masks its own token and every conflict token it takes part in. A 2-layer
 transformer encoder, a masked mean over the tokens that remain, and a linear layer
 give the full logit; a text-only auxiliary head on the projected text gives the text
-logit. At inference the two are blended, ``p = alpha*sigmoid(text) + (1-alpha)*sigmoid(full)``,
-with ``alpha`` and the decision threshold tuned on validation data (``tune_blend``).
+logit. At inference the two are blended, ``p = alpha*sigmoid(text) + (1-alpha)*sigmoid(full)``
+on rows with text and ``p = sigmoid(full)`` on rows without (the text logit of a row without
+text is the head's answer to a zero input: it means nothing), with ``alpha`` and the decision
+threshold tuned on validation data (``tune_blend``). `blend` is the one place of that rule:
+training, tuning and evaluation (`models.train_full`) all go through it.
 
-Training uses ``0.5*BCE(full) + 0.5*BCE(text)`` (optional label smoothing) and an
-optional LEYA-style prototype loss: cosine similarity of the pooled embedding to
-learnable per-class prototypes, divided by a temperature, cross-entropy over classes.
+Training uses ``0.5*BCE(full) + 0.5*BCE(text)`` (optional label smoothing), where BCE(full)
+is the mean over the batch and BCE(text) the mean over the rows with text (0 when the batch
+has none), and an optional LEYA-style prototype loss: cosine similarity of the pooled
+embedding to learnable per-class prototypes, divided by a temperature, cross-entropy over
+classes.
 
 Library code for the full profile: an untrained head must never serve a probability,
 so nothing here is wired into the server or the CLI.
@@ -20,7 +25,7 @@ so nothing here is wired into the server or the CLI.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,7 @@ __all__ = [
     "blend",
     "BlendChoice",
     "tune_blend",
+    "pick_alpha",
     "ensemble_probs",
     "multi_window_probs",
     "save_checkpoint",
@@ -138,7 +144,8 @@ class ConflictAwareAH(nn.Module):
         """Return (full logit [B], text logit [B]) and, if asked, the pooled embedding [B, d].
 
         ``present`` is [B, 3] bool (video, audio, text); None means all present. The
-        text logit only means something where text is present.
+        text logit only means something where text is present (`blend` and `loss` ignore
+        it elsewhere when given the presence).
         """
         b = t.shape[0]
         if present is None:
@@ -181,14 +188,31 @@ class ConflictAwareAH(nn.Module):
         smoothing: float = 0.0,
         pooled: Tensor | None = None,
         proto_weight: float = 0.0,
+        has_text: Tensor | None = None,
     ) -> HeadLoss:
-        """0.5*BCE(full) + 0.5*BCE(text) (+ proto_weight * prototype CE if ``pooled`` given)."""
+        """0.5*BCE(full) + 0.5*BCE(text) (+ proto_weight * prototype CE if ``pooled`` given).
+
+        BCE(text) is the mean over the rows where ``has_text`` [B] (e.g. ``present[:, 2]``)
+        is true, 0 if there are none; None means every row has text (callers without
+        presence information).
+        """
         if not 0.0 <= smoothing < 1.0:
             raise ValueError("smoothing must be in [0, 1)")
         y = labels.to(full_logit.dtype)
         target = y * (1.0 - smoothing) + 0.5 * smoothing
         bce_full = F.binary_cross_entropy_with_logits(full_logit, target)
-        bce_text = F.binary_cross_entropy_with_logits(text_logit, target)
+        if has_text is None:
+            bce_text = F.binary_cross_entropy_with_logits(text_logit, target)
+        else:
+            keep = has_text.to(torch.bool)
+            # where, not indexing-then-mean: a batch without text gives 0 and no NaN gradient.
+            per_row = F.binary_cross_entropy_with_logits(
+                torch.where(keep, text_logit, torch.zeros_like(text_logit)),
+                target,
+                reduction="none",
+            )
+            n = keep.sum().clamp(min=1).to(per_row.dtype)
+            bce_text = torch.where(keep, per_row, torch.zeros_like(per_row)).sum() / n
         total = 0.5 * bce_full + 0.5 * bce_text
         proto = full_logit.new_zeros(())
         if proto_weight > 0.0:
@@ -202,20 +226,37 @@ class ConflictAwareAH(nn.Module):
     def predict_proba(
         self, v: Tensor, a: Tensor, t: Tensor, present: Tensor | None = None, alpha: float = 0.6
     ) -> Tensor:
-        """Blended probability [B] (eval mode is the caller's business)."""
+        """Blended probability [B] (`blend`; rows without text: the full model's alone).
+
+        Eval mode is the caller's business."""
         full, text = self(v, a, t, present)[:2]
-        return blend(text, full, alpha)
+        return blend(text, full, alpha, None if present is None else present[:, TEXT])
 
 
-def blend(text_logit: Any, full_logit: Any, alpha: float) -> Any:
-    """p = alpha*sigmoid(text) + (1-alpha)*sigmoid(full), for torch tensors or numpy arrays."""
+def blend(text_logit: Any, full_logit: Any, alpha: float, has_text: Any = None) -> Any:
+    """p = alpha*sigmoid(text) + (1-alpha)*sigmoid(full) where ``has_text``, sigmoid(full)
+    elsewhere; torch tensors or numpy arrays.
+
+    ``has_text`` [B] bool or 0/1 (e.g. ``present[:, 2]``); None means every row has text
+    (callers without presence information, the behaviour before presence was passed).
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError("alpha must be in [0, 1]")
     if isinstance(text_logit, Tensor):
-        return alpha * torch.sigmoid(text_logit) + (1.0 - alpha) * torch.sigmoid(full_logit)
+        p_full = torch.sigmoid(full_logit)
+        p = alpha * torch.sigmoid(text_logit) + (1.0 - alpha) * p_full
+        if has_text is None:
+            return p
+        keep = torch.as_tensor(has_text, device=p.device) > 0.5
+        return torch.where(keep, p, p_full)
     tl = np.asarray(text_logit, dtype=np.float64)
     fl = np.asarray(full_logit, dtype=np.float64)
-    return alpha / (1.0 + np.exp(-tl)) + (1.0 - alpha) / (1.0 + np.exp(-fl))
+    with np.errstate(over="ignore", invalid="ignore"):  # rows without text may hold anything
+        p_full = 1.0 / (1.0 + np.exp(-fl))
+        p = alpha / (1.0 + np.exp(-tl)) + (1.0 - alpha) * p_full
+    if has_text is None:
+        return p
+    return np.where(_numpy(has_text).reshape(p.shape) > 0.5, p, p_full)
 
 
 @dataclass(frozen=True)
@@ -236,25 +277,39 @@ def tune_blend(
     labels: Any,
     alphas: Sequence[float] | np.ndarray | None = None,
     thresholds: np.ndarray | None = None,
+    has_text: Any = None,
 ) -> BlendChoice:
     """Choose alpha on a grid and the threshold maximizing validation macro F1.
 
-    Thresholds come from ``models.metrics.best_threshold`` (default: the official
-    0.001 grid). Among alphas tied within 1e-12 of the best macro F1, the lower median
-    in grid order is chosen (the same plateau rule as ``best_threshold``).
+    The probabilities are `blend`'s (``has_text`` as there: None means every row has
+    text). Thresholds come from ``models.metrics.best_threshold`` (default: the official
+    0.001 grid).
+    """
+    tl = _numpy(text_logits)
+    fl = _numpy(full_logits)
+    y = _numpy(labels).astype(np.int64)
+    mask = None if has_text is None else _numpy(has_text)
+    return pick_alpha(lambda a: best_threshold(y, blend(tl, fl, a, mask), thresholds), alphas)
+
+
+def pick_alpha(
+    score: Callable[[float], tuple[float, float]],
+    alphas: Sequence[float] | np.ndarray | None = None,
+) -> BlendChoice:
+    """The alpha of the grid whose ``score(alpha) -> (threshold, macro F1)`` is best.
+
+    Among alphas tied within 1e-12 of the best macro F1, the lower median in grid order
+    is chosen (the same plateau rule as ``best_threshold``).
     """
     grid = DEFAULT_ALPHAS if alphas is None else np.asarray(alphas, dtype=np.float64)
     if grid.ndim != 1 or grid.size == 0:
         raise ValueError("alphas must be a non-empty 1-D grid")
-    tl = _numpy(text_logits)
-    fl = _numpy(full_logits)
-    y = _numpy(labels).astype(np.int64)
-    results = [best_threshold(y, blend(tl, fl, float(a)), thresholds) for a in grid]
+    results = [score(float(a)) for a in grid]
     scores = np.array([f for _, f in results])
     idx = np.flatnonzero(scores >= scores.max() - 1e-12)
     pick = int(idx[(idx.size - 1) // 2])
     thr, f1 = results[pick]
-    return BlendChoice(alpha=float(grid[pick]), threshold=thr, macro_f1=f1)
+    return BlendChoice(alpha=float(grid[pick]), threshold=float(thr), macro_f1=float(f1))
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -419,7 +474,9 @@ class OnnxConflictHead:
     def __call__(
         self, v: np.ndarray, a: np.ndarray, t: np.ndarray, present: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Return (full logit [B], text logit [B]); ``present`` is [B, 3] bool/0-1 (None: all)."""
+        """Return (full logit [B], text logit [B]); ``present`` is [B, 3] bool/0-1 (None: all).
+
+        Probabilities: ``blend(text, full, alpha, present[:, 2])``, as for the torch head."""
         b = t.shape[0]
         pres = np.ones((b, 3), np.float32) if present is None else present.astype(np.float32)
         feeds = {

@@ -201,8 +201,9 @@ class FullStream:
         self._use = np.array([float(m in profile.modalities) for m in MODALITIES], np.float32)
 
     def add_frame(self, t: float, rgb: np.ndarray, landmarks: np.ndarray | None) -> bool:
-        """Keep the face crop of the frame at media time ``t`` (``landmarks``: the face
-        mesh's, None if no face was found). Returns whether a crop was kept."""
+        """Keep the face crop of the frame at media time ``t`` at frame position
+        ``newest_frame(t, CLIP_FPS)`` (``landmarks``: the face mesh's, None if no face was
+        found). Returns whether a crop was kept."""
         if self.profile.face_crop == "centre":
             crop = centre_crop(rgb, self.crop_size)
         elif landmarks is None:
@@ -211,7 +212,9 @@ class FullStream:
             from models.face import face_crop
 
             crop = face_crop(rgb, landmarks, size=self.crop_size, grey=False)
-        n = int(round(t * CLIP_FPS))
+        # The clip of a tick at t ends at newest_frame(t) (training's rule): floor, not
+        # round, or a frame between two positions would sit after the tick that saw it.
+        n = newest_frame(t, CLIP_FPS)
         while self._crops and self._crops[-1][0] >= n:  # a frame replaces a later/equal one
             self._crops.pop()
         self._crops.append((n, crop))

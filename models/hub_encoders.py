@@ -12,7 +12,10 @@ built from ``export_onnx``) plus the numpy pre/post-processing around it:
 - ``SpeechEncoder`` — HuBERT (default ``facebook/hubert-base-ls960``) on 16 kHz mono float
   audio of any lengths. ``encode(audios) -> [B, dim]`` is the masked mean of the last hidden
   states over the frames that hold audio; ``encode_frames(audios) -> (states [B, F, dim],
-  frame_mask [B, F])`` is for a trainable ``MaskedAttentionPool``. Padding changes nothing:
+  frame_mask [B, F])`` is for a trainable ``MaskedAttentionPool``. Clips are normalised
+  (zero mean, unit variance) when ``.normalize``: the ``do_normalize`` of the model's
+  ``preprocessor_config.json`` unless ``from_pretrained(normalize=...)`` says (a model
+  without that config normalises, with a warning). Padding changes nothing:
   the base model's GroupNorm feature layer takes its statistics over valid frames only
   (HuggingFace's forward takes them over the padding too) and attention ignores padding.
 - ``TextEmotionEncoder`` — RoBERTa fine-tuned on GoEmotions (default
@@ -28,6 +31,7 @@ Nothing here serves a probability: these are feature extractors for heads traine
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,7 @@ DEFAULT_TEXT_ID = "SamLowe/roberta-base-go_emotions"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 SAMPLE_RATE = 16000
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
 class HubModelNotFoundError(FileNotFoundError):
@@ -89,6 +94,26 @@ def _load(loader: Any, id_or_path: str | Path, what: str, **kwargs: Any) -> Any:
             f"({exc.__class__.__name__}: {first}). On a machine that reaches the hub run "
             f"`hf download {src} --local-dir DIR` and pass DIR here."
         ) from exc
+
+
+def _do_normalize(id_or_path: str | Path, local_files_only: bool) -> bool | None:
+    """``do_normalize`` of a speech model's preprocessor config; None if it has none."""
+    from transformers import AutoFeatureExtractor
+
+    src = str(id_or_path)
+    path = Path(src).expanduser()
+    if path.exists():
+        if not (path / PREPROCESSOR_CONFIG).is_file():
+            return None
+        # A local config that does not load is an error, not a reason to guess.
+        fe = AutoFeatureExtractor.from_pretrained(str(path), local_files_only=True)
+    else:
+        try:
+            fe = AutoFeatureExtractor.from_pretrained(src, local_files_only=local_files_only)
+        except OSError:  # not in the repository, or not downloadable from here
+            return None
+    value = getattr(fe, "do_normalize", None)
+    return None if value is None else bool(value)
 
 
 def _default_id(what: str) -> str:
@@ -386,20 +411,27 @@ class SpeechEncoder(_HubEncoder):
         id_or_path: str | Path = DEFAULT_SPEECH_ID,
         device: str = "cpu",
         local_files_only: bool = False,
+        normalize: bool | None = None,
     ) -> SpeechEncoder:
-        """Load ``HubertModel`` weights (and ``do_normalize`` from the feature extractor
-        config when there is one) from a hub id or a local directory."""
+        """Load ``HubertModel`` weights from a hub id or a local directory.
+
+        ``normalize`` (zero-mean unit-variance clips) None means the ``do_normalize`` of the
+        model's preprocessor config, from the same place as the weights; a model without one
+        normalises, with a warning. A full-profile checkpoint records the value it was
+        trained with and passes it here (`models.train_full.weights_encoders`).
+        """
         from transformers import HubertModel
 
         model = _load(HubertModel, id_or_path, cls.__name__, local_files_only=local_files_only)
-        normalize = True
-        try:
-            from transformers import AutoFeatureExtractor
-
-            fe = AutoFeatureExtractor.from_pretrained(str(id_or_path), local_files_only=True)
-            normalize = bool(getattr(fe, "do_normalize", True))
-        except (OSError, ValueError):
-            pass  # no preprocessor config: HuBERT-Base expects normalised input
+        if normalize is None:
+            found = _do_normalize(id_or_path, local_files_only)
+            if found is None:
+                warnings.warn(
+                    f"SpeechEncoder: {id_or_path} has no {PREPROCESSOR_CONFIG} with do_normalize:"
+                    " normalising the input (do_normalize=True); pass normalize= to choose",
+                    stacklevel=2,
+                )
+            normalize = True if found is None else found
         return cls(model.to(device).eval(), str(id_or_path), device, normalize)
 
     def frames_for(self, samples: int) -> int:

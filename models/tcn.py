@@ -25,7 +25,11 @@ float rounding (``tests/test_tcn.py`` checks <= 1e-5).
 
 Weights: ``<stem>.npz`` (float32 arrays, ``allow_pickle=False``) and
 ``<stem>.json`` (architecture, active modalities, decision rule, metrics,
-provenance); `models.train_tcn` writes them.
+provenance); `models.train_tcn` writes them. Loading checks the two against each
+other (ValueError): the npz holds exactly the arrays of ``config.members`` members with
+one block per dilation, of the config's kernel, widths and projection size, and the
+dilations it stores (``dilations``, written since this check exists) equal the JSON's.
+Files written before carry no dilations: for those only their number is checked.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ __all__ = ["TCN_STEM", "WEIGHTS_DIR", "TCNConfig", "CausalConv", "FusionTCN", "l
 
 TCN_STEM = "tcn_lite"
 FORMAT_VERSION = 1
+DILATIONS_KEY = "dilations"  # npz array of the dilations (absent from older files)
 _Z_P = TEXT_FEATURES.index("z_p")
 _USABLE = TEXT_FEATURES.index("usable")
 
@@ -174,9 +179,8 @@ class FusionTCN:
     def __post_init__(self) -> None:
         a = {k: np.asarray(v, dtype=np.float64) for k, v in self.arrays.items()}
         self.arrays = a  # float64 once, so `fresh` copies nothing
+        _check_arrays(self.config, a, self.layout)
         self.in_mean, self.in_std = a["in_mean"], a["in_std"]
-        if self.in_mean.shape != (self.layout.dim,):
-            raise ValueError(f"in_mean has shape {self.in_mean.shape}, layout {self.layout.dim}")
         self.members: list[_Member] = []
         for m in range(self.config.members):
             p = f"m{m}."
@@ -309,9 +313,9 @@ class FusionTCN:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         npz = out / f"{stem}.npz"
-        np.savez_compressed(
-            npz, **{k: np.asarray(v, dtype=np.float32) for k, v in sorted(self.arrays.items())}
-        )
+        arrays = {k: np.asarray(v, dtype=np.float32) for k, v in sorted(self.arrays.items())}
+        arrays[DILATIONS_KEY] = np.asarray(self.config.dilations, dtype=np.float32)
+        np.savez_compressed(npz, **arrays)
         meta = {
             "format": FORMAT_VERSION,
             "layout": self.layout.as_dict(),
@@ -331,11 +335,58 @@ class FusionTCN:
             raise ValueError(f"{js}: fusion layout differs from this code's models.fusion")
         with np.load(npz, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
+        config = TCNConfig.from_dict(meta["config"])
+        stored = arrays.pop(DILATIONS_KEY, None)
+        if stored is not None and not np.array_equal(stored, config.dilations):
+            raise ValueError(
+                f"{js}: dilations {list(config.dilations)} differ from the weights' "
+                f"{[int(d) for d in stored]} ({npz.name})"
+            )
         known = {"format", "layout", "text_features", "config"}
-        return cls(
-            config=TCNConfig.from_dict(meta["config"]),
-            arrays=arrays,
-            metadata={k: v for k, v in meta.items() if k not in known},
+        try:
+            return cls(
+                config=config,
+                arrays=arrays,
+                metadata={k: v for k, v in meta.items() if k not in known},
+            )
+        except ValueError as e:
+            raise ValueError(f"{js} / {npz.name}: {e}") from e
+
+
+def _check_arrays(config: TCNConfig, a: dict[str, np.ndarray], layout: FusionLayout) -> None:
+    """ValueError unless ``a`` holds exactly the arrays ``config`` describes, of its shapes."""
+    widths = {"text": layout.text_dim, "face": layout.face_dim, "voice": layout.voice_dim}
+    c, k = config.channels, config.kernel
+    want: dict[str, tuple[int, ...]] = {"in_mean": (layout.dim,), "in_std": (layout.dim,)}
+    for m in range(config.members):
+        p = f"m{m}."
+        for name, width in widths.items():
+            want[f"{p}proj_{name}_w"] = (config.proj_dim, width)
+            want[f"{p}proj_{name}_b"] = (config.proj_dim,)
+        c_in = layout.dim + 3 * config.proj_dim + 3
+        for i in range(len(config.dilations)):
+            b = f"{p}block{i}."
+            want |= {f"{b}conv1_w": (c, c_in, k), f"{b}conv1_b": (c,)}
+            want |= {f"{b}conv2_w": (c, c, k), f"{b}conv2_b": (c,)}
+            # The 1x1 residual convolution: needed where the width changes, optional elsewhere.
+            if c_in != c or f"{b}res_w" in a or f"{b}res_b" in a:
+                want |= {f"{b}res_w": (c, c_in), f"{b}res_b": (c,)}
+            c_in = c
+        want |= {f"{p}head_w": (c,), f"{p}head_b": (), f"{p}skip": ()}
+    extra, missing = sorted(set(a) - set(want)), sorted(set(want) - set(a))
+    if extra or missing:
+        raise ValueError(
+            f"weights do not match the config ({config.members} member(s), "
+            f"{len(config.dilations)} block(s) each): unexpected arrays {extra[:4]}, "
+            f"missing {missing[:4]}"
+        )
+    wrong = [
+        f"{n} {a[n].shape} (config: {shape})" for n, shape in want.items() if a[n].shape != shape
+    ]
+    if wrong:
+        raise ValueError(
+            f"weights do not match the config (kernel {k}, channels {c}, proj_dim "
+            f"{config.proj_dim}): {'; '.join(wrong[:3])}"
         )
 
 

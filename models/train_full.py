@@ -5,20 +5,24 @@
 trains, seeded:
 
 - the video-level `ConflictAwareAH` head (``0.5*BCE(full) + 0.5*BCE(text)`` + a prototype
-  loss), then tunes the blend weight alpha and the decision threshold on val (the tie rule of
-  `conflict_head.tune_blend`). By default (``video_level="windows"``) it learns from every
-  tick's embeddings with the tick's label from the frame annotations (the video label where
-  a video has none) and a video's probability is the mean over its ticks of the blended p
-  (multi-window inference): a cross-modal conflict is local in time, and pooling the
-  embeddings over the whole video first can cancel it (measured on a synthetic XOR variant
-  of the fixture: see the test module). ``video_level="pooled"`` trains on one pooled
-  embedding per video and its video label instead;
+  loss; BCE(text) over the rows with text only), then tunes the blend weight alpha and the
+  decision threshold on val (the tie rule of `conflict_head.tune_blend`). By default
+  (``video_level="windows"``) it learns from every tick's embeddings with the tick's label
+  from the frame annotations (the video label where a video has none) and a video's
+  probability is the mean over its ticks of the blended p (multi-window inference): a
+  cross-modal conflict is local in time, and pooling the embeddings over the whole video
+  first can cancel it (measured on a synthetic XOR variant of the fixture: see the test
+  module). ``video_level="pooled"`` trains on one pooled embedding per video and its video
+  label instead. The blend is `conflict_head.blend` with the rows' text presence (the full
+  model's p alone where there is no text, e.g. before the first utterance), the same rule
+  in training, tuning and `evaluate_full`;
 - the frame-level `EmbeddingTCN` on the tick sequences, with soft tick labels from the
   frame annotations (the A/H fraction of the frames each tick is the first to see), then
   tunes its threshold on the val frames (``split-frames/val.txt`` where present).
 
 It writes a weights directory (`WEIGHTS_FILES`): the head, the TCN, and
-``full_profile.json`` with the encoders, tick settings, thresholds and val metrics.
+``full_profile.json`` with the encoders (and whether the speech encoder normalised its
+input, ``audio_normalize``), tick settings, thresholds and val metrics.
 `evaluate_full` scores a split with it: video-level and frame-level macro F1 and AP
 (`models.metrics`, the official definitions) and, if asked, a challenge submission file
 (``video_id,p0,p1,pred``, `models.submission`'s format).
@@ -46,12 +50,13 @@ from models.bah_features import (
 )
 from models.bah_layout import BahLayout, BahLayoutError, FeatureCache, FrameLabel
 from models.conflict_head import (
-    DEFAULT_ALPHAS,
+    TEXT,
     BlendChoice,
     ConflictAwareAH,
     HeadConfig,
     blend,
     load_checkpoint,
+    pick_alpha,
     save_checkpoint,
 )
 from models.embedding_tcn import EmbeddingTCN, EmbeddingTCNConfig
@@ -123,13 +128,16 @@ class FullTrainConfig:
         return out
 
 
-def load_encoders(video: str, audio: str, text: str, device: str = "cpu") -> Encoders:
-    """Load the three encoders by hub id or local path (`models.hub_encoders`) on ``device``."""
+def load_encoders(
+    video: str, audio: str, text: str, device: str = "cpu", audio_normalize: bool | None = None
+) -> Encoders:
+    """Load the three encoders by hub id or local path (`models.hub_encoders`) on ``device``;
+    ``audio_normalize`` None: the speech model's own preprocessor config says."""
     from models.hub_encoders import FaceClipEncoder, SpeechEncoder, TextEmotionEncoder
 
     return Encoders(
         video=FaceClipEncoder.from_pretrained(video, device=device),
-        audio=SpeechEncoder.from_pretrained(audio, device=device),
+        audio=SpeechEncoder.from_pretrained(audio, device=device, normalize=audio_normalize),
         text=TextEmotionEncoder.from_pretrained(text, device=device),
     )
 
@@ -196,23 +204,35 @@ def _head_rows(feats: Sequence[VideoFeatures], mode: str) -> dict[str, np.ndarra
 
 
 def _video_probs(
-    full: np.ndarray, text: np.ndarray, owner: np.ndarray, n: int, alpha: float
+    full: np.ndarray,
+    text: np.ndarray,
+    owner: np.ndarray,
+    n: int,
+    alpha: float,
+    has_text: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Video probability: the mean over a video's rows of the blended p (multi-window)."""
-    p = np.asarray(blend(text, full, alpha), np.float64)
+    """Video probability: the mean over a video's rows of the blended p (multi-window);
+    ``has_text`` [rows] as in `conflict_head.blend` (None: every row has text)."""
+    p = np.asarray(blend(text, full, alpha, has_text), np.float64)
     return np.bincount(owner, weights=p, minlength=n) / np.bincount(owner, minlength=n)
 
 
-def _tune(full: np.ndarray, text: np.ndarray, owner: np.ndarray, labels: np.ndarray) -> BlendChoice:
+def _tune(
+    full: np.ndarray,
+    text: np.ndarray,
+    owner: np.ndarray,
+    labels: np.ndarray,
+    has_text: np.ndarray | None = None,
+) -> BlendChoice:
     """Alpha on the grid and threshold maximising video-level macro F1 (tune_blend's tie rule)."""
-    results = [
-        best_threshold(labels, _video_probs(full, text, owner, labels.size, float(a)))
-        for a in DEFAULT_ALPHAS
-    ]
-    scores = np.array([f for _, f in results])
-    idx = np.flatnonzero(scores >= scores.max() - 1e-12)
-    pick = int(idx[(idx.size - 1) // 2])
-    return BlendChoice(float(DEFAULT_ALPHAS[pick]), results[pick][0], results[pick][1])
+    return pick_alpha(
+        lambda a: best_threshold(labels, _video_probs(full, text, owner, labels.size, a, has_text))
+    )
+
+
+def _has_text(rows: dict[str, np.ndarray]) -> np.ndarray:
+    """Which head rows have text (after the modality restriction)."""
+    return rows["present"][:, TEXT] > 0.5
 
 
 def _restrict(feats: list[VideoFeatures], modalities: Sequence[str]) -> list[VideoFeatures]:
@@ -372,7 +392,8 @@ def _train_head(
         order = torch.randperm(n, generator=gen)
         for s in range(0, n, cfg.head_batch):
             idx = order[s : s + cfg.head_batch]
-            full, text, pooled = head(*(t[idx] for t in x), return_embedding=True)
+            batch = [t[idx] for t in x]
+            full, text, pooled = head(*batch, return_embedding=True)
             loss = head.loss(
                 full,
                 text,
@@ -380,6 +401,7 @@ def _train_head(
                 smoothing=cfg.smoothing,
                 pooled=pooled,
                 proto_weight=cfg.proto_weight,
+                has_text=batch[3][:, TEXT],
             )
             opt.zero_grad()
             loss.total.backward()
@@ -479,8 +501,8 @@ def train_full(
     head = _train_head(cfg, dims, _normalize(rtrain, head_stats), rtrain["label"])
     full_l, text_l = _head_logits(head, _normalize(rval, head_stats))
     y_val = np.array([f.label for f in val], np.int64)
-    choice = _tune(full_l, text_l, rval["owner"], y_val)
-    p_val = _video_probs(full_l, text_l, rval["owner"], len(val), choice.alpha)
+    choice = _tune(full_l, text_l, rval["owner"], y_val, _has_text(rval))
+    p_val = _video_probs(full_l, text_l, rval["owner"], len(val), choice.alpha, _has_text(rval))
     video_metrics = evaluate_scores(y_val, p_val, choice.threshold)
 
     # Frame level: standardise per tick (train ticks where present), train, tune on val frames.
@@ -510,6 +532,8 @@ def train_full(
         "format": FORMAT_VERSION,
         "profile": "full",
         "encoders": encoders.names(),
+        # Preprocessing that is not in the model files everywhere: serving must repeat it.
+        "audio_normalize": getattr(encoders.audio, "normalize", None),
         "dims": list(dims),
         "ticks": cfg.ticks.as_dict(),
         "modalities": list(cfg.modalities),
@@ -559,13 +583,27 @@ def read_weights(weights_dir: str | Path) -> dict[str, Any]:
 def weights_encoders(
     meta: dict[str, Any], encoders: Encoders | None = None, device: str = "cpu"
 ) -> Encoders:
-    """The encoders a weights directory names (or ``encoders``), checked against its widths."""
+    """The encoders a weights directory names (or ``encoders``), checked against its widths.
+
+    The speech encoder normalises its input as in training: loaded with the recorded
+    ``audio_normalize``, or refused (FullProfileError) if ``encoders`` does otherwise.
+    Weights written before it was recorded (no ``audio_normalize``) are not checked.
+    """
+    recorded = meta.get("audio_normalize")
     if encoders is None:
         names = meta["encoders"]
-        encoders = load_encoders(names["video"], names["audio"], names["text"], device)
+        encoders = load_encoders(
+            names["video"], names["audio"], names["text"], device, audio_normalize=recorded
+        )
     if list(encoders.dims) != list(meta["dims"]):
         raise FullProfileError(
             f"encoder widths {list(encoders.dims)} differ from the weights' {meta['dims']}"
+        )
+    used = getattr(encoders.audio, "normalize", None)
+    if recorded is not None and used != recorded:
+        raise FullProfileError(
+            f"the audio encoder has normalize={used}, the weights were trained with "
+            f"normalize={recorded} (full_profile.json audio_normalize)"
         )
     return encoders
 
@@ -603,7 +641,7 @@ def evaluate_full(
     alpha, threshold = float(extra["alpha"]), float(extra["threshold"])
     rows = _head_rows(feats, str(extra.get("video_level", "windows")))
     full_l, text_l = _head_logits(head, _normalize(rows, extra["stats"]))
-    p = _video_probs(full_l, text_l, rows["owner"], len(feats), alpha)
+    p = _video_probs(full_l, text_l, rows["owner"], len(feats), alpha, _has_text(rows))
     result: dict[str, Any] = {
         "split": split,
         **evaluate_scores(np.array([f.label for f in feats], np.int64), p, threshold),

@@ -574,10 +574,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         try:
             png, page = render_report(load_events(path), args.out, path.stem)
         except (OSError, ValueError) as exc:
-            print(f"ahstream report: {path}: {exc}", file=sys.stderr)
-            status = 1
+            problem = str(exc)
+        except KeyError as exc:  # valid JSON, but not an event of the protocol
+            problem = f"an event lacks the field {exc}"
+        except (TypeError, AttributeError) as exc:
+            problem = f"an event has a malformed field: {exc}"
+        else:
+            print(f"{path}: {png} {page}", file=sys.stderr)
             continue
-        print(f"{path}: {png} {page}", file=sys.stderr)
+        print(f"ahstream report: {path}: {problem}", file=sys.stderr)
+        status = 1
     return status
 
 
@@ -618,6 +624,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     except SendError as exc:
         print(f"ahstream send: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # send_file has ended the session it created (DELETE)
+        print("ahstream send: interrupted", file=sys.stderr)
+        return 130
     ended = [e for e in events if e.get("type") == "session.ended"]
     summary = {
         "events": len(events),
@@ -631,15 +640,25 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_listen(args: argparse.Namespace) -> int:
     import aiohttp
 
-    from clients.listen import listen
+    from clients.listen import ListenError, listen, redact
 
     try:
-        asyncio.run(listen(args.url, token=args.token))
-    except aiohttp.InvalidURL as exc:  # its text is the URL alone
-        print(f"ahstream listen: invalid URL: {exc}", file=sys.stderr)
+        ended = asyncio.run(listen(args.url, token=args.token))
+    except aiohttp.InvalidURL as exc:  # the URL may hold ?token=: shown without its query
+        why = f" ({exc.description})" if exc.description else ""
+        print(f"ahstream listen: invalid URL: {redact(str(exc.url))}{why}", file=sys.stderr)
         return 2
-    except (aiohttp.ClientError, OSError) as exc:
+    except ListenError as exc:
         print(f"ahstream listen: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # writing stdout (a closed pipe)
+        print(f"ahstream listen: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ahstream listen: interrupted", file=sys.stderr)
+        return 130
+    if not ended:
+        print("ahstream listen: the event stream ended before session.ended", file=sys.stderr)
         return 1
     return 0
 
@@ -1173,12 +1192,19 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("file", metavar="FILE")
     se.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
     se.add_argument("--token", help="bearer token for the server")
-    se.add_argument("--events", help="write every event received to this JSONL file")
+    se.add_argument(
+        "--events",
+        help="write every event received to this JSONL file (opened once the call is accepted)",
+    )
     se.add_argument("--context", help="the prompt the person is answering (optional)")
     se.add_argument("--quiet", action="store_true", help="do not print transcript lines")
     se.set_defaults(func=cmd_send)
 
-    li = sub.add_parser("listen", help="print a session's events as JSON lines")
+    li = sub.add_parser(
+        "listen",
+        help="print a session's events as JSON lines (exit 1 if the stream ends before "
+        "session.ended)",
+    )
     li.add_argument("url", help="http(s):// or ws(s)://HOST:PORT/sessions/<id>/events")
     li.add_argument("--token", help="bearer token: the session's read token or a service token")
     li.set_defaults(func=cmd_listen)

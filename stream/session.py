@@ -234,10 +234,15 @@ class Session:
         )
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"session-{self.id}")
 
+    def note_end_reason(self, reason: str) -> None:
+        """The reason `session.ended` will carry (the first one given wins)."""
+        if self.end_reason == "ended":
+            self.end_reason = reason
+
     async def finish(self, reason: str | None = None) -> None:
         """Close the input and wait until the final events are published."""
-        if reason is not None and self.end_reason == "ended":
-            self.end_reason = reason
+        if reason is not None:
+            self.note_end_reason(reason)
         self._input_closed = True
         self._notify()
         if self._task is not None:

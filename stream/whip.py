@@ -88,6 +88,8 @@ class LiveSession:
 
     async def _close(self, reason: str) -> None:
         log.info("session %s: closing (%s)", self.session.id, reason)
+        # Before the peer connection closes: its tracks ending may finish the session first.
+        self.session.note_end_reason(reason)
         try:
             await self.pc.close()
         except Exception:  # a broken transport must not stop finalization

@@ -8,8 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import aiohttp
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from clients.listen import listen
 from clients.send import send_file
 from stream.auth import Auth, TokenFileError, load_tokens, parse_token_file
-from tests.conftest import ROOT, ServeProcess
+from tests.conftest import ROOT, ServeProcess, http_request
 
 TOKEN = "svc-token-Zq8rT2"
 READ_TOKENS: list[str] = []
@@ -94,20 +92,11 @@ def auth_server(tmp_path_factory):
         assert secret not in output
 
 
-def _request(url, method="GET", body=None, headers=None):
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, dict(r.headers)
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers)
-
-
 def _post(srv, token=None, body=b"hello"):
     headers = {"Content-Type": "application/sdp"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    return _request(srv.url + "/whip", "POST", body, headers)
+    return http_request(srv.url + "/whip", "POST", body, headers)
 
 
 def test_whip_requires_a_service_token(auth_server):
@@ -118,8 +107,8 @@ def test_whip_requires_a_service_token(auth_server):
     assert _post(auth_server, token=TOKEN + "x")[0] in (401, 403)
     assert _post(auth_server, token=TOKEN)[0] == 400  # authorized, but not SDP
     assert _post(auth_server, token=TOKEN, body=b"v=0\r\nm=garbage\r\n")[0] == 400
-    assert _request(auth_server.url + "/whip/nope", "DELETE")[0] == 404
-    status, _ = _request(auth_server.url + "/")
+    assert http_request(auth_server.url + "/whip/nope", "DELETE")[0] == 404
+    status, _ = http_request(auth_server.url + "/")
     assert status == 200
     health = auth_server.health()
     assert health["status"] == "ok" and health["sessions"] == 0
@@ -195,7 +184,7 @@ async def test_delete_needs_a_token_that_may_read_the_session(auth_server):
 
     def delete(token: str | None) -> int:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return _request(url, "DELETE", headers=headers)[0]
+        return http_request(url, "DELETE", headers=headers)[0]
 
     assert await asyncio.to_thread(delete, None) == 401
     assert await asyncio.to_thread(delete, "wrong") == 403
@@ -208,7 +197,7 @@ async def test_delete_needs_a_token_that_may_read_the_session(auth_server):
     await asyncio.wait_for(listen(events_url, out=out, token=read_a), timeout=20)
     ended = json.loads(out.getvalue().splitlines()[-1])
     assert ended["type"] == "session.ended" and ended["reason"] == "deleted"
-    assert _request(auth_server.url + loc_b, "DELETE", headers=_bearer(TOKEN))[0] == 200
+    assert http_request(auth_server.url + loc_b, "DELETE", headers=_bearer(TOKEN))[0] == 200
     assert auth_server.health()["sessions"] == 0
 
 

@@ -5,7 +5,11 @@ astronaut photo, as a y4m) and hesitant speech (espeak-ng, as a WAV) from the
 served page to a real `ahstream serve --token-file` process; the test drives the
 page over the Chrome DevTools Protocol and checks both what the page shows (DOM)
 and what the session's events websocket carries. A second tab watches the same
-session in subscribe-only mode with the session's read token.
+session in subscribe-only mode with the session's read token. Along the way: a refused
+Start leaves the camera and microphone off, a dropped events socket is resubscribed without
+showing anything twice, and a new session starts from an empty view. A second test gives the
+page (still served by the real server) a stand-in WebSocket that replays 5,000 events at
+once, as a long session does to a late subscriber, and checks the page stays responsive.
 
 Screenshots go to the test's tmp dir; with ``AHSTREAM_SCREENSHOTS=DIR`` they are also
 written to DIR (``AHSTREAM_SCREENSHOTS=clients/web/screenshots`` refreshes the README's).
@@ -83,6 +87,41 @@ DOM_STATE = """(() => {
     previewNote: !q('#preview-note').hidden,
   };
 })()"""
+
+# Every stream the page gets from getUserMedia, kept so a test can see whether it was stopped.
+RECORD_MEDIA = """(() => {
+  const md = navigator.mediaDevices, get = md.getUserMedia.bind(md);
+  window.__streams = [];
+  md.getUserMedia = async (c) => { const s = await get(c); window.__streams.push(s); return s; };
+})()"""
+# Camera and microphone are off: every track the page ever opened has ended.
+MEDIA_RELEASED = """(() => ({
+  streams: window.__streams.length,
+  live: window.__streams.flatMap((s) => s.getTracks()).filter((t) => t.readyState !== 'ended')
+    .map((t) => t.kind),
+  preview: document.getElementById('preview').srcObject !== null,
+}))()"""
+# What the decision card and the side panels show (a new session must start from nothing).
+DECISION_CARD = """(() => {
+  const q = (s) => document.querySelector(s);
+  return {
+    decision: q('#decision').textContent, label: q('#decision').dataset.label,
+    final: q('#decision').dataset.final, detail: q('#decision-detail').textContent,
+    gauge: q('#gauge-fill').style.width, gaugeClass: q('#gauge-fill').className,
+    mark: q('#gauge-mark').style.left, evidence: q('#evidence').textContent,
+    p: q('#p').textContent, modalities: q('#modalities').children.length,
+    summary: q('#cue-summary').textContent, status: q('#status').textContent,
+    log: q('#log').textContent,
+  };
+})()"""
+# A session's events socket dropped by the network (not by the page): app.js's `ws`.
+DROP_EVENTS_SOCKET = """new Promise((resolve) => {
+  ws.close();
+  const poll = setInterval(() => {
+    const s = document.getElementById('state');
+    if (s.dataset.state === 'reconnecting') { clearInterval(poll); resolve(s.textContent); }
+  }, 5);
+})"""
 
 CHROMIUM_FLAGS = (
     "--headless=new",
@@ -210,12 +249,17 @@ class Cdp:
         return await self.js(DOM_STATE)
 
     async def wait(
-        self, what: str, ready: Callable[[dict[str, Any]], bool], timeout: float
+        self,
+        what: str,
+        ready: Callable[[dict[str, Any]], bool],
+        timeout: float,
+        expression: str = DOM_STATE,
     ) -> dict[str, Any]:
-        """Poll the DOM until ``ready`` holds; fail with what the page shows instead."""
+        """Poll the DOM (``expression``'s view of it) until ``ready`` holds; fail with what
+        the page shows instead."""
         deadline = time.monotonic() + timeout
         while True:
-            dom = await self.dom()
+            dom = await self.js(expression)
             if ready(dom):
                 return dom
             if time.monotonic() > deadline:
@@ -250,15 +294,19 @@ class Browser:
         self.devtools = devtools
         self.pages: list[Cdp] = []
 
-    async def open(self, url: str) -> Cdp:
-        """A new tab at ``url``, loaded."""
-        async with self.http.put(f"{self.devtools}/json/new?{url}") as resp:
+    async def open(self, url: str, init_script: str | None = None) -> Cdp:
+        """A new tab at ``url``, loaded; ``init_script`` runs before the page's own scripts."""
+        first = "about:blank" if init_script else url
+        async with self.http.put(f"{self.devtools}/json/new?{first}") as resp:
             target = await resp.json()
         ws = await self.http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0)
         page = Cdp(ws)
         self.pages.append(page)
         await page.call("Runtime.enable")
         await page.call("Page.enable")
+        if init_script:
+            await page.call("Page.addScriptToEvaluateOnNewDocument", source=init_script)
+            await page.call("Page.navigate", url=url)
         deadline = time.monotonic() + 20
         while await page.js("document.readyState") != "complete" or not await page.js(
             "typeof watch === 'function'"
@@ -343,16 +391,28 @@ async def test_page_publishes_camera_and_mic_and_shows_the_live_signal(
 
     async with chromium_browser(chromium, y4m, wav, tmp_path / "profile") as browser:
         page = await browser.open(token_server.url + "/")
+        await page.js(RECORD_MEDIA)
 
-        # The server needs a token: the page asks for one instead of failing silently.
+        # The server needs a token: the page asks for one instead of failing silently, and
+        # a refused Start turns the camera and microphone off again.
         await page.js("document.getElementById('start').click()")
         dom = await page.wait("the token prompt", lambda d: d["state"] == "token", 20)
-        assert dom["tokenPanel"] and not dom["session"]
+        assert dom["tokenPanel"] and not dom["session"] and dom["stateText"] == "token needed"
+        released = await page.js(MEDIA_RELEASED)
+        assert released == {"streams": 1, "live": [], "preview": False}, released
+        await page.js("document.getElementById('token').value = 'not-the-token'")
+        await page.js("document.getElementById('start').click()")
+        dom = await page.wait("the refusal", lambda d: d["stateText"] == "token refused", 20)
+        released = await page.js(MEDIA_RELEASED)
+        assert released == {"streams": 2, "live": [], "preview": False}, released
+        assert not dom["session"]
+        assert await page.js("document.getElementById('start').disabled") is False
         await page.js(f"document.getElementById('token').value = {json.dumps(TOKEN)}")
         await page.js("document.getElementById('start').click()")
         dom = await page.wait("a live session", lambda d: d["state"] == "live", 20)
         sid = dom["session"]
         assert re.fullmatch(r"[0-9a-f]{16}", sid) and dom["readToken"]
+        assert (await page.js(MEDIA_RELEASED))["live"], "publishing without camera/microphone"
 
         # The test's own subscriber, and a second tab that only watches (read token).
         events: list[dict[str, Any]] = []
@@ -401,6 +461,17 @@ async def test_page_publishes_camera_and_mic_and_shows_the_live_signal(
         assert watched["session"] == sid
         await screenshot(watcher, "page-watch.png")
 
+        # The events socket drops while publishing: the page resubscribes (camera and
+        # microphone still on) and rebuilds the view from the server's replay; the words and
+        # cues compared with the test's own subscriber below show nothing twice.
+        assert await page.js(DROP_EVENTS_SOCKET) == "live (reconnecting)"
+        assert (await page.js(MEDIA_RELEASED))["live"], "the drop stopped the camera/microphone"
+        again = await page.wait("the resubscribed session", lambda d: d["state"] == "live", 10)
+        assert again["frames"] >= live["frames"] and again["points"] > 0, "the plot was lost"
+        await page.wait(
+            "the replayed words", lambda d: len(d["committed"]) >= len(live["committed"]), 10
+        )
+
         # Stop: DELETE ends the session; both tabs show the final decision.
         await page.js("document.getElementById('stop').click()")
         end = await page.wait("the end", lambda d: d["state"] == "ended", 20)
@@ -409,6 +480,33 @@ async def test_page_publishes_camera_and_mic_and_shows_the_live_signal(
         watched = await watcher.wait("the end", lambda d: d["state"] == "ended", 10)
         await screenshot(page, "page-ended.png")
         await asyncio.wait_for(collector, 10)
+        assert (await page.js(MEDIA_RELEASED))["live"] == []
+
+        # Watching an unknown session next: nothing of the ended session stays on screen.
+        await page.js("document.getElementById('tab-watch').click()")
+        await page.js("document.getElementById('watch-session').value = '0123456789abcdef'")
+        await page.js("document.getElementById('watch').click()")
+        unknown = await page.wait("the refusal", lambda d: d["state"] == "error", 10)
+        assert unknown["stateText"] == "unknown session" and unknown["session"] != sid
+        assert not unknown["committed"] and not unknown["cues"] and not unknown["chips"]
+        assert unknown["frames"] == unknown["points"] == unknown["segments"] == 0
+        assert not unknown["threshold"]
+        card = await page.js(DECISION_CARD)
+        assert card == {
+            "decision": "–",
+            "label": "",
+            "final": "false",
+            "detail": "Waiting for a session.",
+            "gauge": "0px",
+            "gaugeClass": "fill",
+            "mark": "50%",
+            "evidence": "",
+            "p": "p(t) –",
+            "modalities": 0,
+            "summary": "",
+            "status": "",
+            "log": "",
+        }, card
         exceptions = [e for p in browser.pages for e in p.exceptions]
 
     assert not exceptions, exceptions
@@ -431,3 +529,165 @@ async def test_page_publishes_camera_and_mic_and_shows_the_live_signal(
     final = [e for e in events if e["type"] == "video" and e["final"]]
     assert len(final) == 1 and end["label"] == str(final[0]["label"])
     assert end["decision"] == ("A/H" if final[0]["label"] else "no A/H")
+
+
+# ---------------------------------------------------------------- a long session's replay
+
+# A late subscriber to a long session first gets up to 5,000 critical events at once (the
+# server's replay). A real session cannot publish that many in a test's time, so this page
+# (served by the real server) gets a WebSocket stand-in for session REPLAY_SID only: it opens,
+# waits for `__fake.start()`, then delivers the replay 100 messages per task (a network read's
+# worth). Other URLs get the browser's own WebSocket.
+REPLAY_SID = "feedfacefeedface"
+REPLAY_N = 2400  # transcripts (3 words each) and cues; plus 200 segments: 5,000 events
+FAKE_EVENTS_SOCKET = """(() => {
+  const SID = "__SID__", N = __N__, Real = window.WebSocket;
+  const ev = (type, fields) => JSON.stringify({v: 1, type: type, session: SID, ...fields});
+  const word = (i, x, k, t) => ({
+    w: k === 1 ? "<i>w" + i + x + "</i>" : "w" + i + x, t0: t + 0.4 * k, t1: t + 0.4 * k + 0.35});
+  const transcript = (i) => ev("transcript", {t0: 1.5 * i, t1: 1.5 * i + 1.2, text: "",
+    final: true, words: ["a", "b", "c"].map((x, k) => word(i, x, k, 1.5 * i))});
+  const cue = (i) => ev("cue", {t0: 1.5 * i + 0.1, t1: 1.5 * i + 0.9, cue: "hedge",
+    modality: ["text", "voice", "face", "cross"][i % 4], strength: 0.6,
+    detail: "<img src=x onerror=window.__xss=1>"});
+  const replay = [ev("session.started", {profile: "lite", models: {}, analysis_hz: 10})];
+  for (let i = 0; i < N; i++) {
+    replay.push(transcript(i), cue(i));
+    if (i % 12 === 0) replay.push(ev("segment", {t0: 1.5 * i, t1: 1.5 * i + 3, peak: 0.8}));
+  }
+  const fake = window.__fake = {sockets: [], replay: replay, go: false,
+    start() {
+      fake.go = true;
+      fake.sockets.filter((s) => s.readyState === 1).forEach((s) => s.deliver(fake.replay));
+    },
+    more(i) { fake.replay.push(transcript(i), cue(i)); },  // published while disconnected
+  };
+  class FakeSocket {
+    constructor(url) {
+      this.url = url; this.readyState = 0; this.delivered = 0; fake.sockets.push(this);
+      setTimeout(() => { this.readyState = 1; this.onopen && this.onopen({});
+        if (fake.go) this.deliver(fake.replay); }, 0);
+    }
+    deliver(list) {  // messages as strings, or events without v/session as objects
+      const ch = new MessageChannel(); let i = 0;
+      ch.port1.onmessage = () => {
+        for (const end = Math.min(i + 100, list.length); i < end && this.readyState === 1; i++) {
+          const m = list[i];
+          this.onmessage({data: typeof m === "string" ? m : ev(m.type, m)});
+          this.delivered++;
+        }
+        if (i < list.length && this.readyState === 1) ch.port2.postMessage(0);
+        else ch.port1.close();
+      };
+      ch.port2.postMessage(0);
+    }
+    close() {  // also what the network does when it drops the connection
+      if (this.readyState > 1) return;
+      this.readyState = 3; setTimeout(() => this.onclose && this.onclose({}), 0);
+    }
+    send() {}
+  }
+  window.WebSocket = function (url, protocols) {
+    if (url.includes("/sessions/" + SID + "/")) return new FakeSocket(url);
+    return new Real(url, protocols);
+  };
+})()""".replace("__SID__", REPLAY_SID).replace("__N__", str(REPLAY_N))
+
+# The replayed view: words and cues as drawn, and what must never come from event text.
+REPLAY_STATE = """(() => {
+  const all = (s) => [...document.querySelectorAll(s)];
+  const words = all('#committed .word').map((e) => e.textContent);
+  const box = document.getElementById('transcript');
+  return {
+    state: document.getElementById('state').dataset.state,
+    words: words.length, unique: new Set(words).size,
+    first: words[0], last: words[words.length - 1],
+    scrolled: box.scrollHeight - box.scrollTop - box.clientHeight < 2,
+    cues: all('#cues .cue').length,
+    rows: all('#cues .cue-row').map((r) => r.querySelectorAll('.cue').length),
+    count: document.getElementById('cues').dataset.count,
+    chips: all('#cue-list .chip')
+      .filter((c) => c.tabIndex === 0 && c.getAttribute('aria-label') === c.title).length,
+    segments: all('#plot rect.segment').length,
+    frames: Number(document.getElementById('plot').dataset.frames),
+    points: all('#plot polyline').reduce((n, l) => n + l.points.numberOfItems, 0),
+    delivered: window.__fake.sockets.reduce((n, s) => n + s.delivered, 0),
+    sockets: window.__fake.sockets.length,
+    markup: document.querySelectorAll('#transcript i, img').length + (window.__xss || 0),
+  };
+})()"""
+MODALITIES = {"audio": True, "speech": True, "video": True, "face": True, "text": True}
+
+
+async def test_page_renders_a_long_sessions_replay_without_freezing_and_resubscribes(
+    chromium: str, fake_media: tuple[Path, Path], token_server: Any, tmp_path: Path
+) -> None:
+    y4m, wav = fake_media
+    async with chromium_browser(chromium, y4m, wav, tmp_path / "profile") as browser:
+        page = await browser.open(
+            f"{token_server.url}/?session={REPLAY_SID}", init_script=FAKE_EVENTS_SOCKET
+        )
+        await page.wait("the subscription", lambda d: d["state"] == "watching", 10)
+        total = await page.js("__fake.replay.length")
+        assert total == 5001  # session.started and the server's 5,000 replayed events
+
+        # The page stays responsive while it takes the replay: DevTools round trips (which
+        # wait for the page's main thread) keep completing. As shipped, each event forced a
+        # layout (a 1-2.5 minute freeze); now it draws once per animation frame.
+        await page.js("__fake.start()")
+        started, slowest = time.monotonic(), 0.0
+        while True:
+            t = time.monotonic()
+            shown = await page.js(REPLAY_STATE)
+            slowest = max(slowest, time.monotonic() - t)
+            if shown["delivered"] == total and shown["words"] == 3000:
+                break
+            assert time.monotonic() - started < 60, f"the replay is still not shown: {shown}"
+            await asyncio.sleep(0.1)
+        assert slowest < 10, f"the page did not answer for {slowest:.1f} s during the replay"
+        await asyncio.sleep(0.3)  # the last animation frame
+        shown = await page.js(REPLAY_STATE)
+        # 7,200 words replayed, the newest 3,000 shown (MAX_WORDS), each once; the cue rows
+        # show the last minute: cues 2360-2399, ten per modality; 3 segments in that minute.
+        assert shown["words"] == shown["unique"] == 3000 and shown["scrolled"]
+        assert (shown["first"], shown["last"]) == ("w1400a", "w2399c")
+        assert shown["cues"] == 40 and shown["rows"] == [10, 10, 10, 10], shown
+        assert shown["count"] == "500" and shown["chips"] == 10 and shown["segments"] == 3
+        assert shown["markup"] == 0, "event text was inserted as markup"
+
+        # Live frames, then the connection drops and two more results are published before
+        # the page resubscribes: it shows "watching (reconnecting)", rebuilds the view from
+        # the new replay without showing anything twice, and keeps the plot (frames are
+        # never replayed).
+        frames = [
+            {
+                "type": "frame",
+                "t": 3590 + 0.1 * k,
+                "p": 0.4,
+                "evidence": "text",
+                "modalities": MODALITIES,
+                "words": 7200,
+                "lags": {"tick": 0.1},
+            }
+            for k in range(30)
+        ]
+        await page.js(f"__fake.sockets[0].deliver({json.dumps(frames)})")
+        await page.wait("the live frames", lambda d: d["points"] == 30, 10)
+        state = await page.js(
+            "__fake.more(2400); __fake.sockets[0].close(); new Promise((r) => setTimeout("
+            "() => r(document.getElementById('state').textContent), 100))"
+        )
+        assert state == "watching (reconnecting)"
+
+        def rebuilt(d: dict[str, Any]) -> bool:
+            return d["sockets"] == 2 and d["state"] == "watching" and d["last"] == "w2400c"
+
+        await page.wait("the resubscribed view", rebuilt, 20, REPLAY_STATE)
+        await asyncio.sleep(0.3)
+        again = await page.js(REPLAY_STATE)
+        assert again["words"] == again["unique"] == 3000 and again["first"] == "w1401a"
+        assert again["cues"] == 40 and again["count"] == "500" and again["chips"] == 10, again
+        assert again["segments"] == 3 and again["frames"] == 30 and again["points"] == 30, again
+        assert again["markup"] == 0
+        exceptions = list(page.exceptions)
+    assert not exceptions, exceptions

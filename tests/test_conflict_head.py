@@ -133,6 +133,76 @@ def test_blend_formula_torch_and_numpy() -> None:
         blend(text, full, 1.5)
 
 
+def test_blend_uses_the_full_model_alone_without_text() -> None:
+    text = torch.tensor([0.0, 2.0, float("nan"), 40.0])  # rows 2, 3 have no text
+    full = torch.tensor([1.0, -3.0, 0.5, -0.2])
+    has_text = torch.tensor([True, True, False, False])
+    expect = torch.where(has_text, blend(text, full, 0.6), torch.sigmoid(full))
+    got = blend(text, full, 0.6, has_text)
+    torch.testing.assert_close(got, expect)
+    torch.testing.assert_close(got[2:], torch.sigmoid(full[2:]))  # whatever the text logit
+    np.testing.assert_allclose(
+        blend(text.numpy(), full.numpy(), 0.6, has_text.numpy().astype(float)),
+        expect.numpy(),
+        atol=1e-7,
+    )
+    # Callers without presence information: every row counts as having text.
+    torch.testing.assert_close(blend(text[:2], full[:2], 0.6), expect[:2])
+
+
+def test_predict_proba_ignores_the_text_head_where_text_is_missing() -> None:
+    head = _head()
+    v, a, t = _inputs(4)
+    present = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 1, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        full, text = head(v, a, t, present)
+    p = head.predict_proba(v, a, t, present, alpha=0.7)
+    torch.testing.assert_close(p[:2], torch.sigmoid(full[:2]))
+    torch.testing.assert_close(p[2:], 0.7 * torch.sigmoid(text[2:]) + 0.3 * torch.sigmoid(full[2:]))
+    assert (blend(text, full, 0.7)[:2] - p[:2]).abs().min() > 1e-4  # the mask matters here
+
+
+def test_text_loss_only_over_rows_with_text() -> None:
+    head = _head()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    full = torch.tensor([1.0, -2.0, 0.5, 0.3])
+    text = torch.tensor([0.5, -1.0, 4.0, -4.0], requires_grad=True)
+    y = torch.tensor([1, 0, 0, 1])
+    has_text = torch.tensor([True, True, False, False])
+    out = head.loss(full, text, y, smoothing=0.1, has_text=has_text)
+    target = torch.tensor([0.95, 0.05, 0.05, 0.95])
+    torch.testing.assert_close(out.text, bce(text[:2], target[:2]))
+    torch.testing.assert_close(out.full, bce(full, target))  # the full model sees every row
+    torch.testing.assert_close(out.total, 0.5 * out.full + 0.5 * out.text)
+    out.total.backward()
+    assert text.grad is not None
+    assert text.grad[2:].abs().max() == 0 and text.grad[:2].abs().min() > 0
+    # No text in the batch: no text loss, and finite gradients.
+    none = head.loss(full, text, y, has_text=torch.zeros(4, dtype=torch.bool))
+    assert float(none.text.detach()) == 0.0
+    torch.testing.assert_close(none.total, 0.5 * bce(full, y.float()))
+    text.grad = None
+    none.total.backward()
+    assert text.grad is not None and torch.isfinite(text.grad).all() and not text.grad.any()
+
+
+def test_tune_blend_with_rows_without_text() -> None:
+    """Rows 0-1 have text that separates them (full model undecided); rows 2-3 have none:
+    the full model separates them and the text head gives its constant answer to no input,
+    which would tie them at any alpha near 1 if it were blended in."""
+    text = np.array([3.0, -3.0, 5.0, 5.0])
+    full = np.array([0.0, 0.0, 2.0, -2.0])
+    y = np.array([1, 0, 1, 0])
+    has_text = np.array([1, 1, 0, 0])
+    choice = tune_blend(text, full, y, alphas=[1.0], has_text=has_text)
+    assert choice.macro_f1 == pytest.approx(1.0)
+    assert tune_blend(text, full, y, alphas=[1.0]).macro_f1 < 1.0
+    grid = tune_blend(text, full, y, has_text=has_text)
+    p = blend(text, full, grid.alpha, has_text)
+    assert grid.macro_f1 == pytest.approx(1.0)
+    assert ((p >= grid.threshold).astype(int) == y).all()
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1.0 - p))
 
@@ -313,5 +383,12 @@ def test_onnx_parity_dynamic_batch(tmp_path: Path) -> None:
         assert o_full.shape == (b,) and o_text.shape == (b,)
         np.testing.assert_allclose(o_full, full.numpy(), rtol=0, atol=1e-4)
         np.testing.assert_allclose(o_text, text.numpy(), rtol=0, atol=1e-4)
+        # The same probabilities from the exported logits, text mask included.
+        np.testing.assert_allclose(
+            blend(o_text, o_full, 0.6, present.numpy()[:, 2]),
+            head.predict_proba(v, a, t, present, 0.6).numpy(),
+            rtol=0,
+            atol=1e-4,
+        )
     with pytest.raises(ValueError):
         export_onnx(head, tmp_path / "x.onnx", (1, 2, 3))

@@ -16,12 +16,14 @@ is what shows the models learn the cross-modal conflict.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from models.bah_features import (
     FeatureExtractor,
@@ -31,11 +33,20 @@ from models.bah_features import (
     tick_times,
 )
 from models.bah_layout import AUDIO_RATE, BahLayout, FeatureCache
+from models.conflict_head import ConflictAwareAH, load_checkpoint, save_checkpoint
 from models.embedding_tcn import ONNX_INPUTS, TCNStream
 from models.embedding_tcn import export_onnx as export_tcn_onnx
 from models.embedding_tcn import load as load_tcn
+from models.full_stream import load_full_profile
 from models.runner import OrtRunner
-from models.train_full import FullTrainConfig, evaluate_full, load_encoders, train_full
+from models.train_full import (
+    FullProfileError,
+    FullTrainConfig,
+    evaluate_full,
+    load_encoders,
+    train_full,
+    weights_encoders,
+)
 from stream.cli import main
 from tests.bah_fixture import BahFixture, make_bah_fixture
 from tests.full_training import COUNTS
@@ -145,6 +156,115 @@ def test_evaluate_val_and_test_and_score_the_submission(
         assert code == 0 and scored is not None
         assert scored["macro_f1"] == pytest.approx(res["macro_f1"])
         assert scored["ap"] == pytest.approx(res["ap"], abs=1e-9)
+
+
+def _late_transcript(path: Path) -> None:
+    """Rewrite a fixture transcript so that the first words start at 1.0 s (committed 1.4 s)."""
+    chunks = [
+        {"text": " I mean", "timestamp": (1.0, 1.4)},
+        {"text": " maybe not", "timestamp": (1.5, None)},
+    ]
+    doc = {"text": " I mean maybe not", "chunks": chunks}
+    path.write_text(yaml.dump(doc, Dumper=yaml.Dumper, sort_keys=False), encoding="utf-8")
+
+
+def test_the_text_head_counts_only_on_ticks_with_text(
+    full_trained: dict[str, Any],
+    bah_fx: BahFixture,
+    tiny_encoders: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """Evaluation blends the text head in on ticks with text only: before the first words a
+    tick's p is the full model's alone (val videos whose words start late; alpha 0.5)."""
+    root = Path(shutil.copytree(bah_fx.root, tmp_path / "bah"))
+    layout = BahLayout(root)
+    videos = layout.split("val")
+    for video in videos:
+        _late_transcript(video.transcript_path)
+    wd = tmp_path / "weights"
+    wd.mkdir()
+    for name in ("full_profile.json", "embedding_tcn.pt"):
+        shutil.copy(full_trained["out"] / name, wd / name)
+    head, extra = load_checkpoint(full_trained["out"] / "conflict_head.pt")
+    alpha, stats = 0.5, extra["stats"]
+    save_checkpoint(head, wd / "conflict_head.pt", **{**extra, "alpha": alpha})
+    enc = load_encoders(*(str(tiny_encoders[k]) for k in ("video", "audio", "text")))
+    cache, csv = FeatureCache(tmp_path / "cache"), tmp_path / "val.csv"
+    evaluate_full(root, "val", wd, encoders=enc, cache_dir=cache.cache_dir, submission=csv)
+    p1 = np.array([float(line.split(",")[2]) for line in csv.read_text().splitlines()])
+
+    ex = FeatureExtractor(layout, enc, cache, TickConfig(**full_trained["summary"]["ticks"]))
+    masked, unmasked, without_text = [], [], 0
+    for video in videos:
+        f = ex.features(video)
+        x = [
+            torch.from_numpy(
+                (getattr(f, m) - np.asarray(stats[m]["mean"], np.float32))
+                / np.asarray(stats[m]["std"], np.float32)
+            )
+            for m in ("video", "audio", "text")
+        ]
+        with torch.no_grad():
+            full, text = head(*x, torch.from_numpy(f.present > 0.5))
+        p_full, p_text = torch.sigmoid(full).double().numpy(), torch.sigmoid(text).double().numpy()
+        has_text = f.present[:, 2] > 0.5
+        without_text += int((~has_text).sum())
+        both = alpha * p_text + (1 - alpha) * p_full
+        masked.append(np.where(has_text, both, p_full).mean())
+        unmasked.append(both.mean())
+    assert without_text >= 2 * len(videos)  # the ticks at 0.5 s and 1.0 s of each video
+    np.testing.assert_allclose(p1, masked, atol=1e-6)
+    assert np.abs(p1 - np.array(unmasked)).max() > 1e-4  # the rule is what is tested
+
+
+def test_a_profile_without_text_never_trains_its_text_head(
+    full_trained: dict[str, Any],
+    bah_fx: BahFixture,
+    tiny_encoders: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Training tells the text loss which rows have text: none here, so it is 0 throughout."""
+    text_losses: list[float] = []
+    loss = ConflictAwareAH.loss
+
+    def spy(self: ConflictAwareAH, *args: Any, **kwargs: Any) -> Any:
+        out = loss(self, *args, **kwargs)
+        text_losses.append(float(out.text.detach()))
+        return out
+
+    monkeypatch.setattr(ConflictAwareAH, "loss", spy)
+    enc = load_encoders(*(str(tiny_encoders[k]) for k in ("video", "audio", "text")))
+    cfg = FullTrainConfig(
+        epochs=1, ticks=TickConfig(audio_window_s=0.5), modalities=("video", "audio")
+    )
+    cache = full_trained["out"] / "feature-cache"
+    train_full(bah_fx.root, tmp_path / "w", encoders=enc, config=cfg, cache_dir=cache)
+    assert text_losses and all(v == 0.0 for v in text_losses)
+
+
+def test_speech_normalisation_is_recorded_and_enforced(
+    full_trained: dict[str, Any], tiny_encoders: dict[str, Path], tmp_path: Path
+) -> None:
+    """Serving normalises audio as training did: the weights record it, loading uses it,
+    and encoders that do otherwise are refused."""
+    meta = full_trained["summary"]
+    assert meta["audio_normalize"] is True  # the tiny HuBERT's preprocessor config says so
+    wd = tmp_path / "weights"
+    wd.mkdir()
+    for name in ("conflict_head.pt", "embedding_tcn.pt"):
+        shutil.copy(full_trained["out"] / name, wd / name)
+    # Weights trained without normalising (the model files here say otherwise).
+    (wd / "full_profile.json").write_text(json.dumps({**meta, "audio_normalize": False}))
+    assert load_full_profile(wd, face_crop="centre").encoders.audio.normalize is False
+    enc = load_encoders(*(str(tiny_encoders[k]) for k in ("video", "audio", "text")))
+    assert enc.audio.normalize is True
+    with pytest.raises(FullProfileError, match="normalize=True.*trained with normalize=False"):
+        load_full_profile(wd, encoders=enc)
+    assert weights_encoders(meta, enc) is enc
+    # Weights written before it was recorded: nothing to check against.
+    old = {k: v for k, v in meta.items() if k != "audio_normalize"}
+    assert weights_encoders(old, enc) is enc
 
 
 @pytest.mark.parametrize(

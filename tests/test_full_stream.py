@@ -19,9 +19,10 @@ import pytest
 import torch
 
 import models.embedding_tcn as embedding_tcn
-from models.bah_features import FeatureExtractor, TickConfig
+from models.bah_features import FeatureExtractor, TickConfig, clip_indices, newest_frame
 from models.bah_layout import BahLayout
 from models.embedding_tcn import load as load_tcn
+from models.full_stream import CLIP_FPS, FullStream, load_full_profile
 from models.profile import load_models
 from models.train_full import FullProfileError, load_encoders
 from stream.aggregate import VideoAggregator
@@ -172,6 +173,37 @@ def test_analyze_full_crops_faces_with_the_mesh_and_encodes_the_transcript(
     text = present[:, 2]
     assert text[0] == 0 and text[-1] == 1 and np.all(np.diff(text) >= 0)  # once said, kept
     assert all(0 <= e["p"] <= 1 for e in events if e["type"] == "frame")
+
+
+def test_a_ticks_clip_ends_with_the_newest_frame_it_has_seen(
+    full_trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 10 Hz (which does not divide CLIP_FPS) the frame a tick just saw is the newest
+    crop of its clip, and the clip is training's: `clip_indices` ending at `newest_frame`."""
+    profile = load_full_profile(full_trained["out"], face_crop="centre")
+    stream = FullStream(profile)
+    video = profile.encoders.video
+    clips: list[np.ndarray] = []
+    encode = video.encode
+
+    def spy(batch: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        clips.append(np.asarray(batch[0]))
+        return encode(batch, *args, **kwargs)
+
+    monkeypatch.setattr(video, "encode", spy)
+    size = stream.crop_size
+    shown: dict[int, int] = {}  # frame position -> grey level of the frame there
+    for k in range(1, 16):
+        t = k / 10
+        # Frame k is flat grey level k; a frame at t sits at position newest_frame(t).
+        assert stream.add_frame(t, np.full((size, size, 3), k, np.uint8), None)
+        shown[newest_frame(t, CLIP_FPS)] = k
+        tick = stream.step(t, None, t, [])
+        assert tick.present[0] == 1.0
+        idx = clip_indices(newest_frame(t, CLIP_FPS), stream.num_frames, list(shown))
+        assert idx is not None
+        assert [int(c[0, 0, 0]) for c in clips[-1]] == [shown[n] for n in idx]
+        assert int(clips[-1][-1, 0, 0, 0]) == k
 
 
 def test_the_full_profile_refuses_to_run_without_trained_weights(

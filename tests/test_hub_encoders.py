@@ -168,6 +168,36 @@ def test_speech_shapes_frames_and_hf_parity(speech: SpeechEncoder, paths: dict[s
         speech.encode([np.zeros(50)])
 
 
+def test_speech_normalisation_comes_from_the_model_files(
+    paths: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``do_normalize`` is read where the weights are (``~`` expanded); a model without a
+    preprocessor config normalises with a warning; ``normalize=`` overrides both."""
+    import shutil
+    import warnings
+
+    from transformers import Wav2Vec2FeatureExtractor
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(paths["audio"], tmp_path / "raw")
+    Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(tmp_path / "raw")
+    audio = 0.3 * RNG.standard_normal(4000) + 0.2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for ident in ("~/raw", str(tmp_path / "raw")):
+            raw = SpeechEncoder.from_pretrained(ident)
+            assert raw.normalize is False
+            np.testing.assert_allclose(raw.preprocess([audio])["input_values"][0], audio, atol=1e-6)
+        assert SpeechEncoder.from_pretrained("~/raw", normalize=True).normalize is True
+        assert SpeechEncoder.from_pretrained(paths["audio"]).normalize is True  # tiny: config
+    (tmp_path / "raw" / "preprocessor_config.json").unlink()
+    with pytest.warns(UserWarning, match="no preprocessor_config.json"):
+        assert SpeechEncoder.from_pretrained("~/raw").normalize is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert SpeechEncoder.from_pretrained("~/raw", normalize=False).normalize is False
+
+
 def test_speech_padding_does_not_change_embeddings(speech: SpeechEncoder) -> None:
     audios = [RNG.standard_normal(n) * 0.1 for n in (9000, 1500, 4000)]
     together = speech.encode(audios)

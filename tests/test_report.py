@@ -173,3 +173,53 @@ def test_render_report_without_decision(tmp_path):
     assert "no A/H (p = 0.300 &lt; threshold 0.600), running" in page.read_text(encoding="utf-8")
     with pytest.raises(ValueError):
         render_report([], tmp_path, "nothing")
+
+
+def test_dollar_signs_are_text_not_mathtext(tmp_path):
+    words = [("it", 0.1), ("was", 0.3), ("$5", 0.5), ("or", 0.7), ("$10", 0.9), ("$x^", 1.1)]
+    transcript = {
+        "v": 1,
+        "type": "transcript",
+        "session": "x1",
+        "t0": 0.1,
+        "t1": 1.3,
+        "text": " ".join(w for w, _ in words),
+        "words": [{"w": w, "t0": t, "t1": t + 0.15} for w, t in words],
+        "final": True,
+    }
+    cue = {"v": 1, "type": "cue", "session": "x1", "t0": 1.0, "t1": 1.4, "strength": 0.8}
+    cue.update(cue="$x^", modality="text")
+    # the stem is the title of the figure: "$x^$" is not a valid math expression
+    png, page = render_report(_session([transcript, cue]), tmp_path, "call $x^$ 1")
+    _check_png(png)
+    text = re.sub(r"<[^>]+>", "", page.read_text(encoding="utf-8"))
+    assert "it was $5 or $10 $x^" in text
+    assert "call $x^$ 1" in text
+
+
+def test_load_events_rejects_lines_that_are_not_objects(tmp_path):
+    path = tmp_path / "odd.jsonl"
+    path.write_text('{"v": 1, "type": "session.started", "session": "x1"}\n\n[1,2]\n')
+    with pytest.raises(ValueError, match=r"odd\.jsonl:3: not a JSON object"):
+        load_events(path)
+
+
+def test_report_command_refuses_malformed_events_in_one_line(tmp_path, capsys):
+    from stream.cli import main
+
+    lists = tmp_path / "lists.jsonl"
+    lists.write_text("[1,2]\n")
+    lacking = tmp_path / "lacking.jsonl"  # a cue without its times
+    lacking.write_text('{"v": 1, "type": "cue", "session": "x1", "modality": "text"}\n')
+    wrong = tmp_path / "wrong.jsonl"  # a transcript word that is not an object
+    wrong.write_text(
+        '{"v": 1, "type": "transcript", "session": "x1", "final": true, "words": [3]}\n'
+    )
+    assert main(["report", str(lists), str(lacking), str(wrong), "--out", str(tmp_path)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"ahstream report: {lists}: {lists}:1: not a JSON object (a list)",
+        f"ahstream report: {lacking}: an event lacks the field 't0'",
+        f"ahstream report: {wrong}: an event has a malformed field: "
+        "'int' object is not subscriptable",
+    ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,3 +254,77 @@ def test_replace_keeps_config_frozen():
     cfg = TCNConfig()
     assert replace(cfg, members=3).members == 3
     assert cfg.receptive_field == 1 + 2 * 2 * (1 + 2 + 4 + 8)
+
+
+# ------------------------------------------------------------------------------- weight files
+
+
+def _saved(tmp_path: Path, members: int = 2) -> tuple[FusionTCN, Path, Path]:
+    tcn = _random_tcn(np.random.default_rng(11), members=members)
+    npz, js = tcn.save(tmp_path)
+    return tcn, npz, js
+
+
+def _edit_json(js: Path, **config: object) -> None:
+    meta = json.loads(js.read_text())
+    meta["config"].update(config)
+    js.write_text(json.dumps(meta))
+
+
+def test_saved_weights_round_trip_with_their_dilations(tmp_path):
+    tcn, npz, _ = _saved(tmp_path)
+    with np.load(npz, allow_pickle=False) as z:
+        assert list(z["dilations"]) == [1, 2, 4]
+    back = FusionTCN.load(tmp_path)
+    assert back.config == tcn.config and "dilations" not in back.arrays
+    x = _random_rows(np.random.default_rng(12), 30)
+    assert np.max(np.abs(back.forward(x) - tcn.forward(x))) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ({"kernel": 5}, "kernel 5"),  # the arrays are kernel 3
+        ({"members": 1}, r"unexpected arrays \['m1\."),  # the npz holds two members
+        ({"members": 3}, r"missing \['m2\."),
+        ({"dilations": [1, 2, 8]}, r"dilations \[1, 2, 8\] differ"),
+        ({"dilations": [1, 2, 4, 8]}, "differ"),
+        ({"proj_dim": 5}, "proj_dim 5"),
+    ],
+)
+def test_a_json_that_does_not_match_the_arrays_is_refused(tmp_path, edit, match):
+    _, _, js = _saved(tmp_path)
+    _edit_json(js, **edit)
+    with pytest.raises(ValueError, match=match):
+        FusionTCN.load(js)
+
+
+def test_the_shipped_weights_refuse_a_json_with_other_dilations(tmp_path):
+    """The shipped npz stores its dilations too."""
+    for suffix in (".npz", ".json"):
+        shutil.copy(WEIGHTS_DIR / f"{TCN_STEM}{suffix}", tmp_path / f"{TCN_STEM}{suffix}")
+    assert FusionTCN.load(tmp_path).config == FusionTCN.load().config
+    _edit_json(tmp_path / f"{TCN_STEM}.json", dilations=[1, 2, 4, 16])
+    with pytest.raises(ValueError, match=r"dilations \[1, 2, 4, 16\] differ"):
+        FusionTCN.load(tmp_path)
+
+
+def test_files_without_stored_dilations_check_what_they_can(tmp_path):
+    """Other weights written before the dilations were stored: their number is checked
+    against the blocks, their values cannot be."""
+    tcn, npz, js = _saved(tmp_path)
+    with np.load(npz, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "dilations"}
+    np.savez_compressed(npz, **arrays)
+    assert FusionTCN.load(js).config == tcn.config
+    _edit_json(js, dilations=[1, 2])
+    with pytest.raises(ValueError, match=r"unexpected arrays \['m0\.block2\."):
+        FusionTCN.load(js)
+    _edit_json(js, dilations=[1, 2, 4], kernel=2)
+    with pytest.raises(ValueError, match="kernel 2"):
+        FusionTCN.load(js)
+    # Unknown arrays are not silently dropped either.
+    np.savez_compressed(npz, **arrays, **{"m0.extra": np.zeros(3, np.float32)})
+    _edit_json(js, kernel=3)
+    with pytest.raises(ValueError, match=r"unexpected arrays \['m0\.extra'\]"):
+        FusionTCN.load(js)

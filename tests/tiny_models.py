@@ -5,7 +5,8 @@ loads from the hub (``models.hub_encoders``), with tiny configs and seeded rando
 
 - ``video``: a ``VideoMAEModel`` (hidden 32, 1 layer, 8 frames of 32x32, patch 8, tubelet 2);
 - ``audio``: a ``HubertModel`` (hidden 32, 2 layers, 3 conv layers of total stride 80 with
-  the base model's GroupNorm feature extractor);
+  the base model's GroupNorm feature extractor) and its ``preprocessor_config.json``
+  (``do_normalize`` = ``audio_normalize``; None writes none);
 - ``text``: a ``RobertaForSequenceClassification`` with 28 multi-label outputs named like
   GoEmotions' and a byte-level BPE tokenizer trained here on a few sentences.
 
@@ -15,6 +16,7 @@ outputs mean nothing.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 __all__ = ["GOEMOTIONS_LABELS", "make_tiny_encoders"]
@@ -55,8 +57,8 @@ def _video(path: Path) -> None:
     VideoMAEModel(cfg).eval().save_pretrained(path)
 
 
-def _audio(path: Path) -> None:
-    from transformers import HubertConfig, HubertModel
+def _audio(path: Path, normalize: bool | None = True) -> None:
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
     cfg = HubertConfig(
         hidden_size=32,
@@ -74,6 +76,8 @@ def _audio(path: Path) -> None:
         vocab_size=8,
     )
     HubertModel(cfg).eval().save_pretrained(path)
+    if normalize is not None:
+        Wav2Vec2FeatureExtractor(do_normalize=normalize).save_pretrained(path)
 
 
 def _text(path: Path) -> None:
@@ -111,7 +115,9 @@ def _text(path: Path) -> None:
     RobertaForSequenceClassification(cfg).eval().save_pretrained(path)
 
 
-def make_tiny_encoders(root: Path, seed: int = 0) -> dict[str, Path]:
+def make_tiny_encoders(
+    root: Path, seed: int = 0, audio_normalize: bool | None = True
+) -> dict[str, Path]:
     """Write tiny random VideoMAE / HuBERT / RoBERTa-GoEmotions models under ``root``.
 
     Returns ``{"video": path, "audio": path, "text": path}``; the same seed gives the
@@ -120,7 +126,12 @@ def make_tiny_encoders(root: Path, seed: int = 0) -> dict[str, Path]:
 
     root = Path(root)
     paths = {"video": root / "videomae", "audio": root / "hubert", "text": root / "roberta"}
-    for i, (kind, build) in enumerate((("video", _video), ("audio", _audio), ("text", _text))):
+    builders = (
+        ("video", _video),
+        ("audio", partial(_audio, normalize=audio_normalize)),
+        ("text", _text),
+    )
+    for i, (kind, build) in enumerate(builders):
         torch.manual_seed(seed + i)
         build(paths[kind])
     return paths

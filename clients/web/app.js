@@ -25,6 +25,15 @@ let ws = null; // events websocket
 let whipUrl = null; // Location of the WHIP session (DELETE on stop)
 let readToken = null; // token for the events websocket and DELETE
 let view = null; // what is drawn for the current session
+let link = null; // the events subscription, also while it reconnects (see subscribe())
+let logLines = []; // the raw events shown, newest last (at most MAX_LOG_LINES)
+// what the next animation frame has to redraw besides the plot and cue rows
+const dirty = { log: false, scroll: false, frame: null, summary: false };
+
+const RETRY_MS = [500, 1000, 2000, 4000, 8000]; // backoff of an events resubscribe, then 8 s
+const MAX_RETRIES = 10; // consecutive failed resubscribes (about a minute) before giving up
+const STABLE_MS = 10000; // a socket open this long resets the backoff
+const WAITING = "Waiting for a session.";
 
 function emptyView(sid) {
   return {
@@ -35,6 +44,7 @@ function emptyView(sid) {
     words: [], // {w, t0, t1, el}
     threshold: null,
     tmax: 0,
+    frameCount: 0, // frame events received (the plot keeps the last MAX_FRAMES)
     ended: false,
   };
 }
@@ -45,10 +55,16 @@ function setState(state, text) {
   el.textContent = text || state;
 }
 
-function log(ev) {
-  const box = $("log");
-  const lines = (box.textContent ? box.textContent.split("\n") : []).concat(JSON.stringify(ev));
-  box.textContent = lines.slice(-MAX_LOG_LINES).join("\n");
+function log(line) {
+  logLines.push(line);
+  // amortized trim: the array never holds more than twice the lines shown
+  if (logLines.length > 2 * MAX_LOG_LINES) logLines = logLines.slice(-MAX_LOG_LINES);
+  dirty.log = true;
+}
+
+function showAlert(text) {
+  $("alert").textContent = text;
+  $("alert").hidden = false;
 }
 
 function showToken(hint) {
@@ -64,7 +80,7 @@ function token() {
 
 // ---------------------------------------------------------------- events
 
-function onEvent(ev) {
+function onEvent(ev, raw) {
   if (!view || ev.session !== view.sid) return;
   switch (ev.type) {
     case "session.started":
@@ -91,8 +107,7 @@ function onEvent(ev) {
         fmt(ev.rtf, 2) + "× real time · dropped video frames " + ev.dropped_video_frames;
       break;
     case "error": // the session goes on (degraded) unless session.ended follows
-      $("alert").textContent = "Server reported an error (" + ev.code + "): " + ev.message;
-      $("alert").hidden = false;
+      showAlert("Server reported an error (" + ev.code + "): " + ev.message);
       break;
     case "session.ended":
       view.ended = true;
@@ -102,8 +117,11 @@ function onEvent(ev) {
       finishUi();
       break;
   }
-  log(ev);
-  draw();
+  log(raw || JSON.stringify(ev));
+  // at most once per animation frame, however many events arrive; the last event at once,
+  // so the final view shows with the final state (a hidden tab has no frames to wait for)
+  if (ev.type === "session.ended") renderNow();
+  else scheduleDraw();
 }
 
 function fmt(x, digits) {
@@ -114,7 +132,13 @@ function onFrame(ev) {
   view.frames.push({ t: ev.t, p: ev.p, prior: ev.evidence === "prior" });
   if (view.frames.length > MAX_FRAMES) view.frames.splice(0, view.frames.length - MAX_FRAMES);
   view.tmax = Math.max(view.tmax, ev.t);
-  $("plot").dataset.frames = String(Number($("plot").dataset.frames) + 1);
+  view.frameCount++;
+  $("plot").dataset.frames = String(view.frameCount);
+  dirty.frame = ev; // p(t) and the inputs are shown once per animation frame
+  scheduleDraw();
+}
+
+function showFrame(ev) {
   $("p").textContent = "p(t) " + ev.p.toFixed(2) + " at " + ev.t.toFixed(1) + " s";
   const mods = $("modalities");
   mods.textContent = "";
@@ -124,7 +148,6 @@ function onFrame(ev) {
     span.textContent = name;
     mods.appendChild(span);
   }
-  scheduleDraw();
 }
 
 function onTranscript(ev) {
@@ -158,8 +181,7 @@ function onTranscript(ev) {
     tent.textContent = words.map((w) => w.w).join(" ");
   }
   view.tmax = Math.max(view.tmax, ev.t1);
-  const box = $("transcript");
-  box.scrollTop = box.scrollHeight;
+  dirty.scroll = true; // scrolled to the newest words once per animation frame
 }
 
 function cueName(cue) {
@@ -200,11 +222,13 @@ function onCue(ev) {
   chip.className = "chip";
   chip.dataset.modality = ev.modality;
   chip.title = cueTitle(ev);
+  chip.tabIndex = 0; // keyboard users reach the detail too (the title is hover only)
+  chip.setAttribute("aria-label", chip.title);
   chip.textContent = cueName(ev.cue) + (ev.detail && ev.modality === "text"
     ? " “" + ev.detail.slice(0, 40) + "”" : "") + " · " + ev.t0.toFixed(1) + " s";
   list.prepend(chip);
   while (list.children.length > 10) list.lastChild.remove();
-  summarizeCues();
+  dirty.summary = true;
   view.tmax = Math.max(view.tmax, ev.t1);
 }
 
@@ -240,10 +264,34 @@ let drawPending = false;
 function scheduleDraw() {
   if (drawPending) return;
   drawPending = true;
-  requestAnimationFrame(() => {
+  const run = () => {
+    if (!drawPending) return;
     drawPending = false;
-    draw();
-  });
+    render();
+  };
+  requestAnimationFrame(run);
+  setTimeout(run, 250); // a hidden tab gets no animation frames: keep its page current anyway
+}
+
+function renderNow() {
+  drawPending = false; // a scheduled render has nothing left to do
+  render();
+}
+
+// Everything events change on screen, once per animation frame: a replay of thousands of
+// events costs a few renders, not one forced layout per event.
+function render() {
+  if (view && dirty.summary) summarizeCues();
+  if (dirty.frame) showFrame(dirty.frame);
+  if (dirty.log) $("log").textContent = logLines.slice(-MAX_LOG_LINES).join("\n");
+  dirty.summary = dirty.log = false;
+  dirty.frame = null;
+  if (dirty.scroll) { // before draw(): the layout this reads is the one draw() reads too
+    const box = $("transcript");
+    box.scrollTop = box.scrollHeight;
+    dirty.scroll = false;
+  }
+  draw();
 }
 
 function timeRange() {
@@ -260,17 +308,26 @@ function svgEl(name, attrs, parent) {
 }
 
 function draw() {
-  drawPlot();
-  drawCues();
+  // every layout read first, then only writes: one layout per draw, however many cues
+  const style = getComputedStyle(document.documentElement);
+  const svg = $("plot");
+  const box = {
+    left: parseFloat(style.getPropertyValue("--label-w")),
+    right: parseFloat(style.getPropertyValue("--right-w")),
+    W: svg.clientWidth || 800,
+    H: svg.clientHeight || 230,
+    lanes: {},
+  };
+  for (const row of document.querySelectorAll("#cues .cue-row")) {
+    const lane = row.querySelector(".lane");
+    box.lanes[row.dataset.row] = { el: lane, width: lane.clientWidth };
+  }
+  drawPlot(svg, box);
+  drawCues(box);
 }
 
-function drawPlot() {
-  const svg = $("plot");
-  const style = getComputedStyle(document.documentElement);
-  const left = parseFloat(style.getPropertyValue("--label-w"));
-  const right = parseFloat(style.getPropertyValue("--right-w"));
-  const W = svg.clientWidth || 800;
-  const H = svg.clientHeight || 230;
+function drawPlot(svg, box) {
+  const { left, right, W, H } = box;
   const top = 10, bottom = 24;
   const [ta, tb] = timeRange();
   const x = (t) => left + (W - left - right) * (t - ta) / (tb - ta);
@@ -327,14 +384,10 @@ function drawPlot() {
   svgEl("circle", { class: "now", cx: x(f.t), cy: y(f.p), r: 4 }, svg);
 }
 
-function drawCues() {
+function drawCues(box) {
   const [ta, tb] = timeRange();
-  const lanes = {};
-  for (const row of document.querySelectorAll("#cues .cue-row")) {
-    const lane = row.querySelector(".lane");
-    lane.textContent = "";
-    lanes[row.dataset.row] = lane;
-  }
+  const lanes = box.lanes;
+  for (const lane of Object.values(lanes)) lane.el.textContent = "";
   for (const c of view ? view.cues : []) {
     const lane = lanes[c.modality] || lanes.cross;
     if (c.t1 < ta) continue;
@@ -347,38 +400,65 @@ function drawCues() {
     el.style.width = (100 * (c.t1 - a) / (tb - ta)).toFixed(2) + "%";
     el.style.opacity = (0.45 + 0.55 * c.strength).toFixed(2);
     el.title = cueTitle(c);
+    el.setAttribute("role", "img");
+    el.setAttribute("aria-label", el.title);
     // label only blocks wide enough to read it; narrow ones keep their hover text
-    if (lane.clientWidth * (c.t1 - a) / (tb - ta) >= 10 + 6.5 * cueName(c.cue).length) {
+    if (lane.width * (c.t1 - a) / (tb - ta) >= 10 + 6.5 * cueName(c.cue).length) {
       el.textContent = cueName(c.cue);
     }
-    lane.appendChild(el);
+    lane.el.appendChild(el);
   }
 }
 
 // ---------------------------------------------------------------- session
 
-function resetView(sid) {
+// A fresh view for session `sid`: nothing of the previous session stays on screen.
+// `keepFrames` (a resubscribe to the same session): the server replays the critical events
+// but never the frames, so the plot keeps what it had and the rest is rebuilt from the replay.
+function resetView(sid, keepFrames) {
+  const old = view;
   view = emptyView(sid);
+  if (keepFrames && old && old.sid === sid) {
+    view.frames = old.frames;
+    view.frameCount = old.frameCount;
+    view.tmax = old.frames.length ? old.frames[old.frames.length - 1].t : 0;
+  }
   $("committed").textContent = "";
   $("tentative").textContent = "";
   $("tentative")._words = [];
-  $("cue-list").innerHTML = '<span class="empty">No cues yet.</span>';
+  const none = document.createElement("span");
+  none.className = "empty";
+  none.textContent = "No cues yet.";
+  $("cue-list").replaceChildren(none);
   $("cues").dataset.count = "0";
   $("cue-summary").textContent = "";
-  $("plot").dataset.frames = "0";
+  $("plot").dataset.frames = String(view.frameCount);
+  logLines = [];
+  dirty.log = dirty.scroll = dirty.summary = false;
+  dirty.frame = null;
   $("log").textContent = "";
   $("decision").textContent = "–";
   $("decision").dataset.label = "";
   $("decision").dataset.final = "false";
+  $("decision-detail").textContent = WAITING;
+  const fill = $("gauge-fill");
+  fill.style.width = "0";
+  fill.className = "fill";
+  $("gauge-mark").style.left = "50%";
+  $("evidence").textContent = "";
+  if (!keepFrames) {
+    $("p").textContent = "p(t) –";
+    $("modalities").textContent = "";
+  }
   $("status").textContent = "";
   $("alert").hidden = true;
   $("session-id").textContent = sid;
   $("session-box").hidden = false;
-  const link = new URL(window.location.href);
-  link.search = "?session=" + encodeURIComponent(sid);
-  link.hash = "";
-  $("watch-link").href = link.toString();
-  draw();
+  const url = new URL(window.location.href);
+  url.search = "?session=" + encodeURIComponent(sid);
+  url.hash = "";
+  $("watch-link").href = url.toString();
+  renderNow(); // once per session (or resubscribe): the old plot and cues go at once
 }
 
 function eventsUrl(sid, tok) {
@@ -388,34 +468,101 @@ function eventsUrl(sid, tok) {
     (tok ? "?token=" + encodeURIComponent(tok) : "");
 }
 
+// Follow session `sid`'s events until session.ended. A socket that drops before then is
+// reopened with backoff ("live (reconnecting)"); the server replays the session's critical
+// events to it, so the view is rebuilt from them rather than appended to.
 function subscribe(sid, tok, liveState) {
-  const sock = new WebSocket(eventsUrl(sid, tok));
-  let opened = false;
+  unsubscribe();
+  link = { sid: sid, tok: tok, liveState: liveState, attempt: 0, timer: null, opened: false };
+  connect(link);
+}
+
+function unsubscribe() {
+  const sock = ws;
+  ws = null; // first: the socket's close handler then knows the close was asked for
+  if (sock) sock.close();
+  if (link && link.timer) clearTimeout(link.timer);
+  link = null;
+}
+
+function connect(l) {
+  const sock = new WebSocket(eventsUrl(l.sid, l.tok));
+  let openedAt = null;
   sock.onopen = () => {
-    opened = true;
-    setState(liveState);
-  };
-  sock.onmessage = (m) => onEvent(JSON.parse(m.data));
-  sock.onclose = () => {
     if (ws !== sock) return;
+    openedAt = Date.now();
+    if (l.opened) resetView(l.sid, true); // a resubscribe: the replay rebuilds the view
+    l.opened = true;
+    setState(l.liveState);
+  };
+  sock.onmessage = (m) => {
+    if (ws === sock) onEvent(JSON.parse(m.data), m.data);
+  };
+  sock.onclose = () => {
+    if (ws !== sock) return; // closed on purpose, or replaced
     ws = null;
-    if (!opened) explainRefusal(sid, tok);
-    else if (!view.ended) setState("ended", "disconnected");
+    if (link !== l) return;
+    if (view && view.ended) {
+      link = null;
+    } else if (!l.opened) {
+      link = null; // never connected: say why (token, unknown session, server down)
+      explainRefusal(l.sid, l.tok);
+    } else {
+      if (openedAt !== null && Date.now() - openedAt > STABLE_MS) l.attempt = 0;
+      retry(l, openedAt === null);
+    }
     finishUi();
   };
   ws = sock;
 }
 
-async function explainRefusal(sid, tok) {
+async function retry(l, failed) {
+  if (failed) {
+    // a refused resubscribe: an unknown session (gone) or a refused token will not come back
+    const status = await probe(l.sid, l.tok);
+    if (link !== l) return;
+    if (status === 401 || status === 403 || status === 404) {
+      link = null;
+      if (status === 404) setState("ended", "ended (disconnected)");
+      else explainRefusal(l.sid, l.tok);
+      giveUp();
+      return;
+    }
+  }
+  if (l.attempt >= MAX_RETRIES) {
+    link = null;
+    setState("ended", "ended (disconnected)");
+    giveUp();
+    return;
+  }
+  const delay = RETRY_MS[Math.min(l.attempt, RETRY_MS.length - 1)];
+  l.attempt++;
+  setState("reconnecting", l.liveState + " (reconnecting)");
+  l.timer = setTimeout(() => {
+    l.timer = null;
+    if (link === l) connect(l);
+  }, delay);
+}
+
+// The events are gone for good: never keep publishing a session the page no longer shows.
+function giveUp() {
+  if (pc) endPublishing().finally(finishUi);
+  finishUi();
+}
+
+async function probe(sid, tok) {
   // a refused websocket shows no status to scripts: ask the same URL over plain HTTP
-  let status = 0;
   try {
     const url = "/sessions/" + encodeURIComponent(sid) + "/events" +
       (tok ? "?token=" + encodeURIComponent(tok) : "");
-    status = (await fetch(url)).status;
+    return (await fetch(url)).status;
   } catch (e) {
-    status = 0;
+    return 0;
   }
+}
+
+async function explainRefusal(sid, tok) {
+  const status = await probe(sid, tok);
   if (status === 401) {
     setState("token", "token needed");
     showToken("This session needs its read token (or a service token).");
@@ -464,6 +611,22 @@ async function start() {
   $("start").disabled = true;
   $("tab-watch").disabled = true;
   setState("starting", "starting");
+  try {
+    if (await publish()) return;
+  } catch (e) {
+    setState("error", "error: " + e.message);
+  }
+  // refused or failed: camera and microphone off, and no session left behind on the server
+  // (the DELETE is sent, not waited for: a half-made session can take seconds to close)
+  const del = deleteSession(false);
+  if (del) del.catch(() => {});
+  releaseMedia();
+  finishUi();
+  $("tab-watch").disabled = false;
+}
+
+// Start publishing; true once live, false when the server refused (the state says why).
+async function publish() {
   if (!media) {
     media = await openMedia();
     $("preview").srcObject = media;
@@ -471,19 +634,26 @@ async function start() {
     $("preview-note").hidden = camera;
     if (!camera) $("preview-note").textContent = "Microphone only: no camera found.";
   }
-  pc = new RTCPeerConnection();
-  for (const track of media.getTracks()) pc.addTransceiver(track, { direction: "sendonly" });
-  await pc.setLocalDescription(await pc.createOffer());
-  await waitIce(pc);
+  const conn = new RTCPeerConnection();
+  pc = conn;
+  conn.onconnectionstatechange = () => {
+    // the media path to the server is gone: end the session, camera and microphone off
+    // (not while a Stop is under way: whipUrl is cleared when the DELETE is sent)
+    if (pc !== conn || !whipUrl || !["failed", "closed"].includes(conn.connectionState)) return;
+    showAlert("The media connection to the server " + (conn.connectionState === "failed"
+      ? "failed" : "closed") + ": publishing stopped.");
+    stop().catch((e) => setState("error", "error: " + e.message));
+  };
+  for (const track of media.getTracks()) conn.addTransceiver(track, { direction: "sendonly" });
+  await conn.setLocalDescription(await conn.createOffer());
+  await waitIce(conn);
   const ctx = $("context").value.trim();
   const headers = { "Content-Type": "application/sdp" };
   if (token()) headers.Authorization = "Bearer " + token();
   const resp = await fetch("/whip" + (ctx ? "?context=" + encodeURIComponent(ctx) : ""), {
-    method: "POST", headers: headers, body: pc.localDescription.sdp,
+    method: "POST", headers: headers, body: conn.localDescription.sdp,
   });
   if (resp.status !== 201) {
-    pc.close();
-    pc = null;
     if (resp.status === 401) {
       setState("token", token() ? "token refused" : "token needed");
       showToken(token() ? "The server refused this token." :
@@ -491,20 +661,20 @@ async function start() {
     } else {
       setState("error", "refused: " + resp.status + " " + (await resp.text()).trim());
     }
-    $("start").disabled = false;
-    $("tab-watch").disabled = false;
-    return;
+    return false;
   }
+  // from here on a session exists: a failure must DELETE it (start() does)
   whipUrl = new URL(resp.headers.get("Location"), window.location.href).toString();
   const sid = resp.headers.get("X-Ahstream-Session") || whipUrl.split("/").pop();
   readToken = resp.headers.get("X-Ahstream-Read-Token") || token() || null;
+  await conn.setRemoteDescription({ type: "answer", sdp: await resp.text() });
   if (token()) $("token-hint").textContent = "Publishing with this token.";
   $("read-token").value = readToken || "";
   $("read-token-row").hidden = !readToken;
-  await pc.setRemoteDescription({ type: "answer", sdp: await resp.text() });
   resetView(sid);
   subscribe(sid, readToken, "live");
   $("stop").disabled = false;
+  return true;
 }
 
 function deleteSession(keepalive) {
@@ -517,31 +687,62 @@ function deleteSession(keepalive) {
   });
 }
 
-function releaseMedia() {
+function previewNote() {
+  return $("tab-watch").getAttribute("aria-selected") === "true"
+    ? "Watching a session published elsewhere: no local camera."
+    : "Camera and microphone start when you press Start.";
+}
+
+// Camera and microphone off now (the peer connection stays until closePeer()).
+function stopTracks() {
   if (media) media.getTracks().forEach((t) => t.stop());
   media = null;
   $("preview").srcObject = null;
+  $("preview-note").textContent = previewNote();
   $("preview-note").hidden = false;
-  if (pc) pc.close();
-  pc = null;
+}
+
+function closePeer() {
+  const conn = pc;
+  pc = null; // first: closing fires no state change we should act on
+  if (conn) conn.close();
+}
+
+function releaseMedia() {
+  stopTracks();
+  closePeer();
   whipUrl = null;
+}
+
+// Stop publishing: tracks stop at once; the peer connection closes once the server has the
+// DELETE (closing it first could end the session as "connection closed" instead).
+async function endPublishing() {
+  const del = deleteSession(false);
+  stopTracks();
+  try {
+    if (del) await Promise.race([del, new Promise((resolve) => setTimeout(resolve, 5000))]);
+  } catch (e) {
+    // the server is unreachable: nothing more to tell it
+  } finally {
+    closePeer();
+    whipUrl = null;
+  }
 }
 
 async function stop() {
   $("stop").disabled = true;
-  setState("stopping", "finishing…");
-  try {
-    await deleteSession(false); // the final events still arrive on the websocket
-  } finally {
-    releaseMedia();
-    if (!ws) finishUi();
+  setState("stopping", "finishing…"); // the final events still arrive on the websocket
+  await endPublishing();
+  if (!ws && !link) { // no events to say how it ended (the socket was gone already)
+    if (!(view && view.ended)) setState("ended", "ended (stopped)");
+    finishUi();
   }
 }
 
 function watch() {
   const sid = $("watch-session").value.trim();
   if (!sid) return;
-  if (ws) ws.close();
+  unsubscribe();
   $("watch").disabled = true;
   $("unwatch").disabled = false;
   $("tab-publish").disabled = true;
@@ -553,9 +754,7 @@ function watch() {
 }
 
 function unwatch() {
-  const sock = ws;
-  ws = null;
-  if (sock) sock.close();
+  unsubscribe();
   setState("idle");
   finishUi();
 }
@@ -565,7 +764,7 @@ function finishUi() {
     $("start").disabled = false;
     $("stop").disabled = true;
   }
-  if (ws === null) {
+  if (ws === null && link === null) {
     $("watch").disabled = false;
     $("unwatch").disabled = true;
     $("tab-publish").disabled = false;
@@ -575,21 +774,34 @@ function finishUi() {
 
 function selectTab(name) {
   const watching = name === "watch";
-  $("tab-publish").setAttribute("aria-selected", String(!watching));
-  $("tab-watch").setAttribute("aria-selected", String(watching));
+  for (const [tab, selected] of [["tab-publish", !watching], ["tab-watch", watching]]) {
+    $(tab).setAttribute("aria-selected", String(selected));
+    $(tab).tabIndex = selected ? 0 : -1; // one tab stop; the arrow keys move between tabs
+  }
   $("publish-panel").hidden = watching;
   $("watch-panel").hidden = !watching;
-  $("preview-note").textContent = watching
-    ? "Watching a session published elsewhere: no local camera."
-    : "Camera and microphone start when you press Start.";
+  if (!media) $("preview-note").textContent = previewNote();
+}
+
+// Arrow keys (and Home/End) move between the enabled tabs and select them.
+function onTabKey(e) {
+  const tabs = [$("tab-publish"), $("tab-watch")].filter((t) => !t.disabled);
+  const i = tabs.indexOf(document.activeElement);
+  if (i < 0) return;
+  const n = tabs.length;
+  const next = { ArrowRight: i + 1, ArrowLeft: i - 1 + n, Home: 0, End: n - 1 }[e.key];
+  if (next === undefined) return;
+  e.preventDefault();
+  const tab = tabs[next % n];
+  tab.focus();
+  selectTab(tab === $("tab-watch") ? "watch" : "publish");
 }
 
 // ---------------------------------------------------------------- wiring
 
 $("start").onclick = () => start().catch((e) => {
   setState("error", "error: " + e.message);
-  if (pc) pc.close();
-  pc = null;
+  releaseMedia();
   finishUi();
   $("tab-watch").disabled = false;
 });
@@ -598,6 +810,7 @@ $("watch").onclick = watch;
 $("unwatch").onclick = unwatch;
 $("tab-publish").onclick = () => selectTab("publish");
 $("tab-watch").onclick = () => selectTab("watch");
+document.querySelector('[role="tablist"]').addEventListener("keydown", onTabKey);
 $("show-token").onclick = () => showToken("Enter a token if the server requires one.");
 $("copy-token").onclick = () => {
   const field = $("read-token");

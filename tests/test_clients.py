@@ -1,0 +1,395 @@
+"""`ahstream send` and `ahstream listen` when things go wrong: refusals, bad servers, Ctrl-C.
+
+A real `ahstream serve --token-file` process wherever it can show the behaviour; a small
+aiohttp server only for what a real server never does (a non-JSON event, an absolute
+Location, an unusable answer, a refused DELETE, a stream that stops early or goes silent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+import clients.listen
+import clients.send
+from clients.listen import ListenError, listen
+from clients.send import SendError, send_file
+from stream.cli import main
+from tests.conftest import ROOT, ServeProcess, http_request
+
+TOKEN = "svc-token-clients-Hk4"
+SECRET = "SECRET-wrong-token-7Qz"
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    """A server with tokens whose idle watchdog is far away: only a DELETE ends a session
+    within a few seconds."""
+    token_file = tmp_path_factory.mktemp("tokens") / "tokens"
+    token_file.write_text(f"{TOKEN}\n")
+    server = ServeProcess("--token-file", str(token_file), "--idle-timeout", "120")
+    yield server
+    output = server.stop()
+    assert SECRET not in output and TOKEN not in output
+
+
+def _media_less_session(srv: ServeProcess) -> tuple[str, str]:
+    """A session from a real offer with no media flowing: (session id, location)."""
+
+    async def offer() -> str:
+        pc = RTCPeerConnection()
+        pc.addTransceiver("audio", direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        await pc.close()
+        return pc.localDescription.sdp
+
+    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {TOKEN}"}
+    status, got = http_request(srv.url + "/whip", "POST", asyncio.run(offer()).encode(), headers)
+    assert status == 201
+    return got["X-Ahstream-Session"], got["Location"]
+
+
+def _delete(srv: ServeProcess, location: str) -> int:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    return http_request(srv.url + location, "DELETE", headers=headers)[0]
+
+
+@pytest.fixture(scope="module")
+def ended_session(srv):
+    """The id of a session ended by DELETE: its events (and read token) linger on."""
+    session_id, location = _media_less_session(srv)
+    assert _delete(srv, location) == 200
+    return session_id
+
+
+def _until(check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
+    """Poll ``check`` until it returns something true (or time is up: its last value)."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := check()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return value
+
+
+def _deleted(srv: ServeProcess) -> set[str]:
+    """Ids of the sessions the server closed because of a DELETE."""
+    return set(re.findall(r"session (\w+): closing \(deleted\)", srv.output))
+
+
+def _sessions(srv: ServeProcess) -> int:
+    return srv.health()["sessions"]
+
+
+def _cli(*args: Any) -> list[str]:
+    return [sys.executable, "-m", "stream.cli", *map(str, args)]
+
+
+def test_refused_subscription_is_one_line_and_ends_the_session(
+    srv, ended_session, audio_only_wav, tmp_path, monkeypatch, capsys
+):
+    # Subscribe to another session's events with this session's read token: the real
+    # server answers 403 on the websocket after it has accepted the call.
+    real_ws_url = clients.send.ws_url
+    monkeypatch.setattr(
+        clients.send,
+        "ws_url",
+        lambda base, _: real_ws_url(base, f"/sessions/{ended_session}/events"),
+    )
+    earlier = tmp_path / "events.jsonl"
+    earlier.write_text("an earlier recording\n")
+    before = _deleted(srv)
+    argv = ["send", audio_only_wav, "--url", srv.url, "--token", TOKEN, "--events", earlier]
+    assert main([*map(str, argv), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "ahstream send: events websocket refused: 403 Forbidden"
+    assert "Traceback" not in err
+    assert earlier.read_text() == "an earlier recording\n"  # opened only once subscribed
+    # the sender ended its session with DELETE: not the idle watchdog (120 s away)
+    assert len(_until(lambda: _deleted(srv) - before)) == 1
+    assert _until(lambda: _sessions(srv) == 0)
+
+
+def test_refused_offer_keeps_an_earlier_recording(srv, audio_only_wav, tmp_path):
+    earlier = tmp_path / "events.jsonl"
+    earlier.write_text("an earlier recording\n")
+    run = subprocess.run(
+        _cli("send", audio_only_wav, "--url", srv.url, "--events", earlier),  # no token: 401
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert run.stderr.startswith("ahstream send: server refused the offer: HTTP 401")
+    assert earlier.read_text() == "an earlier recording\n"
+
+
+async def test_failing_event_handler_ends_the_session(srv, audio_only_wav):
+    created: list[str] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        raise RuntimeError("a bug in the caller's handler")
+
+    with pytest.raises(SendError, match="event handler failed on a session.started event"):
+        await send_file(
+            audio_only_wav,
+            srv.url,
+            token=TOKEN,
+            on_event=on_event,
+            on_session=lambda sid, _: created.append(sid),
+        )
+    assert await asyncio.to_thread(_until, lambda: created[0] in _deleted(srv))
+    assert await asyncio.to_thread(_until, lambda: _sessions(srv) == 0)
+
+
+def test_ctrl_c_during_send_ends_the_session(srv, audio_only_wav, tmp_path):
+    events = tmp_path / "events.jsonl"
+    sender = subprocess.Popen(
+        _cli("send", audio_only_wav, "--url", srv.url, "--token", TOKEN, "--events", events),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        started = _until(lambda: events.exists() and events.read_text().strip(), 90)
+        assert started, "the sender never got going"
+        session_id = json.loads(started.splitlines()[0])["session"]
+        assert _sessions(srv) == 1
+        sender.send_signal(signal.SIGINT)
+        stdout, stderr = sender.communicate(timeout=60)
+    finally:
+        sender.kill()
+    assert sender.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == "ahstream send: interrupted"
+    assert stdout == ""
+    assert _until(lambda: session_id in _deleted(srv))  # ended by its DELETE
+    assert _until(lambda: _sessions(srv) == 0, 10)
+    # the DELETE returns once the session is finalized: its last event came in time
+    last = json.loads(events.read_text().splitlines()[-1])
+    assert last["type"] == "session.ended" and last["session"] == session_id
+    assert last["reason"] == "deleted"  # recorded before the tracks end with the connection
+
+
+def test_listen_refusals_are_plain_and_never_show_the_token(srv, ended_session):
+    url = f"{srv.url}/sessions/{ended_session}/events"
+    run = subprocess.run(
+        _cli("listen", f"{url}?token={SECRET}"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr == (
+        "ahstream listen: the server refused the subscription: 403 "
+        "(this token may not read this session)\n"
+    )
+
+    async def refusal(url: str) -> str:
+        with pytest.raises(ListenError) as err:
+            await listen(url, out=io.StringIO())
+        return str(err.value)
+
+    assert asyncio.run(refusal(url)) == (
+        "the server refused the subscription: 401 (a token is required: pass --token)"
+    )
+    unknown = f"{srv.url}/sessions/nope/events?token={SECRET}"
+    assert (
+        asyncio.run(refusal(unknown))
+        == "the server refused the subscription: 404 (no such session)"
+    )
+    out = io.StringIO()  # the service token reads it: its final events were kept
+    assert asyncio.run(listen(url, out=out, token=TOKEN)) is True
+    assert json.loads(out.getvalue().splitlines()[-1])["reason"] == "deleted"
+
+    run = subprocess.run(
+        _cli("listen", f"http://127.0.0.1:99999/sessions/x/events?token={SECRET}"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and run.stderr.startswith("ahstream listen: invalid URL: ")
+    assert SECRET not in run.stderr
+
+
+def test_ctrl_c_during_listen(srv, tmp_path):
+    session_id, location = _media_less_session(srv)
+    printed = tmp_path / "listen.jsonl"
+    try:
+        with printed.open("w") as out:
+            listener = subprocess.Popen(
+                _cli("listen", f"{srv.url}/sessions/{session_id}/events", "--token", TOKEN),
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert _until(lambda: printed.read_text().strip(), 90), "listen printed nothing"
+                listener.send_signal(signal.SIGINT)
+                _, stderr = listener.communicate(timeout=60)
+            finally:
+                listener.kill()
+    finally:
+        assert _delete(srv, location) == 200
+    assert listener.returncode == 130, stderr
+    assert stderr == "ahstream listen: interrupted\n"
+    assert json.loads(printed.read_text().splitlines()[0])["type"] == "session.started"
+
+
+# A small server for what a real one never does
+
+
+def _started() -> str:
+    return json.dumps({"v": 1, "type": "session.started", "session": "abc", "models": {}})
+
+
+class FakeServer:
+    """WHIP + events with a chosen misbehaviour; records the DELETEs it receives."""
+
+    def __init__(
+        self,
+        *,
+        events: str = "normal",
+        absolute_location: bool = False,
+        answer: str | None = None,
+        delete_status: int = 200,
+    ) -> None:
+        self.events = events  # normal | not_json | close | silent
+        self.absolute_location = absolute_location
+        self.answer = answer
+        self.delete_status = delete_status
+        self.deletes: list[tuple[str, str | None]] = []
+        self.deleted = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.pcs: list[RTCPeerConnection] = []
+        self.url = ""
+
+    async def whip(self, request: web.Request) -> web.Response:
+        pc = RTCPeerConnection()
+        self.pcs.append(pc)
+        await pc.setRemoteDescription(RTCSessionDescription(await request.text(), "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        location = "/resources/abc"
+        if self.absolute_location:
+            location = self.url + location
+        return web.Response(
+            status=201,
+            content_type="application/sdp",
+            text=self.answer if self.answer is not None else pc.localDescription.sdp,
+            headers={"Location": location, "X-Ahstream-Read-Token": "RT"},
+        )
+
+    async def delete(self, request: web.Request) -> web.Response:
+        self.deletes.append((request.path, request.headers.get("Authorization")))
+        if self.delete_status != 200:
+            return web.Response(status=self.delete_status, text="unknown session\n")
+        self.deleted.set()
+        return web.Response(status=200)
+
+    async def subscribe(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=self.events != "silent")
+        await ws.prepare(request)
+        await ws.send_str(_started())
+        if self.events == "close":
+            await ws.close()
+            return ws
+        if self.events == "not_json":
+            await ws.send_str("not json")
+        done = asyncio.ensure_future(self.deleted.wait())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait([done, stop], return_when=asyncio.FIRST_COMPLETED)
+        done.cancel()
+        stop.cancel()
+        if self.deleted.is_set() and not ws.closed:
+            ended = {"v": 1, "type": "session.ended", "session": "abc", "reason": "deleted"}
+            await ws.send_str(json.dumps({**ended, "duration": 1.0}))
+        await ws.close()
+        return ws
+
+
+@contextlib.asynccontextmanager
+async def fake_server(**behaviour: Any) -> AsyncIterator[FakeServer]:
+    fake = FakeServer(**behaviour)
+    app = web.Application()
+    app.router.add_post("/whip", fake.whip)
+    app.router.add_delete("/resources/{id}", fake.delete)
+    app.router.add_get("/sessions/{id}/events", fake.subscribe)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield fake
+    finally:
+        fake.stopping.set()
+        for pc in fake.pcs:
+            await pc.close()
+        await runner.cleanup()
+
+
+async def test_absolute_location_is_where_the_delete_goes(audio_only_wav):
+    async with fake_server(absolute_location=True) as fake:
+        events = await send_file(audio_only_wav, fake.url, duration_s=1.0)
+    assert events[-1]["type"] == "session.ended"
+    assert fake.deletes == [("/resources/abc", "Bearer RT")]
+
+
+async def test_non_json_event_is_a_send_error_and_the_session_is_deleted(audio_only_wav):
+    async with fake_server(events="not_json") as fake:
+        with pytest.raises(SendError, match="the server sent an event that is not JSON"):
+            await send_file(audio_only_wav, fake.url)
+    assert fake.deletes == [("/resources/abc", "Bearer RT")]
+
+
+async def test_unusable_answer_is_a_send_error_and_the_session_is_deleted(audio_only_wav):
+    async with fake_server(answer="v=0\r\nthis is no answer\r\n") as fake:
+        with pytest.raises(SendError, match="unusable SDP answer"):
+            await send_file(audio_only_wav, fake.url)
+    assert fake.deletes == [("/resources/abc", "Bearer RT")]
+
+
+async def test_refused_delete_is_a_send_error(audio_only_wav, monkeypatch):
+    monkeypatch.setattr(clients.send, "CLEANUP_TIMEOUT_S", 0.5)
+    async with fake_server(delete_status=404) as fake:
+        with pytest.raises(SendError, match=r"\(DELETE\) failed: 404 Not Found: unknown session"):
+            await send_file(audio_only_wav, fake.url, duration_s=1.0)
+    assert fake.deletes == [("/resources/abc", "Bearer RT")]  # sent once, not retried
+
+
+async def test_listen_exits_1_when_the_stream_stops_before_session_ended():
+    async with fake_server(events="close") as fake:
+        proc = await asyncio.create_subprocess_exec(
+            *_cli("listen", f"{fake.url}/sessions/abc/events"),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 1
+    assert json.loads(stdout)["type"] == "session.started"
+    assert stderr.decode() == "ahstream listen: the event stream ended before session.ended\n"
+
+
+async def test_listen_gives_up_on_a_silent_connection(monkeypatch):
+    monkeypatch.setattr(clients.listen, "HEARTBEAT_S", 0.5)  # the server answers no ping
+    async with fake_server(events="silent") as fake:
+        out = io.StringIO()
+        ended = await asyncio.wait_for(listen(f"{fake.url}/sessions/abc/events", out=out), 60)
+    assert ended is False and json.loads(out.getvalue())["type"] == "session.started"
