@@ -83,6 +83,7 @@ DOM_STATE = """(() => {
     decision: q('#decision').textContent,
     label: q('#decision').dataset.label,
     final: q('#decision').dataset.final,
+    announced: q('#decision-announce').textContent,
     videoLive: q('#preview').srcObject !== null && q('#preview').videoWidth > 0,
     previewNote: !q('#preview-note').hidden,
   };
@@ -107,6 +108,7 @@ DECISION_CARD = """(() => {
   return {
     decision: q('#decision').textContent, label: q('#decision').dataset.label,
     final: q('#decision').dataset.final, detail: q('#decision-detail').textContent,
+    announced: q('#decision-announce').textContent,
     gauge: q('#gauge-fill').style.width, gaugeClass: q('#gauge-fill').className,
     mark: q('#gauge-mark').style.left, evidence: q('#evidence').textContent,
     p: q('#p').textContent, modalities: q('#modalities').children.length,
@@ -442,6 +444,8 @@ async def test_page_publishes_camera_and_mic_and_shows_the_live_signal(
         assert live["videoLive"] and not live["previewNote"], "the camera preview shows no video"
         assert live["points"] >= 0.9 * min(live["frames"], 600) and live["threshold"]
         assert live["decision"] in ("A/H", "no A/H") and live["final"] == "false"
+        # Screen readers hear the decision when it changes, not the p of every video event.
+        assert live["announced"] == "Running decision: " + live["decision"]
         reference = {_norm(w) for part in ANSWER for w in part.split()}
         heard = [_norm(w) for w in live["committed"]]
         assert sum(w in reference for w in heard) >= 0.8 * len(heard), heard
@@ -477,6 +481,7 @@ async def test_page_publishes_camera_and_mic_and_shows_the_live_signal(
         end = await page.wait("the end", lambda d: d["state"] == "ended", 20)
         assert end["stateText"] == "ended (deleted)" and not end["videoLive"]
         assert end["final"] == "true" and end["label"] in ("0", "1")
+        assert end["announced"] == "Final decision: " + end["decision"]
         watched = await watcher.wait("the end", lambda d: d["state"] == "ended", 10)
         await screenshot(page, "page-ended.png")
         await asyncio.wait_for(collector, 10)
@@ -497,6 +502,7 @@ async def test_page_publishes_camera_and_mic_and_shows_the_live_signal(
             "label": "",
             "final": "false",
             "detail": "Waiting for a session.",
+            "announced": "",
             "gauge": "0px",
             "gaugeClass": "fill",
             "mark": "50%",

@@ -246,6 +246,9 @@ function onVideo(ev) {
   d.textContent = ev.label ? "A/H" : "no A/H";
   d.dataset.label = String(ev.label);
   d.dataset.final = String(!!ev.final);
+  const said = (ev.final ? "Final decision: " : "Running decision: ") + (ev.label ? "A/H" : "no A/H");
+  const live = $("decision-announce");
+  if (live.textContent !== said) live.textContent = said;
   $("decision-detail").textContent = "p = " + ev.p.toFixed(2) + (ev.label ? " ≥ " : " < ") +
     "threshold " + ev.threshold.toFixed(2) + " · " + (ev.final ? "final" : "running, at " +
     ev.t.toFixed(0) + " s");
@@ -441,6 +444,7 @@ function resetView(sid, keepFrames) {
   $("decision").dataset.label = "";
   $("decision").dataset.final = "false";
   $("decision-detail").textContent = WAITING;
+  $("decision-announce").textContent = "";
   const fill = $("gauge-fill");
   fill.style.width = "0";
   fill.className = "fill";
