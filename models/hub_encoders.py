@@ -14,8 +14,10 @@ built from ``export_onnx``) plus the numpy pre/post-processing around it:
   states over the frames that hold audio; ``encode_frames(audios) -> (states [B, F, dim],
   frame_mask [B, F])`` is for a trainable ``MaskedAttentionPool``. Clips are normalised
   (zero mean, unit variance) when ``.normalize``: the ``do_normalize`` of the model's
-  ``preprocessor_config.json`` unless ``from_pretrained(normalize=...)`` says (a model
-  without that config normalises, with a warning). Padding changes nothing:
+  ``preprocessor_config.json`` unless ``from_pretrained(normalize=...)`` says; a model
+  without that config normalises exactly when its feature extractor uses LayerNorm
+  (``feat_extract_norm == "layer"``, how fairseq trained the large models; the
+  GroupNorm base models were trained on raw audio), with a warning. Padding changes nothing:
   the base model's GroupNorm feature layer takes its statistics over valid frames only
   (HuggingFace's forward takes them over the padding too) and attention ignores padding.
 - ``TextEmotionEncoder`` — RoBERTa fine-tuned on GoEmotions (default
@@ -417,21 +419,25 @@ class SpeechEncoder(_HubEncoder):
 
         ``normalize`` (zero-mean unit-variance clips) None means the ``do_normalize`` of the
         model's preprocessor config, from the same place as the weights; a model without one
-        normalises, with a warning. A full-profile checkpoint records the value it was
-        trained with and passes it here (`models.train_full.weights_encoders`).
+        normalises when its feature extractor uses LayerNorm (fairseq's large models) and
+        not with GroupNorm (the base models), with a warning. A full-profile checkpoint
+        records the value it was trained with and passes it here
+        (`models.train_full.weights_encoders`).
         """
         from transformers import HubertModel
 
         model = _load(HubertModel, id_or_path, cls.__name__, local_files_only=local_files_only)
         if normalize is None:
-            found = _do_normalize(id_or_path, local_files_only)
-            if found is None:
+            normalize = _do_normalize(id_or_path, local_files_only)
+            if normalize is None:
+                norm = getattr(model.config, "feat_extract_norm", "group")
+                normalize = norm == "layer"
                 warnings.warn(
-                    f"SpeechEncoder: {id_or_path} has no {PREPROCESSOR_CONFIG} with do_normalize:"
-                    " normalising the input (do_normalize=True); pass normalize= to choose",
+                    f"SpeechEncoder: {id_or_path} has no {PREPROCESSOR_CONFIG} with do_normalize;"
+                    f" its feature extractor uses {norm} norm, so do_normalize={normalize} (as"
+                    " fairseq trained it); pass normalize= to choose",
                     stacklevel=2,
                 )
-            normalize = True if found is None else found
         return cls(model.to(device).eval(), str(id_or_path), device, normalize)
 
     def frames_for(self, samples: int) -> int:

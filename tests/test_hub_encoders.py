@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -172,7 +173,8 @@ def test_speech_normalisation_comes_from_the_model_files(
     paths: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``do_normalize`` is read where the weights are (``~`` expanded); a model without a
-    preprocessor config normalises with a warning; ``normalize=`` overrides both."""
+    preprocessor config normalises, with a warning, exactly when its feature extractor uses
+    LayerNorm (fairseq's convention); ``normalize=`` overrides both."""
     import shutil
     import warnings
 
@@ -191,8 +193,12 @@ def test_speech_normalisation_comes_from_the_model_files(
         assert SpeechEncoder.from_pretrained("~/raw", normalize=True).normalize is True
         assert SpeechEncoder.from_pretrained(paths["audio"]).normalize is True  # tiny: config
     (tmp_path / "raw" / "preprocessor_config.json").unlink()
-    with pytest.warns(UserWarning, match="no preprocessor_config.json"):
-        assert SpeechEncoder.from_pretrained("~/raw").normalize is True
+    config = json.loads((tmp_path / "raw" / "config.json").read_text())
+    for norm, expected in (("group", False), ("layer", True)):
+        config["feat_extract_norm"] = norm
+        (tmp_path / "raw" / "config.json").write_text(json.dumps(config))
+        with pytest.warns(UserWarning, match=f"no preprocessor_config.json.*{norm} norm"):
+            assert SpeechEncoder.from_pretrained("~/raw").normalize is expected
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert SpeechEncoder.from_pretrained("~/raw", normalize=False).normalize is False
