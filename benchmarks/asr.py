@@ -8,7 +8,9 @@ The harness has two coroutines sharing an `AudioRing` and a `VadTimeline`:
   as soon as the ring and VAD reach t, then ``asr.flush`` at the end.
 
 Commit latency of a word = wall time its step returned minus the wall time at
-which the audio up to the word's end was fed. rtf = compute seconds / audio seconds.
+which the audio up to the word's end was fed. rtf = summed wall time of the ASR
+steps (each in its executor thread) / audio seconds: the compute time on an idle
+machine, more on a loaded one (the results record the load average).
 
 Run: ``python -m benchmarks.asr --librivox --out benchmarks/results/asr_librivox.json``
 or ``python -m benchmarks.asr FILE.wav --reference REF.txt``.
@@ -21,7 +23,6 @@ import asyncio
 import bisect
 import json
 import os
-import platform
 import re
 import sys
 import time
@@ -32,6 +33,8 @@ from typing import Any
 import av
 import numpy as np
 
+from benchmarks.live import machine
+from benchmarks.output import finite, run_info, write_json
 from models.wer import wer as word_error_rate
 from models.whisper import load_whisper
 from stream.asr import IncrementalASR
@@ -56,6 +59,8 @@ def load_audio(source: AudioSource) -> np.ndarray:
     for path in paths:
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise ValueError(f"{path}: no audio stream")
             for frame in container.decode(audio=0):
                 parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
             parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
@@ -71,12 +76,16 @@ def clean_reference(text: str) -> str:
 def librivox_clip(directory: Path = LIBRIVOX_DIR) -> tuple[list[Path], str]:
     """The 5 LibriVox wavs (sorted) and their reference text (no <s>, </s>, ids)."""
     wavs = sorted(directory.glob("*.wav"))
+    if not wavs or not (directory / "transcription").is_file():
+        raise FileNotFoundError(
+            f"no LibriVox clip in {directory}: install Debian's pocketsphinx-testdata"
+        )
     return wavs, clean_reference((directory / "transcription").read_text())
 
 
-def _stats(xs: list[float]) -> dict[str, float]:
+def _stats(xs: list[float]) -> dict[str, float | None]:
     if not xs:
-        return {"mean": float("nan"), "p50": float("nan"), "p95": float("nan"), "max": float("nan")}
+        return {"mean": None, "p50": None, "p95": None, "max": None}
     a = np.asarray(xs, dtype=np.float64)
     return {
         "mean": round(float(a.mean()), 3),
@@ -208,8 +217,9 @@ def plot_commit_latency(result: dict[str, Any], png: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 3.2))
     ax.plot(pts[:, 0], pts[:, 1], "o", ms=3, label="committed word")
     lat = result["commit_latency_s"]
-    ax.axhline(lat["p50"], color="tab:green", lw=1, label=f"p50 {lat['p50']:.2f} s")
-    ax.axhline(lat["p95"], color="tab:red", lw=1, label=f"p95 {lat['p95']:.2f} s")
+    for key, color in (("p50", "tab:green"), ("p95", "tab:red")):
+        if lat[key] is not None:
+            ax.axhline(lat[key], color=color, lw=1, label=f"{key} {lat[key]:.3f} s")
     ax.set_xlabel("word end (media s)")
     ax.set_ylabel("commit latency (s)")
     wer = result.get("wer")
@@ -242,31 +252,35 @@ def main(argv: list[str] | None = None) -> int:
         help="IncrementalASR option override (JSON value)",
     )
     a = p.parse_args(argv)
-    if a.librivox:
-        wavs, ref = librivox_clip()
-        source: AudioSource = wavs
-    else:
-        if not a.wav or not a.reference:
-            p.error("give WAV files and --reference, or --librivox")
-        source, ref = a.wav, Path(a.reference).read_text()
-    opts = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
-    model = load_whisper(cpu_threads=a.threads)
-    load_before = os.getloadavg()[0]
-    result = run_asr_bench(
-        source, ref, realtime=not a.offline, model=model, return_hypothesis=True, **opts
-    )
+    try:
+        if a.librivox:
+            wavs, ref = librivox_clip()
+            source: AudioSource = wavs
+        else:
+            if not a.wav or not a.reference:
+                p.error("give WAV files and --reference, or --librivox")
+            source, ref = a.wav, Path(a.reference).read_text()
+        opts = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
+        model = load_whisper(cpu_threads=a.threads)
+        load_before = os.getloadavg()[0]
+        result = run_asr_bench(
+            source, ref, realtime=not a.offline, model=model, return_hypothesis=True, **opts
+        )
+    except (OSError, ValueError, av.error.FFmpegError) as exc:
+        p.exit(1, f"{p.prog}: {exc}\n")
     hypothesis = result.pop("hypothesis")
     if a.show:
         print(hypothesis, file=sys.stderr)
     result["cpu_threads"] = a.threads
     result["load_avg_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
-    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    result["machine"] = machine()
     args = argv if argv is not None else sys.argv[1:]
     result["command"] = "python -m benchmarks.asr " + " ".join(args)
+    result["run"] = run_info(result["command"])
     if a.out:
-        Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(result, a.out)
         plot_commit_latency(result, Path(a.out).with_suffix(".png"))
-    print(json.dumps(result))
+    print(json.dumps(finite(result)))
     return 0
 
 

@@ -9,12 +9,26 @@ browser publishes the same codecs. Each published video packet's media time
 and the wall time it left for the peer connection are recorded, so the
 latency of every analysed frame can be measured to the frame event that a
 websocket subscriber receives for it (same machine, same monotonic clock).
+
+Clips above ``fps_cap`` are capped by dropping frames, not slowed down: the
+prepared video lasts as long as the source and stays in sync with its audio.
+
+When the clip runs out, the publisher waits 0.5 s for the last frames in
+flight and then closes the session. The server cannot know before the close
+that no newer frame will come, so the session's closing tick analyses the last
+frame only then: that frame event's latency is the publisher's 0.5 s, not the
+server's, and `Publication.matched_frames` leaves it out.
+
+Result dicts hold no NaN or infinity (`benchmarks.output.finite`): a value that does not
+exist is None.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
+import math
 import os
 import socket
 import subprocess
@@ -36,6 +50,8 @@ from aiortc.contrib.media import MediaPlayer
 from clients.send import ws_url
 
 __all__ = [
+    "MatchedFrame",
+    "PeakRss",
     "Publication",
     "ServerProcess",
     "machine",
@@ -80,8 +96,70 @@ def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float |
     return out
 
 
+class _FrameGrid:
+    """Frame-rate cap by dropping: output frame k is the first source frame at or after
+    media time k/rate (within one output interval), so the video keeps its duration."""
+
+    def __init__(self, rate: Fraction) -> None:
+        self.rate = rate
+        self._t0: float | None = None
+        self._next = 0
+
+    def slot(self, t: float) -> int | None:
+        """Output index (pts in 1/rate) of the source frame at media time ``t``; None: drop."""
+        if self._t0 is None:
+            self._t0 = t
+        k = math.floor((t - self._t0) * self.rate + 0.01)
+        if k < self._next:
+            return None
+        self._next = k + 1
+        return k
+
+
+def _capped_rate(v_in: Any, fps_cap: float) -> Fraction:
+    """The source's frame rate (25 when unknown), at most ``fps_cap``."""
+    rate = Fraction(v_in.average_rate or 25)
+    return min(rate, Fraction(fps_cap).limit_denominator(1000))
+
+
+def _video_stream(out: Any, v_in: Any, rate: Fraction) -> Any:
+    v_out = out.add_stream("libx264", rate=rate)
+    v_out.width = v_in.codec_context.width // 2 * 2
+    v_out.height = v_in.codec_context.height // 2 * 2
+    v_out.pix_fmt = "yuv420p"
+    v_out.options = {
+        "preset": "veryfast",
+        "tune": "zerolatency",
+        "profile": "baseline",
+        "bf": "0",
+        "g": str(int(round(float(rate)))),
+        "repeat-headers": "1",
+    }
+    return v_out
+
+
+def _audio_stream(out: Any) -> Any:
+    a_out = out.add_stream("libopus", rate=48000)
+    a_out.layout = "stereo"
+    a_out.options = {"frame_duration": "20", "application": "voip"}
+    return a_out
+
+
+def _encode_video(v_out: Any, grid: _FrameGrid, frame: av.VideoFrame, t: float) -> list[Any]:
+    """Packets of source frame ``frame`` (media time ``t``) on the output grid; [] if dropped."""
+    k = grid.slot(t)
+    if k is None:
+        return []
+    frame = frame.reformat(format="yuv420p", width=v_out.width, height=v_out.height)
+    frame.pts = k
+    frame.time_base = 1 / grid.rate
+    return v_out.encode(frame)
+
+
 def prepare_clip(src: str | Path, out_dir: str | Path, fps_cap: float = 30.0) -> Path:
-    """Transcode ``src`` once to H.264 + Opus in MPEG-TS, ready for packet passthrough."""
+    """Transcode ``src`` once to H.264 + Opus in MPEG-TS, ready for packet passthrough.
+
+    Video above ``fps_cap`` frames per second is capped by dropping frames (`_FrameGrid`)."""
     src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"no such file: {src}")
@@ -91,36 +169,18 @@ def prepare_clip(src: str | Path, out_dir: str | Path, fps_cap: float = 30.0) ->
         a_in = next(iter(inp.streams.audio), None)
         if v_in is None and a_in is None:
             raise ValueError(f"{src} has no audio or video")
-        v_out = a_out = None
+        v_out = grid = None
         if v_in is not None:
-            rate = v_in.average_rate or Fraction(25)
-            rate = min(Fraction(rate), Fraction(fps_cap).limit_denominator(1000))
-            v_out = out.add_stream("libx264", rate=rate)
-            v_out.width = v_in.codec_context.width // 2 * 2
-            v_out.height = v_in.codec_context.height // 2 * 2
-            v_out.pix_fmt = "yuv420p"
-            v_out.options = {
-                "preset": "veryfast",
-                "tune": "zerolatency",
-                "profile": "baseline",
-                "bf": "0",
-                "g": str(int(round(float(rate)))),
-                "repeat-headers": "1",
-            }
-        if a_in is not None:
-            a_out = out.add_stream("libopus", rate=48000)
-            a_out.layout = "stereo"
-            a_out.options = {"frame_duration": "20", "application": "voip"}
-            resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000)
-        streams = [s for s in (v_in, a_in) if s is not None]
-        n_video = 0
-        for frame in inp.decode(*streams):
-            if isinstance(frame, av.VideoFrame) and v_out is not None:
-                frame = frame.reformat(format="yuv420p", width=v_out.width, height=v_out.height)
-                frame.pts = n_video
-                frame.time_base = 1 / rate
-                n_video += 1
-                out.mux(v_out.encode(frame))
+            grid = _FrameGrid(_capped_rate(v_in, fps_cap))
+            v_out = _video_stream(out, v_in, grid.rate)
+        a_out = None if a_in is None else _audio_stream(out)
+        resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000)
+        n_src = 0
+        for frame in inp.decode(*[s for s in (v_in, a_in) if s is not None]):
+            if isinstance(frame, av.VideoFrame) and v_out is not None and grid is not None:
+                t = frame.time if frame.time is not None else n_src / float(v_in.average_rate or 25)
+                n_src += 1
+                out.mux(_encode_video(v_out, grid, frame, t))
             elif isinstance(frame, av.AudioFrame) and a_out is not None:
                 for f in resampler.resample(frame):
                     f.pts = None
@@ -132,7 +192,7 @@ def prepare_clip(src: str | Path, out_dir: str | Path, fps_cap: float = 30.0) ->
 
 
 class _TimedTrack(MediaStreamTrack):
-    """Relays a player track and records when each video packet left for the sender."""
+    """Relays a player track and records when each of its packets left for the sender."""
 
     def __init__(self, inner: MediaStreamTrack, sent: list[tuple[float, float]]) -> None:
         super().__init__()
@@ -143,7 +203,7 @@ class _TimedTrack(MediaStreamTrack):
 
     async def recv(self) -> Any:
         data = await self._inner.recv()
-        if self.kind == "video" and data.pts is not None and data.time_base is not None:
+        if data.pts is not None and data.time_base is not None:
             t = float(data.pts * data.time_base)
             if self._t0 is None:
                 self._t0 = t
@@ -155,34 +215,66 @@ class _TimedTrack(MediaStreamTrack):
         self._inner.stop()
 
 
+@dataclass(frozen=True)
+class MatchedFrame:
+    """A frame event matched to the video packet it analysed."""
+
+    t: float  # media time of the tick
+    latency: float  # seconds from the packet leaving the sender to the event arriving
+    lags: dict[str, float]  # the server's stage lags of the event
+
+
+def _nearest(ts: list[float], t: float, tolerance: float = 1e-3) -> int | None:
+    """Index of the value of sorted ``ts`` closest to ``t``, if within ``tolerance``."""
+    i = bisect.bisect_left(ts, t)
+    near = [j for j in (i - 1, i) if 0 <= j < len(ts) and abs(ts[j] - t) <= tolerance]
+    return min(near, key=lambda j: abs(ts[j] - t), default=None)
+
+
 @dataclass
 class Publication:
-    """One published session: what was sent when, and every event received (with wall time)."""
+    """One published session: what was sent when, and every event received (with wall time).
+
+    ``ended_at`` is when the clip ran out (None when the publisher stopped it early),
+    ``closed_at`` when the publisher closed the session."""
 
     session_id: str = ""
     sent: list[tuple[float, float]] = field(default_factory=list)  # (video media t, wall)
+    sent_audio: list[tuple[float, float]] = field(default_factory=list)  # (audio media t, wall)
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (wall, event)
     error: str | None = None
+    ended_at: float | None = None
+    closed_at: float | None = None
 
     def frames(self) -> list[tuple[float, dict[str, Any]]]:
         return [(w, e) for w, e in self.events if e.get("type") == "frame"]
 
-    def frame_latencies(self) -> list[float]:
-        """Seconds from each analysed video frame leaving the sender to its frame event."""
-        sent = dict(self.sent)
+    def _closing_tick(self, frames: list[tuple[float, dict[str, Any]]]) -> int | None:
+        """Index of the session's closing tick when it ran only because the publisher closed
+        the session after the clip ran out (its frame waited for the close)."""
+        if not frames or self.ended_at is None or self.closed_at is None:
+            return None
+        return len(frames) - 1 if frames[-1][0] >= self.closed_at else None
+
+    def matched_frames(self) -> list[MatchedFrame]:
+        """Every analysed frame event whose ``video_t`` names a sent video packet (within a
+        millisecond), with its latency; the closing tick after the clip ran out is left out
+        (its wait is the publisher's, see the module docstring)."""
+        ts = sorted(t for t, _ in self.sent)
+        walls = dict(self.sent)
+        frames = self.frames()
+        closing = self._closing_tick(frames)
         out = []
-        for wall, e in self.frames():
+        for i, (wall, e) in enumerate(frames):
             vt = e.get("video_t")
-            if vt is None:
-                continue
-            left = sent.get(round(vt, 4))
-            if left is None:  # pts rounding: take the closest frame within a millisecond
-                near = min(sent, key=lambda k: abs(k - vt), default=None)
-                if near is None or abs(near - vt) > 1e-3:
-                    continue
-                left = sent[near]
-            out.append(wall - left)
+            j = None if vt is None or i == closing else _nearest(ts, vt)
+            if j is not None:
+                out.append(MatchedFrame(e["t"], wall - walls[ts[j]], e.get("lags", {})))
         return out
+
+    def frame_latencies(self) -> list[float]:
+        """Seconds from each matched video frame leaving the sender to its frame event."""
+        return [m.latency for m in self.matched_frames()]
 
 
 async def publish(
@@ -195,7 +287,7 @@ async def publish(
     tracks = []
     for inner in (player.audio, player.video):
         if inner is not None:
-            track = _TimedTrack(inner, pub.sent)
+            track = _TimedTrack(inner, pub.sent if inner.kind == "video" else pub.sent_audio)
             tracks.append(track)
             transceiver = pc.addTransceiver(track, direction="sendonly")
             if track.kind == "video":  # the packets are H.264: offer only that
@@ -233,9 +325,11 @@ async def publish(
             track._inner.on("ended", ended.set)
         try:
             await asyncio.wait_for(ended.wait(), timeout=duration_s)
+            pub.ended_at = time.monotonic()
         except TimeoutError:
             pass
         await asyncio.sleep(0.5)  # the last frames are in flight
+        pub.closed_at = time.monotonic()
         async with http.delete(url.rstrip("/") + location):
             pass
         try:
@@ -296,9 +390,10 @@ class ServerProcess:
                     pass
         return out
 
-    def rss_mb(self) -> float:
+    def rss_mb(self) -> float | None:
         """Resident memory of the server's processes in MB (summed: pages they share count
-        once per process, so this overstates a multi-process server a little)."""
+        once per process, so this overstates a multi-process server a little); None when
+        none can be read."""
         total = 0
         for pid in self.pids():
             try:
@@ -307,7 +402,7 @@ class ServerProcess:
                         total += int(line.split()[1])
             except OSError:
                 pass
-        return total / 1024 if total else float("nan")
+        return total / 1024 if total else None
 
     def cpu_s(self) -> float:
         """User + system CPU seconds the server's live processes have used."""
@@ -334,3 +429,40 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class PeakRss:
+    """Peak `ServerProcess.rss_mb` while inside ``async with`` (sampled every ``every_s``
+    and once at the end); ``peak_mb`` stays None without a server or a reading."""
+
+    def __init__(self, server: ServerProcess | None, every_s: float = 0.5) -> None:
+        self._server = server
+        self._every_s = every_s
+        self._stop: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.peak_mb: float | None = None
+
+    def _sample(self) -> None:
+        mb = None if self._server is None else self._server.rss_mb()
+        if mb is not None and (self.peak_mb is None or mb > self.peak_mb):
+            self.peak_mb = mb
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._sample()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self._every_s)
+            except TimeoutError:
+                pass
+
+    async def __aenter__(self) -> PeakRss:
+        if self._server is not None:
+            self._stop = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(self._stop))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._stop is not None and self._task is not None:
+            self._stop.set()
+            await self._task
+            self._sample()

@@ -1,13 +1,36 @@
-"""Where benchmark results go: one JSON file and one PNG per benchmark."""
+"""Where benchmark results go: one JSON file and one PNG per benchmark, with how they were made."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["pyplot", "save_result"]
+__all__ = ["finite", "pyplot", "run_info", "save_result", "write_json"]
+
+# Packages whose versions change the numbers (absent ones are left out).
+PACKAGES = (
+    "ahstream",
+    "numpy",
+    "onnxruntime",
+    "torch",
+    "faster-whisper",
+    "ctranslate2",
+    "mediapipe",
+    "aiortc",
+    "av",
+)
+# Environment variables the README's benchmark commands set or that change threading.
+ENV_VARS = ("MALLOC_ARENA_MAX", "OMP_NUM_THREADS")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def pyplot() -> Any:
@@ -20,16 +43,84 @@ def pyplot() -> Any:
     return plt
 
 
+def _commit() -> str | None:
+    """The checkout's commit (``+dirty`` with uncommitted changes); None outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "") if head else None
+
+
+def run_info(command: str | None = None) -> dict[str, Any]:
+    """When, from which code and how a result was made: UTC date, commit, Python and package
+    versions, the command line (default: this process's), the set environment variables of
+    ``ENV_VARS`` and the 1-minute load average of this machine (a loaded machine measures
+    slower)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    if command is None:
+        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": _commit(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "command": command,
+        "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (at any depth) replaced by None: strict JSON
+    has no NaN/Infinity, and a value that does not exist is ``null``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    """Write ``result`` as strict JSON (NaN/inf as null), indented, to ``path``."""
+    path = Path(path)
+    path.write_text(json.dumps(finite(result), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
 def save_result(
     result: dict[str, Any],
     out_dir: str | Path | None,
     name: str,
     plot: Callable[[dict[str, Any], Path], None],
 ) -> None:
-    """Write ``out_dir/<name>.json`` and the plot ``out_dir/<name>.png`` (nothing if None)."""
+    """Write ``out_dir/<name>.json`` and the plot ``out_dir/<name>.png`` (nothing if None).
+
+    The JSON gets a ``run`` block (`run_info`) unless ``result`` has one."""
     if out_dir is None:
         return
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    result.setdefault("run", run_info())
+    write_json(result, out / f"{name}.json")
     plot(result, out / f"{name}.png")

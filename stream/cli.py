@@ -1012,10 +1012,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         reference = Path(reference_file).read_text(encoding="utf-8") if reference_file else None
         if args.bench == "asr":
             from benchmarks.asr import plot_commit_latency, run_asr_bench
+            from benchmarks.live import machine
+            from benchmarks.output import run_info, write_json
 
             result = run_asr_bench(args.wav, reference, realtime=not args.fast)
+            result["machine"] = machine()
+            result["run"] = run_info()
             if args.out:
-                Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+                write_json(result, args.out)
                 plot_commit_latency(result, Path(args.out).with_suffix(".png"))
         elif args.bench == "latency":
             from benchmarks.latency import run_latency_bench
@@ -1036,6 +1040,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError, ValueError, av.error.FFmpegError) as exc:
         print(f"ahstream bench {args.bench}: {exc}", file=sys.stderr)
         return 1
+    from benchmarks.output import finite
+
+    result = finite(result)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 

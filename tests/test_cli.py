@@ -10,6 +10,7 @@ import sys
 import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stream.cli import build_parser
@@ -147,6 +148,25 @@ def test_bench_send_and_listen_check_their_input(wav: str) -> None:
     assert stderr.startswith("ahstream send: --events /missing/e.jsonl: no such directory")
     stderr = refusal("listen", "http://127.0.0.1:99999/sessions/x/events")
     assert stderr.startswith("ahstream listen: invalid URL: ")
+
+
+def test_bench_refuses_media_without_the_stream_it_measures(wav: str, tmp_path: Path) -> None:
+    import av
+
+    video_only = tmp_path / "video-only.mp4"
+    with av.open(str(video_only), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for _ in range(3):
+            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    assert refusal("bench", "asr", str(video_only)) == (
+        f"ahstream bench asr: {video_only}: no audio stream\n"
+    )
+    assert refusal("bench", "encoders", wav) == (
+        f"ahstream bench encoders: {wav}: no video stream (face frames are read from it)\n"
+    )
 
 
 def test_train_refuses_a_tick_rate_no_session_can_run() -> None:

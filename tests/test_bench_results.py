@@ -1,0 +1,54 @@
+"""Benchmark result files: strict JSON, and a record of how each was made."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.output import finite, save_result
+
+
+def _strict(text: str) -> Any:
+    def refuse(name: str) -> None:
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_results_are_strict_json_with_null_for_values_that_do_not_exist(tmp_path: Path) -> None:
+    result = {
+        "p95": math.inf,
+        "rss": {"slope": float("nan"), "steps": [1.5, -math.inf, np.float64("nan")]},
+        "rows": ({"ms": 2.0},),
+        "name": "x",
+    }
+    plotted: list[dict[str, Any]] = []
+
+    def plot(res: dict[str, Any], png: Path) -> None:
+        plotted.append(res)
+        png.write_bytes(b"png")
+
+    save_result(result, tmp_path / "out", "demo", plot)
+    saved = _strict((tmp_path / "out" / "demo.json").read_text())
+    assert saved["p95"] is None and saved["rss"] == {"slope": None, "steps": [1.5, None, None]}
+    assert saved["rows"] == [{"ms": 2.0}] and saved["name"] == "x"
+    assert (tmp_path / "out" / "demo.png").read_bytes() == b"png" and len(plotted) == 1
+    assert finite({"a": [math.nan]}) == {"a": [None]}
+
+
+def test_results_record_when_and_from_what_they_were_made(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    save_result({"bench": "demo"}, tmp_path, "demo", lambda res, png: None)
+    run = _strict((tmp_path / "demo.json").read_text())["run"]
+    assert run["date"].endswith("Z") and run["date"][:2] == "20"
+    assert run["commit"] is None or len(run["commit"].split("+")[0]) == 12
+    assert run["packages"]["numpy"] == np.__version__ and "ahstream" in run["packages"]
+    assert run["env"]["MALLOC_ARENA_MAX"] == "2"
+    assert isinstance(run["load_avg_1m"], float) and run["command"]
+    # A result that already says how it was made keeps that record.
+    save_result({"run": {"command": "given"}}, tmp_path, "kept", lambda res, png: None)
+    assert _strict((tmp_path / "kept.json").read_text())["run"] == {"command": "given"}
