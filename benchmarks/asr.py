@@ -34,7 +34,7 @@ import av
 import numpy as np
 
 from benchmarks.live import machine
-from benchmarks.output import finite, run_info, write_json
+from benchmarks.output import finite, mark_start, run_info, write_json
 from models.wer import wer as word_error_rate
 from models.whisper import load_whisper
 from stream.asr import IncrementalASR
@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
         model = load_whisper(cpu_threads=a.threads)
         load_before = os.getloadavg()[0]
+        mark_start()
         result = run_asr_bench(
             source, ref, realtime=not a.offline, model=model, return_hypothesis=True, **opts
         )

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["finite", "pyplot", "run_info", "save_result", "write_json"]
+__all__ = ["finite", "mark_start", "pyplot", "run_info", "save_result", "write_json"]
 
 # Packages whose versions change the numbers (absent ones are left out).
 PACKAGES = (
@@ -31,6 +31,16 @@ PACKAGES = (
 # Environment variables the README's benchmark commands set or that change threading.
 ENV_VARS = ("MALLOC_ARENA_MAX", "OMP_NUM_THREADS")
 REPO = Path(__file__).resolve().parent.parent
+_started: dict[str, Any] = {}
+
+
+def mark_start() -> None:
+    """Note the time and the machine's 1-minute load average before a benchmark runs (the
+    load after it is mostly its own): `run_info` reports them."""
+    _started.update(
+        started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        load_avg_1m_before=round(os.getloadavg()[0], 2),
+    )
 
 
 def pyplot() -> Any:
@@ -62,8 +72,8 @@ def _commit() -> str | None:
 def run_info(command: str | None = None) -> dict[str, Any]:
     """When, from which code and how a result was made: UTC date, commit, Python and package
     versions, the command line (default: this process's), the set environment variables of
-    ``ENV_VARS`` and the 1-minute load average of this machine (a loaded machine measures
-    slower)."""
+    ``ENV_VARS``, and the start time and the machine's 1-minute load average before the
+    benchmark ran (`mark_start`; other work slows a benchmark down), or None when unmarked."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -79,7 +89,8 @@ def run_info(command: str | None = None) -> dict[str, Any]:
         "packages": versions,
         "command": command,
         "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
-        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "started": _started.get("started"),
+        "load_avg_1m_before": _started.get("load_avg_1m_before"),
     }
 
 

@@ -1006,6 +1006,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if problem:
         print(f"ahstream bench {args.bench}: {problem}", file=sys.stderr)
         return 2
+    from benchmarks.output import mark_start
+
+    mark_start()
     out_dir = None if getattr(args, "no_save", True) else args.out_dir
     reference_file = getattr(args, "reference", None)
     try:

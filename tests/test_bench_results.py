@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.output import finite, save_result
+from benchmarks.output import finite, mark_start, save_result
 
 
 def _strict(text: str) -> Any:
@@ -42,13 +42,15 @@ def test_results_are_strict_json_with_null_for_values_that_do_not_exist(tmp_path
 
 def test_results_record_when_and_from_what_they_were_made(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    mark_start()
     save_result({"bench": "demo"}, tmp_path, "demo", lambda res, png: None)
     run = _strict((tmp_path / "demo.json").read_text())["run"]
     assert run["date"].endswith("Z") and run["date"][:2] == "20"
     assert run["commit"] is None or len(run["commit"].split("+")[0]) == 12
     assert run["packages"]["numpy"] == np.__version__ and "ahstream" in run["packages"]
     assert run["env"]["MALLOC_ARENA_MAX"] == "2"
-    assert isinstance(run["load_avg_1m"], float) and run["command"]
+    assert isinstance(run["load_avg_1m_before"], float) and run["command"]
+    assert run["started"] <= run["date"]
     # A result that already says how it was made keeps that record.
     save_result({"run": {"command": "given"}}, tmp_path, "kept", lambda res, png: None)
     assert _strict((tmp_path / "kept.json").read_text())["run"] == {"command": "given"}
