@@ -54,3 +54,10 @@ def test_results_record_when_and_from_what_they_were_made(tmp_path: Path, monkey
     # A result that already says how it was made keeps that record.
     save_result({"run": {"command": "given"}}, tmp_path, "kept", lambda res, png: None)
     assert _strict((tmp_path / "kept.json").read_text())["run"] == {"command": "given"}
+
+
+def test_an_installed_copy_claims_no_commit(tmp_path: Path, monkeypatch: Any) -> None:
+    from benchmarks import output
+
+    monkeypatch.setattr(output, "REPO", tmp_path)  # e.g. site-packages inside some checkout
+    assert output.run_info()["commit"] is None
