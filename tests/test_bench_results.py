@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -59,5 +60,11 @@ def test_results_record_when_and_from_what_they_were_made(tmp_path: Path, monkey
 def test_an_installed_copy_claims_no_commit(tmp_path: Path, monkeypatch: Any) -> None:
     from benchmarks import output
 
-    monkeypatch.setattr(output, "REPO", tmp_path)  # e.g. site-packages inside some checkout
+    # site-packages of a venv kept inside some other git checkout
+    other = ["git", "-C", str(tmp_path), "-c", "user.name=x", "-c", "user.email=x@x.invalid"]
+    subprocess.run([*other, "init", "-q"], check=True)
+    subprocess.run([*other, "commit", "-q", "--allow-empty", "-m", "other"], check=True)
+    site = tmp_path / "venv" / "site-packages"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(output, "REPO", site)
     assert output.run_info()["commit"] is None
