@@ -103,7 +103,7 @@ class ServeProcess:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                self._reader.join(timeout=5)
+                self._close_log()
                 raise RuntimeError(f"server exited: {self.output}")
             try:
                 with urllib.request.urlopen(
@@ -138,8 +138,15 @@ class ServeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        self._reader.join(timeout=5)
+        self._close_log()
         return self.output
+
+    def _close_log(self) -> None:
+        """Read the log to its end and close the pipe (left to the garbage collector, it
+        warns in whichever test happens to run then)."""
+        self._reader.join(timeout=5)
+        if not self._reader.is_alive() and self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 @pytest.fixture(scope="session")
