@@ -119,6 +119,8 @@ def _decision_text(decision: dict[str, Any] | None) -> str:
     label = "A/H" if decision.get("label") else "no A/H"
     op = "≥" if decision.get("label") else "<"
     text = f"{label} (p = {decision['p']:.3f} {op} threshold {decision['threshold']:.3f})"
+    if decision.get("evidence") == "prior":
+        text += ", from the prior alone: fewer than three words were heard"
     return text + (", running: the session has no final decision" if decision["running"] else "")
 
 

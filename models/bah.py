@@ -128,9 +128,20 @@ def read_split(path: str | Path) -> list[BahItem]:
     p = Path(path)
     items: list[BahItem] = []
     # utf-8-sig: tolerate a byte-order mark written by some editors.
+    seen: dict[str, int] = {}
     with p.open("r", encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            items.append(parse_line(line, where=f"{p}:{lineno}"))
+        try:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                item = parse_line(line, where=f"{p}:{lineno}")
+                if item.video_id in seen:
+                    raise BahFormatError(
+                        f"{p}:{lineno}: video_id {item.video_id!r} repeats line "
+                        f"{seen[item.video_id]}"
+                    )
+                seen[item.video_id] = lineno
+                items.append(item)
+        except UnicodeDecodeError as e:
+            raise BahFormatError(f"{p}: not UTF-8 text ({e.reason})") from None
     return items

@@ -15,6 +15,10 @@ from models.metrics import average_precision, f1_per_class
 __all__ = ["SubmissionError", "Prediction", "read_submission", "score_submission"]
 
 
+# Rounded probabilities (e.g. 3 decimals each) still pass.
+SUM_TOLERANCE = 1e-3
+
+
 class SubmissionError(ValueError):
     """A submission file that cannot be scored (bad line, missing or extra ids)."""
 
@@ -40,8 +44,15 @@ def _parse(line: str, where: str) -> Prediction:
         pred_f = float(preds)
     except ValueError:
         raise SubmissionError(f"{where}: p0, p1 and pred must be numbers") from None
-    if not all(math.isfinite(v) for v in (p0, p1)) or not 0.0 <= p1 <= 1.0:
-        raise SubmissionError(f"{where}: p1 must be a probability in [0, 1], got {p1s}")
+    for name, v, s in (("p0", p0, p0s), ("p1", p1, p1s)):
+        if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+            raise SubmissionError(f"{where}: {name} must be a probability in [0, 1], got {s}")
+    # p0 and p1 are the two class probabilities; a sum far from 1 means swapped or shifted
+    # columns. (pred is not checked against p1: it may come from a tuned threshold.)
+    if abs(p0 + p1 - 1.0) > SUM_TOLERANCE:
+        raise SubmissionError(
+            f"{where}: p0 + p1 must be 1 (within {SUM_TOLERANCE}), got {p0s} + {p1s}"
+        )
     if pred_f not in (0.0, 1.0):
         raise SubmissionError(f"{where}: pred must be 0 or 1, got {preds}")
     if not vid:
@@ -52,7 +63,10 @@ def _parse(line: str, where: str) -> Prediction:
 def read_submission(path: str | Path) -> dict[str, Prediction]:
     """Read a submission; raises SubmissionError with the line number on bad input."""
     out: dict[str, Prediction] = {}
-    text = Path(path).read_text(encoding="utf-8-sig")
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SubmissionError(f"{path}: not UTF-8 text ({e.reason})") from None
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue

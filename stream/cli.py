@@ -679,16 +679,38 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.out_dir
         else Path(__file__).resolve().parents[1] / "models" / "weights"
     )
+    import shutil
+    import tempfile
+
+    from models.bah import BahFormatError
     from models.text_ah import TextAHModel
     from models.train_tcn import train_tcn_model
     from models.train_text import train_text_model
 
     started = time.perf_counter()
     progress = not args.json
-    text = train_text_model(split_dir, out_dir, seed=args.seed, progress=progress)
-    tcn = train_tcn_model(
-        split_dir, out_dir, TextAHModel.load(out_dir), seed=args.seed, progress=progress
-    )
+    # Train into a staging directory and move the finished pair of models into place
+    # together: an interrupted or failed run leaves the old weights as they were, and a
+    # server never loads a new text model beside the old decision thresholds.
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".train-", dir=out_dir))
+    except OSError as exc:
+        print(f"ahstream train: cannot write to {out_dir}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        text = train_text_model(split_dir, stage, seed=args.seed, progress=progress)
+        tcn = train_tcn_model(
+            split_dir, stage, TextAHModel.load(stage), seed=args.seed, progress=progress
+        )
+        for f in sorted(stage.iterdir()):
+            os.replace(f, out_dir / f.name)
+    except (BahFormatError, ValueError) as exc:
+        print(f"ahstream train: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    text["out_dir"] = tcn["out_dir"] = str(out_dir)
     result = {
         "text": text,
         "tcn": tcn,

@@ -610,6 +610,9 @@ class Session:
                 "label": video.label,
                 "threshold": video.threshold,
                 "method": video.method,
+                # "prior": fewer than three words were heard, so p is the model's value
+                # without words (the context's question rate), not evidence from the call.
+                "evidence": video.evidence,
             }
         self._publish(
             SessionEnded(self.id, duration=end, reason=self.end_reason, decision=self.decision)

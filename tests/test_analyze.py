@@ -96,3 +96,29 @@ def test_analyze_when_the_video_ends_long_before_the_audio(tmp_path, speech):
     assert any(e["modalities"]["video"] for e in frames if e["t"] < 3)
     assert not any(e["modalities"]["video"] for e in frames if e["t"] > 4.5)
     assert _committed(events)
+
+
+def test_a_decision_without_words_says_it_is_the_prior(tmp_path):
+    """Silence after the 'guilty pleasure' prompt (A/H in 95 % of BAH answers): the decision
+    is the question's rate, and the final event and the report say no words were heard."""
+    import wave
+
+    from clients.report import _decision_text, summarize
+    from models.bah import QUESTION_PROMPTS
+
+    wav = tmp_path / "silence.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * 16000 * 3)
+    out = tmp_path / "silence.jsonl"
+    run = _analyze(wav, "--out", out, "--json", "--context", QUESTION_PROMPTS[4], timeout=120)
+    assert run.returncode == 0, run.stderr
+    events = _read(out)
+    decision = events[-1]["decision"]
+    assert decision["evidence"] == "prior" and not _committed(events)
+    assert decision["label"] == int(decision["p"] >= decision["threshold"])
+    assert _decision_text(summarize(events)["decision"]).endswith(
+        "from the prior alone: fewer than three words were heard"
+    )

@@ -174,6 +174,21 @@ def test_train_refuses_a_tick_rate_no_session_can_run() -> None:
     assert stderr == "ahstream train: --tick-hz must be between 1 and 50 (got 0.5)\n"
 
 
+def test_train_on_a_malformed_split_says_where_and_leaves_the_weights(tmp_path: Path) -> None:
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "train.txt").write_text("a,1,i want to but\nb,2,no\n")
+    (split / "val.txt").write_text("c,0,sure\n")
+    out = tmp_path / "weights"
+    out.mkdir()
+    (out / "text_ah_lite.json").write_text("{}")
+    stderr = refusal("train", "--split-dir", str(split), "--out-dir", str(out), "--json")
+    assert stderr == f"ahstream train: {split / 'train.txt'}:2: label must be 0 or 1, got '2'\n"
+    # Nothing half-written: the old file as it was, no staging directory left behind.
+    assert [f.name for f in out.iterdir()] == ["text_ah_lite.json"]
+    assert (out / "text_ah_lite.json").read_text() == "{}"
+
+
 def _help(*command: str) -> str:
     """The help of a (sub)command, on one line."""
     parser = build_parser()

@@ -347,6 +347,13 @@ def test_live_whip_session_against_serve_with_onnxruntime(short_call):
     assert len(frames) >= 30 and all(0.0 <= f["p"] <= 1.0 for f in frames)
     assert any(f["modalities"]["face"] for f in frames)
     assert events[-1]["decision"]["label"] in (0, 1)
+    # The decision is the text model's value on the whole transcript: the ONNX graph the
+    # server ran gives the native model's number on the words it committed.
+    final = [e for e in events if e["type"] == "video" and e["final"]]
+    assert len(final) == 1 and final[0]["evidence"] == "text"
+    words = " ".join(e["text"] for e in events if e["type"] == "transcript" and e["final"])
+    native = TextAHModel.load().predict_one(words)
+    assert native is not None and abs(final[0]["p"] - native) <= 1e-4
 
 
 # ---------------------------------------------------------------------------- TensorRT

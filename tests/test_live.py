@@ -54,6 +54,7 @@ def test_live_call_gives_transcript_probabilities_and_decision(live_call_events,
     assert len(finals) == 1
     assert finals[0]["label"] == int(finals[0]["p"] >= finals[0]["threshold"])
     assert events[-1]["decision"]["label"] == finals[0]["label"]
+    assert events[-1]["decision"]["evidence"] == finals[0]["evidence"] == "text"
     for word in (w for t in _of(events, "transcript") for w in t["words"]):
         assert 0.0 <= word["t0"] <= word["t1"] <= duration + 0.5
 

@@ -85,3 +85,39 @@ def test_score_names_missing_and_extra_ids(tmp_path):
     (tmp_path / "bad.csv").write_text("a,0.5,0.5\n")
     run = _score(tmp_path / "bad.csv", tmp_path / "split.txt")
     assert run.returncode == 1 and "bad.csv:1" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ("a,-5,0.5,1\n", "bad.csv:1: p0 must be a probability in [0, 1], got -5"),
+        ("a,nan,0.3,0\n", "bad.csv:1: p0 must be a probability in [0, 1], got nan"),
+        (
+            "a,0.5,0.5,1\nb,0.8,0.8,1\n",
+            "bad.csv:2: p0 + p1 must be 1 (within 0.001), got 0.8 + 0.8",
+        ),
+    ],
+)
+def test_score_refuses_probabilities_that_are_not_a_pair(tmp_path, lines, message):
+    _write_split(tmp_path / "split.txt", ["a", "b"], [0, 1])
+    (tmp_path / "bad.csv").write_text(lines)
+    run = _score(tmp_path / "bad.csv", tmp_path / "split.txt")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().endswith(message), run.stderr
+    # Three decimals each still pass, and pred need not be p1 >= 0.5 (a tuned threshold).
+    (tmp_path / "ok.csv").write_text("a,0.667,0.333,1\nb,0.3335,0.6665,1\n")
+    assert _score(tmp_path / "ok.csv", tmp_path / "split.txt").returncode == 0
+
+
+def test_score_refuses_files_that_are_not_utf8_or_repeat_a_video(tmp_path):
+    _write_split(tmp_path / "split.txt", ["a", "b"], [0, 1])
+    (tmp_path / "latin1.csv").write_bytes("a,0.5,0.5,1\nb\xe9,0.5,0.5,1\n".encode("latin-1"))
+    run = _score(tmp_path / "latin1.csv", tmp_path / "split.txt")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "latin1.csv: not UTF-8 text" in run.stderr
+    # A split that lists a video twice (here with the other label) would count it twice.
+    (tmp_path / "twice.txt").write_text("a,0,x\nb,1,y\na,1,z\n")
+    (tmp_path / "sub.csv").write_text("a,0.5,0.5,1\nb,0.5,0.5,1\n")
+    run = _score(tmp_path / "sub.csv", tmp_path / "twice.txt")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "twice.txt:3: video_id 'a' repeats line 1" in run.stderr
