@@ -12,6 +12,13 @@ Video is not recorded (its analysis is in the events: face cues, modality
 flags). Directories are created ``0700`` and files ``0600`` (health data),
 lazily, on the session's first event, so refused offers leave nothing behind.
 Files are closed when the session publishes ``session.ended``.
+
+Audio is written on the event loop that carries every session's media, so it
+is written in chunks of ``AUDIO_CHUNK_S`` (one write and one WAV header update
+each), not per 20 ms frame; the rest is written at close. On disk the file is
+a valid WAV of the chunks written so far at any moment: a process that dies
+loses at most the last chunk. Nothing is dropped: if the disk fails, the
+recording stops and the log says how much audio was not written.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 # Silence written for one timestamp gap, at most (ingest bounds gaps anyway).
 MAX_GAP_SAMPLES = SAMPLE_RATE * 60
+AUDIO_CHUNK_S = 1.0  # audio held in memory before it is written (32 KB)
 
 
 class SessionRecorder:
@@ -46,7 +54,9 @@ class SessionRecorder:
         self._wav: wave.Wave_write | None = None
         self._wav_file: IO[bytes] | None = None
         self._events: IO[str] | None = None
-        self._written = 0  # audio samples written so far
+        self._written = 0  # audio samples recorded so far (on disk or pending)
+        self._pending: list[bytes] = []  # 16-bit PCM not written yet
+        self._pending_samples = 0
         self.closed = False
 
     def _open(self) -> None:
@@ -59,6 +69,8 @@ class SessionRecorder:
         self._wav.setnchannels(1)
         self._wav.setsampwidth(2)
         self._wav.setframerate(SAMPLE_RATE)
+        self._wav.writeframes(b"")  # the header: a valid (empty) WAV from the start
+        self._wav_file.flush()
 
     def _create(self, name: str, binary: bool = False) -> IO[Any]:
         fd = os.open(self.dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -102,8 +114,18 @@ class SessionRecorder:
     def _write(self, x: np.ndarray) -> None:
         if x.size and self._wav is not None:
             pcm = (np.clip(x, -1.0, 1.0) * 32767).astype("<i2")
-            self._wav.writeframes(pcm.tobytes())
+            self._pending.append(pcm.tobytes())
+            self._pending_samples += int(x.size)
             self._written += int(x.size)
+            if self._pending_samples >= AUDIO_CHUNK_S * SAMPLE_RATE:
+                self._flush_audio()
+
+    def _flush_audio(self) -> None:
+        """Write the pending audio; `writeframes` then updates the header once."""
+        if self._pending and self._wav is not None:
+            self._wav.writeframes(b"".join(self._pending))
+            self._pending.clear()
+            self._pending_samples = 0
 
     def close(self) -> None:
         """Finish the files (idempotent)."""
@@ -111,16 +133,21 @@ class SessionRecorder:
             return
         self.closed = True
         try:
-            if self._wav is not None:
-                self._wav.close()  # patches the header; the file object stays open
-            for f in (self._wav_file, self._events):
+            self._flush_audio()
+        except OSError:
+            log.exception("session %s: writing the recorded audio failed", self.session_id)
+        # Each closed on its own: a failing one must not leave the others open.
+        for f in (self._wav, self._wav_file, self._events):  # the wav first: its header
+            try:
                 if f is not None:
                     f.close()
-        except OSError:
-            log.exception("session %s: closing the recording failed", self.session_id)
+            except OSError:
+                log.exception("session %s: closing the recording failed", self.session_id)
+        lost = self._pending_samples / SAMPLE_RATE
         log.info(
-            "session %s: recorded %.1f s of audio under %s",
+            "session %s: recorded %.1f s of audio under %s%s",
             self.session_id,
-            self._written / SAMPLE_RATE,
+            (self._written - self._pending_samples) / SAMPLE_RATE,
             self.dir,
+            f" ({lost:.1f} s not written: the disk failed)" if lost else "",
         )

@@ -21,12 +21,15 @@ tick uses the ASR steps finished by then, and an ASR worker that has fallen
 more than a hop behind skips to the newest audio (counted in
 ``status.asr_skipped``) rather than lag without bound. An ASR step that fails
 is reported (an ``internal`` error) and skipped; the ticks, the final events
-and the cleanup always run (see `_asr_step`).
+and the cleanup always run (see `_asr_step`). So is a failed analysis tick: it
+is analysed again without its video frame, or skipped; only a tick that keeps
+failing ends the session (see `_analyse`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import traceback
@@ -38,7 +41,7 @@ import numpy as np
 
 from models.profile import Models
 from stream.aggregate import SegmentTracker, VideoAggregator
-from stream.analysis import Analyzer, join_words
+from stream.analysis import Analyzer, TickResult, join_words
 from stream.asr import ASRUpdate, IncrementalASR
 from stream.buffers import AudioRing, LatestFrameSlot, VideoFrame
 from stream.clock import SessionClock
@@ -67,6 +70,10 @@ FILE_AHEAD_S = 6.0  # a file is decoded this far ahead of the ticks (ASR and tic
 TRACK_STALL_S = 2.0  # a track this far behind the other stops holding the ticks back
 AUDIO_DELAY_S = 0.3  # a tick at t uses audio up to t - this (WebRTC audio arrives ~0.1 s late)
 ASR_MAX_FAILURES = 3  # ASR steps failing in a row before the ASR stops for the session
+# Ticks failing in a row before their video analysis stops (the failures were the frames')
+# or the session ends (the ticks failed without video too). A second of ticks at 10 Hz, as
+# the ASR's limit spans about a second of hops: a hiccup passes, a broken model does not.
+TICK_MAX_FAILURES = 10
 # A live tick this long after its media arrived: the status event says the session is
 # behind. The analysis rate itself stays: the TCN and the aggregation are trained at it.
 BEHIND_S = 1.0
@@ -74,6 +81,16 @@ BEHIND_S = 1.0
 
 def _words_json(words: list[Any]) -> list[dict[str, Any]]:
     return [{"w": w.w.strip(), "t0": w.t0, "t1": w.t1} for w in words]
+
+
+def _failed_in(exc: BaseException) -> str:
+    """Where ``exc`` was raised: the module and function of its innermost frame."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "unknown"
+    return f"{tb.tb_frame.f_globals.get('__name__', '?')}.{tb.tb_frame.f_code.co_name}"
 
 
 class Session:
@@ -146,6 +163,11 @@ class Session:
         self._asr_used_t: float | None = None  # newest ASR step the ticks have taken words from
         self.asr_skipped = 0  # ASR hops a live session skipped to catch up
         self._asr_failures = 0  # ASR steps failed in a row (ASR_MAX_FAILURES: ASR stops)
+        # Analysis ticks failed in a row: "video" (the tick went on without its frame) and
+        # "tick" (skipped); see `_analyse`.
+        self._tick_failures = {"video": 0, "tick": 0}
+        self._analyse_video = True  # False once video analysis stopped after failures
+        self._analysis_stopped = False  # ticks kept failing: the session ends
         self._tentative: list[Any] = []  # the ASR's current tentative tail (published)
         self._tick_tentative: list[Any] = []  # the tail the ticks see (as of ASR step asr_t)
         self._expects_face = getattr(models, "expression", None) is not None
@@ -343,6 +365,8 @@ class Session:
                 if not self._tick_ready(t):
                     break
                 await self._tick(t)
+                if self._analysis_stopped:
+                    return  # reported; the final events and the cleanup run below
                 last_tick = t
                 next_tick += tick_ms
                 self.processed_t = t
@@ -404,9 +428,7 @@ class Session:
                         self.asr_skipped += newest - k
                         k = newest
                         s = k * hop_ms / 1000.0
-                started = time.perf_counter()
                 ok = await self._asr_step(self.asr.step, s)
-                self._asr_compute += time.perf_counter() - started
                 if not ok:
                     return
                 k += 1
@@ -430,7 +452,7 @@ class Session:
         i.e. the transcript, which is health data.
         """
         try:
-            update = await self._infer_asr(fn, s)
+            update = await self._infer_asr(self._timed_asr, fn, s)
         except Exception as exc:
             self._asr_failures += 1
             name = type(exc).__name__
@@ -451,6 +473,17 @@ class Session:
         self._asr_failures = 0
         self._on_asr(s, update)
         return True
+
+    def _timed_asr(self, fn: Any, s: float) -> ASRUpdate | None:
+        """Run ``fn(s)`` (in the ASR executor) and add its duration to the ASR compute time:
+        timed here, not around the await, so that waiting for a thread of the executor
+        (shared by the sessions) does not count as compute in ``status.rtf``."""
+        started = time.perf_counter()
+        try:
+            return fn(s)
+        finally:
+            # One step of a session at a time: this thread is the only writer.
+            self._asr_compute += time.perf_counter() - started
 
     def _on_asr(self, s: float, update: ASRUpdate | None) -> None:
         self._asr_done_t = max(self._asr_done_t, s)
@@ -501,19 +534,17 @@ class Session:
             frame = earlier.pop() if earlier else None
         else:
             frame = self.slot.take_until(t)
+        taken = 0 if frame is None else 1 + len(earlier)
         if frame is not None:
             self._last_video_t = frame.t
+            if not self._analyse_video:  # stopped after failures; frames still leave the slot
+                frame, earlier = None, []
         audio_t = t if take_all else t - self._audio_lag
-        result = await self._infer(
-            self.analyzer.tick,
-            t,
-            committed,
-            final,
-            list(self._tick_tentative),
-            frame,
-            audio_t,
-            earlier,
-        )
+        result, frame = await self._analyse(t, committed, final, frame, audio_t, earlier)
+        if taken and frame is None:
+            self.slot.dropped += taken  # the slot counts every frame never analysed
+        if result is None:
+            return  # the tick failed (reported): nothing to publish or aggregate
         p, evidence = result.p, result.evidence
         self._evidence = evidence
         if result.face is not None:
@@ -557,6 +588,96 @@ class Session:
         per_status = max(1, int(round(self._status_every * self.analysis_hz)))
         if n % per_status == 0:
             self._publish(self._status(t))
+
+    async def _analyzer_tick(
+        self,
+        t: float,
+        committed: list[Any],
+        final: bool,
+        frame: VideoFrame | None,
+        audio_t: float,
+        earlier: list[VideoFrame],
+    ) -> TickResult:
+        """One `Analyzer.tick` in the executor: the one place the session calls it."""
+        tick = functools.partial(
+            self.analyzer.tick,
+            t,
+            committed,
+            final,
+            list(self._tick_tentative),
+            frame=frame,
+            audio_t=audio_t,
+            earlier=earlier,
+        )
+        return await self._infer(tick)
+
+    async def _analyse(
+        self,
+        t: float,
+        committed: list[Any],
+        final: bool,
+        frame: VideoFrame | None,
+        audio_t: float,
+        earlier: list[VideoFrame],
+    ) -> tuple[TickResult | None, VideoFrame | None]:
+        """The analysis of the tick at ``t`` and the video frame it analysed.
+
+        A tick that raises (the face mesh, the expression model, a pixel conversion, ...)
+        is reported and analysed again without its video frame: frame problems are the
+        likely ones, and the tick still steps the models and publishes its frame event.
+        If that fails too, or there was no frame, the tick is skipped (result None).
+        Failures repeat when something is broken for good, so after ``TICK_MAX_FAILURES``
+        in a row the video analysis stops (the session goes on without face features) or,
+        for ticks that fail without video too, the session ends (`_analysis_stopped`).
+        """
+        try:
+            result = await self._analyzer_tick(t, committed, final, frame, audio_t, earlier)
+        except Exception as exc:
+            failure = exc
+        else:
+            self._tick_failures["tick"] = 0
+            if frame is not None:
+                self._tick_failures["video"] = 0
+            return result, frame
+        if frame is not None:
+            try:
+                # The failed call has taken this tick's words (the analyzer adds them
+                # first, and their cues then): giving them again would add them twice.
+                result = await self._analyzer_tick(t, [], False, None, audio_t, [])
+            except Exception:
+                pass  # reported below as the tick's failure
+            else:
+                self._tick_failures["tick"] = 0
+                self._tick_failed("video", t, failure)
+                return result, None
+        self._tick_failed("tick", t, failure)
+        return None, None
+
+    def _tick_failed(self, kind: str, t: float, exc: Exception) -> None:
+        """Log a failed tick (``kind`` "video": it went on without its frame; "tick": it
+        was skipped) and report the first of a run of failures and the one that stops."""
+        self._tick_failures[kind] += 1
+        n = self._tick_failures[kind]
+        name = type(exc).__name__
+        where = "".join(traceback.format_tb(exc.__traceback__))  # frames, not the message
+        log.error("session %s: analysis failed at %.2f s (%s)\n%s", self.id, t, name, where)
+        stop = n >= TICK_MAX_FAILURES
+        if kind == "video":
+            then = "the tick went on without its video frame"
+            if stop:
+                self._analyse_video = False
+                then = f"video analysis stopped after {n} failures in a row: no face features"
+        else:
+            then = "tick skipped"
+            if stop:
+                self._analysis_stopped = True
+                self.note_end_reason("analysis failed")
+                then = f"analysis stopped after {n} failures in a row: the session ends"
+        if n == 1 or stop:  # a run of failures is one event, not ten a second
+            # The step by its code location; the exception text may quote the transcript.
+            self.report_error(
+                "internal", f"analysis failed at {t:.2f} s ({name} in {_failed_in(exc)}); {then}"
+            )
 
     def _publish_segment(self, span: Any) -> None:
         if span is not None:
