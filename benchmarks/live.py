@@ -48,6 +48,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc.contrib.media import MediaPlayer
 
 from clients.send import ws_url
+from stream.serving import ice_configuration
 
 __all__ = [
     "MatchedFrame",
@@ -283,7 +284,7 @@ async def publish(
     """Publish ``clip`` (see `prepare_clip`) over WHIP in real time and collect its events."""
     pub = Publication()
     player = MediaPlayer(str(clip), decode=False)
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(ice_configuration())
     tracks = []
     for inner in (player.audio, player.video):
         if inner is not None:

@@ -9,6 +9,8 @@ still ends it with a short, best-effort DELETE, unless `session.ended` came.
 With ``token`` (a service token) the offer carries ``Authorization: Bearer``;
 the websocket and the DELETE then use the session's read token from the
 ``X-Ahstream-Read-Token`` response header (or the service token without one).
+The offer carries host candidates only, unless ICE servers are given: no STUN
+request goes anywhere by default.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,6 +27,8 @@ from urllib.parse import urljoin
 import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
+
+from stream.serving import ice_configuration
 
 __all__ = ["SendError", "send_file", "ws_url"]
 
@@ -199,15 +203,21 @@ async def send_file(
     end_timeout_s: float = 60.0,
     duration_s: float | None = None,
     on_session: Callable[[str, str | None], None] | None = None,
+    ice_servers: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Publish ``path`` to the server at ``url``; returns every event received.
 
     ``duration_s`` stops publishing early (the session is then ended with DELETE);
-    ``on_session`` is called with the session id and its read token once created.
+    ``on_session`` is called with the session id and its read token once created;
+    ``ice_servers`` are STUN/TURN URLs (``stream.serving.ice_server``; default none).
     Once the server has created the session, any failure or cancellation ends it
     with a best-effort DELETE (unless `session.ended` already came); failures raise
     SendError. ``events_out`` is written only once the events subscription is open.
     """
+    try:
+        configuration = ice_configuration(ice_servers)
+    except ValueError as exc:
+        raise SendError(f"unusable ICE server: {exc}") from None
     path = Path(path)
     if not path.is_file():
         raise SendError(f"no such file: {path}")
@@ -218,7 +228,7 @@ async def send_file(
     tracks = [t for t in (player.audio, player.video) if t is not None]
     if not tracks:
         raise SendError(f"{path} has no audio or video")
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(configuration)
     finished = asyncio.Event()
     remaining = {id(t) for t in tracks}
 

@@ -66,8 +66,12 @@ def load_tokens(
 
 
 def _same(a: str, b: str) -> bool:
-    """Constant-time equality of two tokens."""
-    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+    """Constant-time equality of two tokens. A header's bytes that are not UTF-8 reach
+    us as lone surrogates (aiohttp decodes with ``surrogateescape``): they are encoded
+    too, and can never equal a token read from a file or the environment."""
+    return hmac.compare_digest(
+        a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass")
+    )
 
 
 class Auth:

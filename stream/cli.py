@@ -207,6 +207,9 @@ def _serve_options_problem(args: argparse.Namespace) -> str | None:
             tls_context(args.tls_cert, args.tls_key)
         except (OSError, ssl.SSLError) as exc:
             return f"cannot use the TLS certificate/key: {exc}"
+    problem = _ice_problem(args)
+    if problem:
+        return problem
     if args.batch_max < 1 or not 0 <= args.batch_wait_ms <= 1000:
         return "--batch-max must be >= 1 and --batch-wait-ms between 0 and 1000"
     if min(args.max_width, args.max_height) < 16 or args.max_fps <= 0 or args.ws_max_msg < 64:
@@ -219,6 +222,33 @@ def _serve_options_problem(args: argparse.Namespace) -> str | None:
         if not os.access(args.record, os.W_OK):
             return f"the --record directory {args.record} is not writable"
     return None
+
+
+def _ice_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the --ice-server URLs (None: nothing)."""
+    from stream.serving import ice_configuration
+
+    try:
+        ice_configuration(args.ice_server or ())
+    except ValueError as exc:
+        return f"--ice-server: {exc}"
+    return None
+
+
+def _add_ice_server_arg(parser: argparse.ArgumentParser, who: str, peer: str) -> None:
+    """--ice-server of `serve` and `send` (``who`` gathers candidates, ``peer`` connects)."""
+    parser.add_argument(
+        "--ice-server",
+        action="append",
+        metavar="URL",
+        help=f"a STUN or TURN server {who} gathers ICE candidates with, for when {peer} "
+        "cannot reach this host's own addresses (NAT): stun:HOST[:PORT], "
+        "turn:USER:PASSWORD@HOST[:PORT][?transport=udp|tcp] or turns:USER:PASSWORD@HOST[:PORT] "
+        "(TLS); user and password percent-encoded, the password visible in the process list. "
+        "Give it twice for one STUN and one TURN server (aiortc uses at most one of each). "
+        "Default: none: this host's own addresses only (enough on one network), and no "
+        "request to any STUN server",
+    )
 
 
 def _listen_problem(host: str, port: int) -> str | None:
@@ -304,6 +334,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         batch_max=args.batch_max,
         batch_wait_ms=args.batch_wait_ms,
+        ice_servers=tuple(args.ice_server or ()),
     )
     worker = os.environ.get("AHSTREAM_WORKER")
     if worker is None:
@@ -385,6 +416,9 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
         flag = action.option_strings[-1]
         if isinstance(action, argparse._StoreTrueAction):
             argv.append(flag)
+        elif isinstance(action, argparse._AppendAction):  # --ice-server, repeated
+            for item in value:
+                argv += [flag, str(item)]
         else:
             argv += [flag, str(value)]
     return argv
@@ -499,6 +533,24 @@ def _advance(bar: Any, event: Any) -> None:
         bar.update(min(t, bar.total or t) - bar.n)
 
 
+def _same_stem_problem(files: list[Path], args: argparse.Namespace) -> str | None:
+    """Two files whose outputs (``DIR/<stem>.jsonl``, ``.png``, ``.html``) would overwrite
+    each other under --out-dir or --report (None: no two)."""
+    flags = [f for f, d in (("--out-dir", args.out_dir), ("--report", args.report)) if d]
+    if not flags:
+        return None
+    seen: dict[str, Path] = {}
+    for path in files:
+        first = seen.setdefault(path.stem, path)
+        if first is not path:
+            return (
+                f"{first} and {path} would write the same {path.stem}.* under "
+                f"{' and '.join(flags)} (files are named by stem); rename one or run them "
+                "separately"
+            )
+    return None
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -511,6 +563,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return 2
     if args.out and len(files) > 1:
         print("ahstream analyze: --out takes one file; use --out-dir for several", file=sys.stderr)
+        return 2
+    problem = _same_stem_problem(files, args)
+    if problem:
+        print(f"ahstream analyze: {problem}", file=sys.stderr)
         return 2
     problem = (
         _weights_dir_problem(args)
@@ -590,7 +646,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     from clients.send import SendError, send_file
 
-    problem = args.events and _file_problem("--events", args.events)
+    problem = (args.events and _file_problem("--events", args.events)) or _ice_problem(args)
     if problem:
         print(f"ahstream send: {problem}", file=sys.stderr)
         return 2
@@ -619,6 +675,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                 token=args.token,
                 context=args.context,
                 on_event=show,
+                ice_servers=args.ice_server or (),
             )
         )
     except SendError as exc:
@@ -1175,6 +1232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stack runs in Python on one loop per process, so one process fills one core; "
         "'auto' (default) is one per CPU core, at most 4; each costs about 0.5 GB of memory",
     )
+    _add_ice_server_arg(s, "each session's peer connection", "a publisher")
     s.set_defaults(func=cmd_serve, serve_parser=s)
 
     a = sub.add_parser("analyze", help="run the session on media files (offline)")
@@ -1230,6 +1288,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     se.add_argument("--context", help="the prompt the person is answering (optional)")
     se.add_argument("--quiet", action="store_true", help="do not print transcript lines")
+    _add_ice_server_arg(se, "the sender", "the server")
     se.set_defaults(func=cmd_send)
 
     li = sub.add_parser(

@@ -45,6 +45,7 @@ from stream.serving import (
     add_routes,
     new_event_loop,
     read_body,
+    static_name_ok,
 )
 
 __all__ = ["Front", "Worker", "make_front_app", "merge_metrics", "run_front"]
@@ -68,6 +69,8 @@ HOP_HEADERS = frozenset(
         "Content-Encoding",
     )
 )
+#: Request headers relayed on an event websocket (the worker checks the token).
+WS_HEADERS = frozenset(("authorization", "user-agent", "origin"))
 #: Sessions the front remembers (id -> worker); past it the oldest is forgotten (their
 #: DELETE and events then answer 404 at the front). Far above --max-sessions x linger.
 MAX_ROUTES = 10_000
@@ -76,6 +79,20 @@ STARTUP_TIMEOUT_S = 240.0  # model loading on a loaded 2-core machine takes a wh
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 WORKER_TIMEOUT = aiohttp.ClientTimeout(total=30.0, sock_connect=5.0)
 HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+
+
+def relayed_headers(request: web.Request, keep: frozenset[str] | None = None) -> dict[str, str]:
+    """The headers of ``request`` to send on to a worker: end-to-end ones (or only those
+    in ``keep``, lower case). Bytes that are not UTF-8 (aiohttp hands them over as lone
+    surrogates, which its client would silently drop: ``Bearer caf\\xe9`` would reach the
+    worker as ``Bearer caf``) become U+FFFD, so the worker judges a token that is as
+    wrong as the one sent."""
+    headers = {}
+    for name, value in request.headers.items():
+        wanted = name.lower() in keep if keep is not None else name.lower() not in HOP_HEADERS
+        if wanted:
+            headers[name] = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return headers
 
 
 def free_port() -> int:
@@ -293,7 +310,7 @@ class Front:
     ) -> web.Response:
         """Send ``request`` (method, path, query, headers, body) to ``w``; its answer back."""
         assert self.client is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        headers = relayed_headers(request)
         if body is None and request.can_read_body:
             body = await request.read()
         try:
@@ -363,11 +380,7 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     session_id = request.match_info["session"]
     w = front.owner(session_id)
     assert front.client is not None
-    headers = {
-        k: v
-        for k, v in request.headers.items()
-        if k.lower() in ("authorization", "user-agent", "origin")
-    }
+    headers = relayed_headers(request, WS_HEADERS)
     try:
         upstream = await front.client.ws_connect(
             w.url + request.rel_url.path,
@@ -518,6 +531,14 @@ async def from_any_worker(request: web.Request) -> web.StreamResponse:
     raise web.HTTPServiceUnavailable(text="no worker process is ready\n")
 
 
+async def static(request: web.Request) -> web.StreamResponse:
+    """A file of the browser page from any ready worker; a name no worker could serve
+    (a path, a NUL byte, another type) is 404 here, never forwarded."""
+    if not static_name_ok(request.match_info["name"]):
+        raise web.HTTPNotFound()
+    return await from_any_worker(request)
+
+
 def make_front_app(front: Front, ws_max_msg: int = 4096) -> web.Application:
     """The front's aiohttp application (workers are started on startup, stopped on shutdown)."""
     app = web.Application(client_max_size=256 * 1024)
@@ -527,7 +548,7 @@ def make_front_app(front: Front, ws_max_msg: int = 4096) -> web.Application:
         app,
         {
             "index": from_any_worker,
-            "static": from_any_worker,
+            "static": static,
             "healthz": healthz,
             "metrics": metrics,
             "whip_post": whip_post,

@@ -17,7 +17,15 @@ from stream.batching import SharedRunners
 from stream.ingest import MediaLimits
 from stream.metrics import ServerMetrics, metrics_endpoint
 from stream.publisher import Publisher
-from stream.serving import AccessLogger, add_routes, new_event_loop, tls_context, trim_heap
+from stream.serving import (
+    AccessLogger,
+    add_routes,
+    ice_configuration,
+    new_event_loop,
+    static_name_ok,
+    tls_context,
+    trim_heap,
+)
 from stream.session import Session
 from stream.whip import LiveSession, whip_delete, whip_post
 
@@ -52,6 +60,7 @@ class ServerConfig:
     tls_key: str | None = None
     batch_max: int = 8  # cross-session batching of model runs (stream.batching); 1: off
     batch_wait_ms: float = 2.0  # longest a request is held for a batch; 0: off
+    ice_servers: tuple[str, ...] = ()  # --ice-server URLs; none: host candidates only
 
 
 class Server:
@@ -69,6 +78,9 @@ class Server:
         self.pending_offers = 0  # WHIP offers being negotiated: they hold a session slot
         self.publishers: dict[str, Publisher] = {}
         self.auth = Auth(config.tokens)
+        # Every peer connection's ICE servers: only the configured ones (aiortc's default
+        # would send a STUN request to Google with every offer).
+        self.rtc_configuration = ice_configuration(config.ice_servers)
         self._reapers: set[asyncio.Task[None]] = set()
         self.metrics = ServerMetrics(
             active_sessions=lambda: self.active_sessions,
@@ -181,9 +193,9 @@ STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
 async def static(request: web.Request) -> web.StreamResponse:
     """A script or stylesheet of the browser page (``clients/web/<name>``, no subfolders)."""
     name = request.match_info["name"]
-    ctype = STATIC_TYPES.get(name[name.rfind(".") :]) if "." in name else None
-    if ctype is None or name.startswith(".") or "/" in name or "\\" in name:
+    if not static_name_ok(name):  # a path, a NUL byte, a hidden file, another type
         raise web.HTTPNotFound()
+    ctype = STATIC_TYPES[name[name.rfind(".") :]]
     try:
         body = resources.files("clients").joinpath("web", name).read_text(encoding="utf-8")
     except (FileNotFoundError, IsADirectoryError):

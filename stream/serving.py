@@ -1,25 +1,36 @@
 """What every HTTP process of ahstream shares (the server, the multi-process front):
-its event loop and its access log. Light on purpose: the front loads no models."""
+its event loop, its access log, the names of the page's static files, and the ICE
+configuration of WebRTC peers (also used by `ahstream send`). Light on purpose: the front
+loads no models (and no aiortc)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+
+if TYPE_CHECKING:
+    from aiortc import RTCConfiguration, RTCIceServer
 
 __all__ = [
     "EXIT_CANNOT_LISTEN",
     "ROUTES",
     "AccessLogger",
     "add_routes",
+    "ice_configuration",
+    "ice_server",
     "limit_malloc_arenas",
     "new_event_loop",
     "read_body",
+    "static_name_ok",
     "tls_context",
     "trim_heap",
 ]
@@ -41,6 +52,15 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("DELETE", "/whip/{session}", "whip_delete"),
     ("GET", "/sessions/{session}/events", "events"),
 )
+
+
+#: A file of the browser page under /static/: a plain name, a .js or .css suffix.
+STATIC_NAME = re.compile(r"[A-Za-z0-9_-]+\.(?:js|css)")
+
+
+def static_name_ok(name: str) -> bool:
+    """Whether ``name`` may be a file of the browser page (no path, no odd characters)."""
+    return STATIC_NAME.fullmatch(name) is not None
 
 
 def add_routes(app: web.Application, handlers: Mapping[str, Handler]) -> None:
@@ -118,3 +138,54 @@ def tls_context(cert_file: str, key_file: str | None) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_file, key_file)
     return context
+
+
+ICE_SERVER_FORMS = "stun:HOST[:PORT] or turn:USER:PASSWORD@HOST[:PORT][?transport=udp|tcp]"
+
+
+def ice_server(url: str) -> RTCIceServer:
+    """The ICE server of ``url``: ``stun:HOST[:PORT]``, or ``turn:`` / ``turns:`` (TLS) with
+    ``USER:PASSWORD@`` before the host (both percent-decoded). ValueError when aiortc could
+    not use it; the message never contains the password."""
+    from aiortc import RTCIceServer
+    from aiortc.rtcicetransport import connection_kwargs
+
+    scheme, colon, rest = url.partition(":")
+    if not colon or scheme not in ("stun", "turn", "turns"):
+        raise ValueError(f"expected {ICE_SERVER_FORMS}")
+    username = credential = None
+    if "@" in rest:
+        if scheme == "stun":
+            raise ValueError("a stun: server takes no USER:PASSWORD@")
+        userinfo, _, rest = rest.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        username, credential = unquote(user), unquote(password)
+    where = f"{scheme}:{rest}"  # shown in messages: without the credentials
+    if scheme != "stun" and not (username and credential):
+        raise ValueError(f"{where}: a TURN server needs {scheme}:USER:PASSWORD@HOST[:PORT]")
+    server = RTCIceServer(urls=where, username=username, credential=credential)
+    try:
+        used = connection_kwargs([server])
+    except ValueError:
+        raise ValueError(f"{where}: expected {ICE_SERVER_FORMS}") from None
+    if not used:  # aiortc skips what it does not support (turn over TLS, turns over UDP)
+        raise ValueError(f"{where}: unsupported transport (turn: udp or tcp; turns: tcp)")
+    _host, port = used.get("stun_server") or used["turn_server"]
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{where}: the port must be between 1 and 65535")
+    return server
+
+
+def ice_configuration(urls: Sequence[str] = ()) -> RTCConfiguration:
+    """The configuration of a peer connection with exactly the ICE servers of ``urls``
+    (none by default: unlike aiortc's default, no STUN request to Google with every peer
+    connection; host candidates are enough on one network). ValueError for a URL
+    :func:`ice_server` refuses, or for more than one STUN or TURN server (aiortc would
+    silently use only the first of each)."""
+    from aiortc import RTCConfiguration
+
+    servers = [ice_server(url) for url in urls]
+    stun = sum(str(s.urls).startswith("stun:") for s in servers)
+    if stun > 1 or len(servers) - stun > 1:
+        raise ValueError("aiortc uses at most one STUN and one TURN server")
+    return RTCConfiguration(iceServers=servers)

@@ -2,7 +2,9 @@
 
 `POST /whip` takes an SDP offer and answers 201 with the SDP answer and
 ``Location: /whip/<id>`` and the session's read token (``X-Ahstream-Read-Token``);
-`DELETE /whip/<id>` ends the session. A session also
+an offer must send (sendonly/sendrecv) one audio or one video section, or one of each,
+else 400. The peer connection uses only the ICE servers of ``serve --ice-server`` (none
+by default: host candidates). `DELETE /whip/<id>` ends the session. A session also
 ends when the peer connection fails or closes, or when no media has arrived
 for ``idle_timeout_s`` (a publisher that vanished), always with its final
 events.
@@ -29,7 +31,7 @@ from stream.session import Session
 if TYPE_CHECKING:
     from stream.server import Server
 
-__all__ = ["LiveSession", "whip_delete", "whip_post"]
+__all__ = ["LiveSession", "sent_media_problem", "whip_delete", "whip_post"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,25 @@ class LiveSession:
                 return
 
 
+def sent_media_problem(kinds: list[str]) -> str | None:
+    """Why an offer whose sending media sections (sendonly/sendrecv) are of ``kinds``
+    cannot be a session: a session analyses one audio and/or one video track (two audio
+    tracks would feed one buffer, their media time running twice as fast). None: it can."""
+    audio, video = kinds.count("audio"), kinds.count("video")
+    if audio + video == 0:
+        return (
+            "the offer sends no audio or video: a publisher needs an audio or video "
+            "section that is sendonly or sendrecv"
+        )
+    for kind, n in (("audio", audio), ("video", video)):
+        if n > 1:
+            return (
+                f"the offer sends {n} {kind} tracks; a session takes one audio and one video "
+                "track at most (publish the others as sessions of their own)"
+            )
+    return None
+
+
 async def whip_post(request: web.Request) -> web.StreamResponse:
     """Create a session from an SDP offer (a service token is required when auth is on)."""
     server: Server = request.app["server"]
@@ -150,7 +171,7 @@ async def _answer_offer(request: web.Request, server: Server) -> web.StreamRespo
     session_id = uuid.uuid4().hex[:16]
     context = request.query.get("context") or request.headers.get(CONTEXT_HEADER)
     session = server.new_session(session_id, context=context)
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(server.rtc_configuration)
     recorder = None
     if server.config.record_dir:
         recorder = SessionRecorder(server.config.record_dir, session_id)
@@ -164,10 +185,8 @@ async def _answer_offer(request: web.Request, server: Server) -> web.StreamRespo
         recorder=recorder,
     )
 
-    @pc.on("track")
-    def on_track(track: Any) -> None:
-        if track.kind in ("audio", "video"):
-            live.add_track(track)
+    tracks: list[Any] = []  # one per media section the client sends in
+    pc.on("track", tracks.append)
 
     @pc.on("connectionstatechange")
     async def on_state() -> None:
@@ -177,14 +196,12 @@ async def _answer_offer(request: web.Request, server: Server) -> web.StreamRespo
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         tune_receivers(pc)  # frames decoded at their last packet; REMB at most every 0.5 s
-        kinds = {t.kind for t in pc.getTransceivers()}
-        if not kinds & {"audio", "video"}:
-            raise ValueError("the offer has no audio or video media section")
+        problem = sent_media_problem([t.kind for t in tracks])
+        if problem:
+            raise ValueError(problem)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
     except Exception as exc:
-        for task in live._tasks:
-            task.cancel()
         try:
             await pc.close()
         except Exception:  # aiortc cannot close every half-negotiated connection
@@ -194,6 +211,8 @@ async def _answer_offer(request: web.Request, server: Server) -> web.StreamRespo
         log.info("rejected WHIP offer: %s", reason)
         raise web.HTTPBadRequest(text=f"unusable SDP offer: {reason}\n") from None
 
+    for track in tracks:
+        live.add_track(track)
     read_token = server.auth.issue(session_id)
     server.register(live)
     live.start()

@@ -15,6 +15,7 @@ import pytest
 from clients.listen import listen
 from clients.send import send_file
 from stream.auth import Auth, TokenFileError, load_tokens, parse_token_file
+from stream.serving import ice_configuration
 from tests.conftest import ROOT, ServeProcess, http_request
 
 TOKEN = "svc-token-Zq8rT2"
@@ -167,7 +168,7 @@ async def _media_less_session(srv) -> tuple[str, str]:
     """A session from a real offer (no media flows): (location, read token)."""
     from aiortc import RTCPeerConnection
 
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(ice_configuration())
     pc.addTransceiver("audio", direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
     offer = pc.localDescription.sdp.encode()

@@ -28,6 +28,7 @@ import clients.send
 from clients.listen import ListenError, listen
 from clients.send import SendError, send_file
 from stream.cli import main
+from stream.serving import ice_configuration
 from tests.conftest import ROOT, ServeProcess, http_request
 
 TOKEN = "svc-token-clients-Hk4"
@@ -50,7 +51,7 @@ def _media_less_session(srv: ServeProcess) -> tuple[str, str]:
     """A session from a real offer with no media flowing: (session id, location)."""
 
     async def offer() -> str:
-        pc = RTCPeerConnection()
+        pc = RTCPeerConnection(ice_configuration())
         pc.addTransceiver("audio", direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())
         await pc.close()
@@ -281,7 +282,7 @@ class FakeServer:
         self.url = ""
 
     async def whip(self, request: web.Request) -> web.Response:
-        pc = RTCPeerConnection()
+        pc = RTCPeerConnection(ice_configuration())
         self.pcs.append(pc)
         await pc.setRemoteDescription(RTCSessionDescription(await request.text(), "offer"))
         await pc.setLocalDescription(await pc.createAnswer())

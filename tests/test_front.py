@@ -20,6 +20,7 @@ import pytest
 from clients.send import send_file
 from stream.cli import build_parser, worker_argv
 from stream.front import merge_metrics
+from stream.serving import ice_configuration
 from tests.conftest import ServeProcess, post_in_parts
 
 TOKEN = "front-token-4Rk9"
@@ -112,7 +113,7 @@ async def test_auth_and_unknown_sessions_through_the_front(front):
 async def _offer() -> bytes:
     from aiortc import RTCPeerConnection
 
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(ice_configuration())
     pc.addTransceiver("audio", direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
     sdp = pc.localDescription.sdp

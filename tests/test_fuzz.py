@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from stream.ingest import AudioIngest, MediaLimits, VideoIngest, drain_track
 from stream.publisher import Publisher
+from stream.serving import ice_configuration
 from stream.session import Session
 from tests.conftest import ServeProcess, post_in_parts
 
@@ -64,7 +65,7 @@ def fuzz_server():
 async def _offer(kinds: tuple[str, ...] = ("audio",)) -> str:
     from aiortc import RTCPeerConnection
 
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(ice_configuration())
     for kind in kinds:
         pc.addTransceiver(kind, direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
