@@ -11,10 +11,16 @@ session: audio samples that are not finite are zeroed and clipped to [-1, 1];
 video frames beyond `MediaLimits.max_fps` (of media time) are dropped and
 counted with the session's dropped video frames; frames larger than
 ``max_width`` x ``max_height`` are scaled down (aspect kept) before analysis;
-frames smaller than `MIN_VIDEO_SIDE` are refused. Timestamps that jump
-backwards, or forwards by more than ``max_gap_s``, re-base the track so it
-continues right after its last frame (a bounded timeline, an `error` event
-with code ``pts_jump``); smaller forward jumps are kept as gaps.
+frames smaller than `MIN_VIDEO_SIDE` are refused.
+
+Every audio frame goes at its timestamp (they count samples): lost packets,
+which aiortc never retransmits for audio, leave silence, not a shorter
+timeline. Timestamps that jump backwards, or forwards by more than
+``max_gap_s`` while the track's frames did not arrive that much later (a
+sender that restarted its clock), re-base the track so it continues right
+after its newest frame (a bounded timeline, an `error` event with code
+``pts_jump``); other forward jumps (a camera paused for a minute) are kept as
+gaps.
 """
 
 from __future__ import annotations
@@ -38,8 +44,14 @@ __all__ = ["AudioIngest", "MediaLimits", "VideoIngest", "drain_track"]
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-# A pts jump larger than this is treated as a gap (filled with silence) rather than jitter.
-GAP_TOLERANCE_S = 0.1
+# An audio frame this close to where the previous one ended continues it (timestamp
+# rounding, e.g. of a file's 1 ms time base); further, it goes at its own time.
+AUDIO_SLACK_S = 0.001
+# A track stepping back less than this is jitter; further back, it is re-based.
+BACKWARD_SLACK_S = 0.1
+# A forward jump beyond ``max_gap_s`` is kept when the arrival clock agrees with it
+# within the larger of these (a paused camera or microphone); otherwise it is re-based.
+ARRIVAL_SLACK_S, ARRIVAL_SLACK_FRACTION = 1.0, 0.2
 # Audio sample rates accepted (WebRTC uses 8-48 kHz; files up to 192 kHz).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192000
 # Video frames with a side shorter than this carry no face and are refused.
@@ -55,11 +67,11 @@ class MediaLimits:
     max_width: int = 1920
     max_height: int = 1080
     max_fps: float = 60.0
-    max_gap_s: float = 10.0  # larger forward pts jumps are re-based, not filled
+    max_gap_s: float = 10.0  # larger forward pts jumps are re-based unless arrival agrees
 
 
 class _Timeline:
-    """Keeps one track's media times monotonic with bounded gaps (re-basing on jumps)."""
+    """Keeps one track's media times monotonic, with gaps only where time really passed."""
 
     def __init__(self, session: Session, kind: str, max_gap_s: float) -> None:
         self.session = session
@@ -67,25 +79,49 @@ class _Timeline:
         self.max_gap_s = max_gap_s
         self.offset = 0.0
         self.jumps = 0
+        self._wall: float | None = None  # arrival of the track's previous frame
 
-    def place(self, t: float, expected: float | None) -> float:
-        """Session media time of a frame at track time ``t``, next expected at ``expected``."""
+    def place(
+        self,
+        t: float,
+        expected: float | None,
+        resume: float | None = None,
+        wall: float | None = None,
+    ) -> float:
+        """Session media time of a frame at track time ``t``.
+
+        ``expected``: where the previous frame says this one is (None for the first);
+        ``resume``: where a re-based frame goes (default ``expected``); ``wall``: the
+        frame's arrival (monotonic s), None when unknown (a file).
+        """
         t += self.offset
+        elapsed = None if wall is None or self._wall is None else wall - self._wall
+        if wall is not None:
+            self._wall = wall
         if expected is None:
             return t
         jump = t - expected
-        if jump < -GAP_TOLERANCE_S or jump > self.max_gap_s:
-            self.offset -= jump
-            self.jumps += 1
-            if self.jumps <= MAX_JUMP_REPORTS:
-                way = "backwards" if jump < 0 else "forwards"
-                self.session.report_error(
-                    "pts_jump",
-                    f"{self.kind} timestamps jumped {way} by {abs(jump):.3f} s; "
-                    "the track continues after its last frame",
-                )
-            return expected
-        return t
+        if -BACKWARD_SLACK_S <= jump <= self.max_gap_s or _arrival_agrees(jump, elapsed):
+            return t
+        target = expected if resume is None else resume
+        self.offset += target - t
+        self.jumps += 1
+        if self.jumps <= MAX_JUMP_REPORTS:
+            way = "backwards" if jump < 0 else "forwards"
+            self.session.report_error(
+                "pts_jump",
+                f"{self.kind} timestamps jumped {way} by {abs(jump):.3f} s; "
+                "the track continues after its last frame",
+            )
+        return target
+
+
+def _arrival_agrees(jump: float, elapsed: float | None) -> bool:
+    """Whether a forward ``jump`` of the timestamps is about the ``elapsed`` arrival time:
+    a paused sender resuming (a genuine gap), not a sender restarting its clock."""
+    if elapsed is None or jump <= 0:
+        return False
+    return abs(jump - elapsed) <= max(ARRIVAL_SLACK_S, ARRIVAL_SLACK_FRACTION * elapsed)
 
 
 class AudioIngest:
@@ -102,40 +138,49 @@ class AudioIngest:
         self.recorder = recorder
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         self._timeline = _Timeline(session, "audio", self.limits.max_gap_s)
-        self._next_t: float | None = None  # media time right after the last input sample
+        self._next_t: float | None = None  # media time right after the newest input sample
         self._shape: tuple[str, str, int] | None = None  # input format, layout, rate
         self.frames = 0
 
-    def push(self, frame: av.AudioFrame, t: float | None) -> None:
-        """Write one decoded audio frame that starts at media time ``t``."""
+    def push(self, frame: av.AudioFrame, t: float | None, wall: float | None = None) -> None:
+        """Write one decoded audio frame that starts at media time ``t`` (``wall``: its
+        arrival, monotonic s, for a live track)."""
         self.frames += 1
         if frame.samples == 0:
             return
         if not MIN_SAMPLE_RATE <= (frame.sample_rate or 0) <= MAX_SAMPLE_RATE:
             # e.g. 1 Hz would make 960 samples 16 minutes of audio
             raise ValueError(f"unsupported sample rate {frame.sample_rate} Hz")
+        previous = self._next_t
         if t is None:
-            t = self._next_t or 0.0
+            t = 0.0 if previous is None else previous
         else:
-            t = self._timeline.place(t, self._next_t)
-        jump = None
+            t = self._timeline.place(t, previous, wall=wall)
+        # Audio timestamps count samples, and aiortc never retransmits audio: a frame away
+        # from where the last one ended follows lost packets (or a pause) and goes at its
+        # own time; appending it instead would put everything after it early.
+        contiguous = previous is not None and abs(t - previous) <= AUDIO_SLACK_S
         shape = (frame.format.name, frame.layout.name, frame.sample_rate)
-        if shape != self._shape:  # a resampler takes one input format; a new one for a change
+        if shape != self._shape or not contiguous:
+            # One resampler per run of contiguous input of one format; the old one's last
+            # samples (held for its filter) belong right after the previous frame.
+            self._write(self._resampler.resample(None), None)
+            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
             self._shape = shape
-            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        if self._next_t is not None and abs(t - self._next_t) > GAP_TOLERANCE_S:
-            jump = t  # a real discontinuity: place these samples at their own time
-            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        if self._next_t is None:
-            jump = t
-        self._next_t = t + frame.samples / float(frame.sample_rate)
+        end = (previous if contiguous else t) + frame.samples / float(frame.sample_rate)
+        # The ring keeps its newest sample: a frame placed earlier only overlaps it.
+        self._next_t = end if previous is None else max(previous, end)
         frame.pts = None  # the resampler must not re-time frames; we place them ourselves
-        out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
-        samples = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        self._write(self._resampler.resample(frame), None if contiguous else t)
+
+    def _write(self, frames: list[av.AudioFrame], t: float | None) -> None:
+        if not frames:
+            return
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
         samples = np.clip(np.nan_to_num(samples.astype(np.float32, copy=False)), -1.0, 1.0)
-        self.session.push_audio(samples, jump)
+        self.session.push_audio(samples, t)
         if self.recorder is not None:
-            self.recorder.audio(samples, jump)
+            self.recorder.audio(samples, t)
 
 
 class VideoIngest:
@@ -145,6 +190,7 @@ class VideoIngest:
         self.session = session
         self.limits = limits or MediaLimits()
         self._timeline = _Timeline(session, "video", self.limits.max_gap_s)
+        # media time of the newest frame placed (tests/test_fuzz.py paces its feeder on it)
         self._last_t: float | None = None
         self._credit = 1.0  # frames allowed now by the fps limit (leaky bucket, media time)
         self._bucket_t: float | None = None  # media time the credit was last updated at
@@ -153,8 +199,9 @@ class VideoIngest:
         self.refused = 0  # dropped: too small to analyse
         self.scaled = 0  # scaled down: above max_width x max_height
 
-    def push(self, frame: av.VideoFrame, t: float | None) -> None:
-        """Offer one decoded video frame at media time ``t`` (undecoded pixels stay lazy)."""
+    def push(self, frame: av.VideoFrame, t: float | None, wall: float | None = None) -> None:
+        """Offer one decoded video frame at media time ``t`` (``wall``: its arrival,
+        monotonic s, for a live track); undecoded pixels stay lazy."""
         self.frames += 1
         if t is None:
             return
@@ -167,8 +214,12 @@ class VideoIngest:
                     "bad_media", f"video frames of {width}x{height} refused (too small)"
                 )
             return
-        expected = None if self._last_t is None else self._last_t + 1.0 / self.limits.max_fps
-        t = self._timeline.place(t, expected)
+        # Jumps are measured from the newest frame itself: frames closer together than
+        # 1 / max_fps are the fps limit's to drop, not a timestamp jump.
+        newest = self._last_t
+        resume = None if newest is None else newest + 1.0 / self.limits.max_fps
+        t = self._timeline.place(t, newest, resume, wall)
+        self._last_t = t if newest is None else max(t, newest)
         if self._bucket_t is not None:
             gained = max(0.0, t - self._bucket_t) * self.limits.max_fps
             self._credit = min(2.0, self._credit + gained)  # a little jitter is allowed
@@ -178,7 +229,6 @@ class VideoIngest:
             self.session.slot.count_dropped()
             return
         self._credit -= 1.0
-        self._last_t = max(t, self._last_t or 0.0)
         scale = min(1.0, self.limits.max_width / width, self.limits.max_height / height)
         if scale < 1.0:
             # The analysis converts at this size (lazily, in the executor).
@@ -213,8 +263,9 @@ async def drain_track(
                 log.warning("session %s: %s track failed", session.id, kind, exc_info=True)
                 session.report_error("bad_media", f"{kind} track failed: {type(exc).__name__}")
                 break
+            wall = session.clock.now()  # its arrival: what a gap in its timestamps is checked by
             try:
-                ingest.push(frame, clock.media_time(frame.pts, frame.time_base))
+                ingest.push(frame, clock.media_time(frame.pts, frame.time_base, wall), wall)
             except Exception as exc:  # a corrupt frame must not end the session
                 session.report_error("bad_media", f"{kind} frame rejected: {exc}")
     finally:
@@ -226,5 +277,10 @@ async def drain_track(
                 f"{ingest.scaled} scaled down)"
             )
         log.info(
-            "session %s: %s track ended after %d frames%s", session.id, kind, ingest.frames, extra
+            "session %s: %s track (from %.2f s) ended after %d frames%s",
+            session.id,
+            kind,
+            clock.start,
+            ingest.frames,
+            extra,
         )

@@ -38,7 +38,8 @@ __all__ = ["SessionRecorder"]
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-# Silence written for one timestamp gap, at most (ingest bounds gaps anyway).
+# Silence for a timestamp gap is written in pieces of at most this many samples (a paused
+# microphone leaves a gap as long as the pause; the session's duration limit bounds it).
 MAX_GAP_SAMPLES = SAMPLE_RATE * 60
 AUDIO_CHUNK_S = 1.0  # audio held in memory before it is written (32 KB)
 
@@ -101,10 +102,12 @@ class SessionRecorder:
             self._open()
             if t is not None:
                 start = int(round(t * SAMPLE_RATE))
-                if start > self._written:
-                    gap = min(start - self._written, MAX_GAP_SAMPLES)
-                    self._write(np.zeros(gap, dtype=np.float32))
-                elif start < self._written:
+                gap = start - self._written
+                while gap > 0:  # the whole gap, at most a minute of silence per write
+                    n = min(gap, MAX_GAP_SAMPLES)
+                    self._write(np.zeros(n, dtype=np.float32))
+                    gap -= n
+                if start < self._written:
                     x = x[self._written - start :]  # overlap: the session drops it too
             self._write(x)
         except OSError:
