@@ -8,18 +8,33 @@ words of the last few seconds (with negation flipping the next two words);
 face valence is the FER expression valence relative to the person's own
 baseline (`FaceFeatures.valence_dev`), so a naturally smiling face is not an
 inconsistency by itself.
+
+Timing. Words are committed by the ASR 0.5-3+ s after they were spoken, faces are
+seen at once. So the condition is judged in media time: the result at a frame's time
+``tau`` uses the words spoken up to ``tau`` (``t1 <= tau``, within ``WORD_WINDOW_S``)
+and the faces of ``[tau - FACE_WINDOW_S, tau]``, and a frame is judged only once the
+committed words are complete up to ``tau`` (the caller says up to when). Until then
+its face valence waits, at most ``FACE_HISTORY_S``. The hits carry frame times and do
+not depend on the ASR lag.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from models.cues import CueHit
+from models.cues import CueHit, FrameInterval
 from models.text_ah import CUE_LEXICON, tokenize
 
-__all__ = ["POSITIVE", "NEGATIVE", "words_valence", "ValenceInconsistencyDetector"]
+__all__ = [
+    "POSITIVE",
+    "NEGATIVE",
+    "FACE_HISTORY_S",
+    "words_valence",
+    "ValenceInconsistencyDetector",
+]
 
 # Evaluative words people use about activities (the BAH prompts ask about likes/dislikes).
 POSITIVE: frozenset[str] = frozenset(
@@ -40,6 +55,11 @@ FACE_WINDOW_S = 1.5  # face valence averaged over this window (expressions last 
 MIN_FACE_DEV = 0.35  # face valence this far from baseline, opposite to the words
 MIN_DURATION_S = 0.5  # sustained, not a single frame
 MAX_GAP_S = 0.3  # a longer gap without a face ends an episode
+# Faces waiting for their words: live commit lags reach 2.3-3.2 s (p95) at full load and
+# 4.6 s past it (README, Performance); 30 s of frames (300 at 10 Hz) bounds the memory of a
+# session whose ASR stalls. Frames older than this behind the newest are dropped unjudged.
+FACE_HISTORY_S = 30.0
+_EPS = 1e-9  # media times are sums of floats
 
 
 def words_valence(tokens: list[str]) -> float | None:
@@ -62,44 +82,79 @@ def words_valence(tokens: list[str]) -> float | None:
 
 
 class ValenceInconsistencyDetector:
-    """Streaming face–words valence inconsistency over committed words and face features."""
+    """Streaming face–words valence inconsistency over committed words and face frames.
+
+    Per analysis tick: `add_face` for every analysed frame, then `update` with the newly
+    committed words and the media time up to which the committed words are complete;
+    `flush` at the end of the session judges the frames still waiting.
+    """
 
     def __init__(self) -> None:
-        self._words: deque[Any] = deque()
-        self._faces: deque[tuple[float, float]] = deque()
+        self._words: deque[Any] = deque()  # committed words some later frame may still use
+        self._pending: deque[tuple[float, float | None]] = deque()  # (t, valence) unjudged
+        self._recent: deque[tuple[float, float | None]] = deque()  # judged, in FACE_WINDOW_S
+        self._frames = FrameInterval(MAX_GAP_S + _EPS)
+        self._done = -math.inf  # time of the newest judged frame
         self._start: float | None = None
         self._last: float | None = None
         self._peak = 0.0
         self._detail = ""
 
-    def update(self, t: float, words: Iterable[Any], face: Any | None) -> list[CueHit]:
-        """Feed newly committed words and the face features analysed at ``t`` (or None)."""
-        for w in words:
-            self._words.append(w)
-        while self._words and self._words[0].t1 < t - WORD_WINDOW_S:
-            self._words.popleft()
-        if face is not None:
-            self._faces.append((t, float(face.valence_dev)))
-        while self._faces and self._faces[0][0] < t - FACE_WINDOW_S:
-            self._faces.popleft()
-        hit = self._inconsistency(face is not None)
+    def add_face(self, t: float, face: Any | None) -> None:
+        """The face features of the frame analysed at media time ``t`` (None: no face)."""
+        self._pending.append((t, None if face is None else float(face.valence_dev)))
+        self._frames.add(t)
+        while self._pending[0][0] < t - FACE_HISTORY_S:
+            self._pending.popleft()
+
+    def update(self, words: Iterable[Any], complete_until: float) -> list[CueHit]:
+        """Add newly committed words (in time order) and judge the frames up to
+        ``complete_until``, the media time up to which the committed words are complete."""
+        self._words.extend(words)
+        return self._judge(complete_until)
+
+    def flush(self) -> list[CueHit]:
+        """At the end of the session (every word committed): judge the waiting frames and
+        report the open episode if it lasted long enough."""
+        return self._judge(math.inf) + self._close()
+
+    def _judge(self, until: float) -> list[CueHit]:
         out: list[CueHit] = []
+        while self._pending and self._pending[0][0] <= until + _EPS:
+            tau, valence = self._pending.popleft()
+            self._done = tau
+            self._recent.append((tau, valence))
+            while self._recent[0][0] < tau - FACE_WINDOW_S - _EPS:
+                self._recent.popleft()
+            while self._words and self._words[0].t1 < tau - WORD_WINDOW_S - _EPS:
+                self._words.popleft()
+            out.extend(self._step(tau, valence))
+        if not self._pending:  # no frame waits: words older than any later window go
+            floor = max(self._done, until - FACE_HISTORY_S) - WORD_WINDOW_S - _EPS
+            while self._words and self._words[0].t1 < floor:
+                self._words.popleft()
+        return out
+
+    def _step(self, tau: float, valence: float | None) -> list[CueHit]:
+        """Advance the episode with the frame at ``tau``."""
+        out: list[CueHit] = []
+        hit = None if valence is None else self._inconsistency(tau)
+        if self._last is not None and tau - self._last > MAX_GAP_S + _EPS:
+            out.extend(self._close())  # also before a hit: a longer gap splits episodes
         if hit is not None:
             strength, detail = hit
             if self._start is None:
-                self._start = t
-            self._last = t
+                self._start = tau
+            self._last = tau
             if strength >= self._peak:
                 self._peak, self._detail = strength, detail
-        elif self._start is not None and self._last is not None and t - self._last > MAX_GAP_S:
-            out.extend(self.flush())
         return out
 
-    def flush(self) -> list[CueHit]:
-        """Report the open episode if it lasted long enough."""
+    def _close(self) -> list[CueHit]:
+        """Report the open episode if it covered MIN_DURATION_S; reset it."""
         out: list[CueHit] = []
         if self._start is not None and self._last is not None:
-            if self._last - self._start >= MIN_DURATION_S - 1e-9:
+            if self._frames.covered(self._start, self._last) >= MIN_DURATION_S - _EPS:
                 out.append(
                     CueHit(
                         "valence_inconsistency",
@@ -114,16 +169,19 @@ class ValenceInconsistencyDetector:
         self._peak, self._detail = 0.0, ""
         return out
 
-    def _inconsistency(self, have_face: bool) -> tuple[float, str] | None:
-        if not have_face or not self._faces or not self._words:
+    def _inconsistency(self, tau: float) -> tuple[float, str] | None:
+        """Strength and detail of the inconsistency at ``tau`` (None: none)."""
+        spoken = [w.w for w in self._words if w.t1 <= tau + _EPS]
+        if not spoken:
             return None
-        wv = words_valence(tokenize(" ".join(w.w for w in self._words)))
+        wv = words_valence(tokenize(" ".join(spoken)))
         if wv is None or abs(wv) < MIN_WORD_VALENCE:
             return None
-        fv = sum(v for _, v in self._faces) / len(self._faces)
+        faces = [v for _, v in self._recent if v is not None]
+        fv = sum(faces) / len(faces)  # the frame at tau has a face
         if abs(fv) < MIN_FACE_DEV or (fv > 0) == (wv > 0):
             return None
         strength = min(1.0, abs(wv - fv) / 2.0)
         words = "positive" if wv > 0 else "negative"
-        faces = "smiling/positive" if fv > 0 else "negative"
-        return strength, f"{words} words, {faces} face ({fv:+.2f} vs baseline)"
+        face = "smiling/positive" if fv > 0 else "negative"
+        return strength, f"{words} words, {face} face ({fv:+.2f} vs baseline)"

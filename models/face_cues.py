@@ -5,8 +5,14 @@ time order, and returns the cues whose episodes closed at that frame. Each cue i
 once per episode, as a ``CueHit`` with the episode's media times ``t0``/``t1``, when the
 episode ends (the condition has been false, or the face missing, for longer than
 ``GAP_S``; for oscillations, no new reversal for ``OSC_WINDOW_S``) or when it reaches
-``MAX_EPISODE_S`` (then it is reported and a new episode starts: a long state gives a hit
-every ``MAX_EPISODE_S``). ``flush(t)`` closes what is open at the end of a session.
+``MAX_EPISODE_S`` (then it is reported and a new episode starts after it: a long state gives
+a hit every ``MAX_EPISODE_S``, and hits of one cue never overlap). ``flush(t)`` closes what
+is open at the end of a session.
+
+Durations are frame coverage (`models.cues.FrameInterval`): a frame at ``t`` covers
+``(t - interval, t]`` with the interval of the frames fed, so a cue with a 0.5 s minimum
+needs 5 frames at 10 Hz (as `stream.aggregate.SegmentTracker` counts). The hit's ``t0`` and
+``t1`` are the media times of its first and last frame.
 
 Rules (all judged against the person's running baseline from ``models.face``; each threshold
 is a named constant below with the reason for its value):
@@ -33,11 +39,12 @@ Strength in [0, 1]: the episode's mean of a ramp that is 0.5 at the threshold an
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from models.cues import CueHit
+from models.cues import CueHit, FrameInterval
 from models.face import FaceFeatures
 
 __all__ = ["CUES", "MODALITY", "CueHit", "FaceCueDetector"]
@@ -142,10 +149,17 @@ def _ramp(value: float, threshold: float, full: float) -> float:
 
 class _Sustained:
     """Episodes of a condition that must hold for a minimum time; one key (e.g. a direction)
-    per episode. ``describe(key, peak)`` writes the hit's detail."""
+    per episode. ``describe(key, peak)`` writes the hit's detail; ``frames`` measures the
+    time the frames cover."""
 
-    def __init__(self, cue: str, min_s: float, describe: Callable[[str, float], str]) -> None:
-        self.cue, self.min_s, self.describe = cue, min_s, describe
+    def __init__(
+        self,
+        cue: str,
+        min_s: float,
+        describe: Callable[[str, float], str],
+        frames: FrameInterval,
+    ) -> None:
+        self.cue, self.min_s, self.describe, self.frames = cue, min_s, describe, frames
         self.key: str | None = None
         self.t0 = self.last = 0.0
         self.scores: list[float] = []
@@ -153,7 +167,11 @@ class _Sustained:
 
     def _emit(self, t1: float) -> list[CueHit]:
         hits = []
-        if self.key is not None and self.scores and t1 - self.t0 >= self.min_s - _EPS:
+        if (
+            self.key is not None
+            and self.scores
+            and self.frames.covered(self.t0, t1) >= self.min_s - _EPS
+        ):
             strength = sum(self.scores) / len(self.scores)
             detail = self.describe(self.key, self.peak)
             hits.append(CueHit(self.cue, self.t0, t1, strength, MODALITY, detail))
@@ -177,9 +195,9 @@ class _Sustained:
         self.last = t
         self.scores.append(score)
         self.peak = max(self.peak, peak, key=abs)
-        if t - self.t0 >= MAX_EPISODE_S:
+        if self.frames.covered(self.t0, t) >= MAX_EPISODE_S - _EPS:
+            # The next piece starts with the next frame: pieces share no frame.
             hits += self._emit(t)
-            self.key, self.t0, self.last, self.peak, self.scores = key, t, t, peak, [score]
         return hits
 
     def flush(self) -> list[CueHit]:
@@ -199,11 +217,15 @@ class _Oscillation:
     """Counts direction reversals of one angle with hysteresis (a zig-zag: a reversal is
     confirmed when the angle has moved back from its extreme by at least ``min_swing``)."""
 
-    def __init__(self, cue: str, min_swing: float, full_swing: float, label: str) -> None:
+    def __init__(
+        self, cue: str, min_swing: float, full_swing: float, label: str, frames: FrameInterval
+    ) -> None:
         self.cue, self.min_swing, self.full_swing, self.label = cue, min_swing, full_swing, label
+        self.frames = frames
         self._reset_tracker()
         self.ep_t0: float | None = None
         self.ep_last = 0.0
+        self.hit_t1 = -math.inf  # t1 of the last hit: the next episode starts no earlier
         self.ep_swings: list[float] = []
         self.ep_turns = 0
 
@@ -231,6 +253,7 @@ class _Oscillation:
         )
         self.ep_t0 = None
         self.ep_swings, self.ep_turns = [], 0
+        self.hit_t1 = hit.t1
         return [hit]
 
     def missing(self, t: float) -> list[CueHit]:
@@ -283,12 +306,13 @@ class _Oscillation:
                 self.ep_last = t
             elif len(self.turns) >= OSC_MIN_REVERSALS and self._dominant():
                 recent = list(self.turns)
-                self.ep_t0 = recent[0].leg_start
+                # After a split the first new turn's swing began inside the last hit.
+                self.ep_t0 = max(recent[0].leg_start, self.hit_t1)
                 self.ep_turns = len(recent)
                 self.ep_swings = [tr.swing for tr in recent]
                 self.ep_last = t
         hits = self._maybe_close(t)
-        if self.ep_t0 is not None and t - self.ep_t0 >= MAX_EPISODE_S:
+        if self.ep_t0 is not None and self.frames.covered(self.ep_t0, t) >= MAX_EPISODE_S - _EPS:
             hits += self._emit()
             self.turns.clear()
         return hits
@@ -318,24 +342,35 @@ class FaceCueDetector:
     """Streaming face cue detector for one session (see the module docstring for the rules)."""
 
     def __init__(self) -> None:
+        # Longer steps between frames are gaps (they end episodes), not the frame rate.
+        self._frames = frames = FrameInterval(GAP_S + _EPS)
         self._look = _Sustained(
             "looking_away",
             LOOK_MIN_S,
             lambda k, p: f"head turned {k}, peak {p:+.0f} deg from baseline",
+            frames,
         )
         self._gaze = _Sustained(
-            "gaze_aversion", GAZE_MIN_S, lambda k, p: f"gaze {k}, peak {p:+.0f} deg from baseline"
+            "gaze_aversion",
+            GAZE_MIN_S,
+            lambda k, p: f"gaze {k}, peak {p:+.0f} deg from baseline",
+            frames,
         )
-        self._shake = _Oscillation("head_shake", SHAKE_MIN_SWING_DEG, SHAKE_FULL_SWING_DEG, "yaw")
-        self._nod = _Oscillation("nod", NOD_MIN_SWING_DEG, NOD_FULL_SWING_DEG, "pitch")
+        self._shake = _Oscillation(
+            "head_shake", SHAKE_MIN_SWING_DEG, SHAKE_FULL_SWING_DEG, "yaw", frames
+        )
+        self._nod = _Oscillation("nod", NOD_MIN_SWING_DEG, NOD_FULL_SWING_DEG, "pitch", frames)
         self._frown = _Sustained(
-            "frown", FROWN_MIN_S, lambda k, p: f"brows lowered, peak z {p:+.1f}"
+            "frown", FROWN_MIN_S, lambda k, p: f"brows lowered, peak z {p:+.1f}", frames
         )
         self._press = _Sustained(
-            "lip_press", LIP_PRESS_MIN_S, lambda k, p: f"lips thinned and closed, peak z {p:+.1f}"
+            "lip_press",
+            LIP_PRESS_MIN_S,
+            lambda k, p: f"lips thinned and closed, peak z {p:+.1f}",
+            frames,
         )
         self._smile = _Sustained(
-            "smile", SMILE_MIN_S, lambda k, p: f"p(happy) up to {p:+.2f} over baseline"
+            "smile", SMILE_MIN_S, lambda k, p: f"p(happy) up to {p:+.2f} over baseline", frames
         )
         self._sustained = (self._look, self._gaze, self._frown, self._press, self._smile)
         self._last_t: float | None = None
@@ -346,6 +381,7 @@ class FaceCueDetector:
         if self._last_t is not None and t < self._last_t:
             raise ValueError(f"media time went back: {t} < {self._last_t}")
         self._last_t = t
+        self._frames.add(t)
         hits: list[CueHit] = []
         if f is None:
             for s in self._sustained:

@@ -45,6 +45,9 @@ Feature vector (`FEATURE_NAMES`, float32):
 
 Talking time for the rates is the span of the words minus the part of every
 inter-word gap beyond `RATE_MAX_GAP_S`, so pauses do not read as slow speech.
+`VoiceFeatures.rate_span` says which speech the rates were measured on (the first
+word's start, the last word's end): words arrive with the ASR's commit lag, so the
+rates describe speech that ended well before ``t``.
 Not thread-safe: call from one thread, in media order.
 """
 
@@ -287,10 +290,13 @@ class RunningBaseline:
 
 @dataclass(frozen=True)
 class VoiceFeatures:
-    """Voice features at media time ``t``; ``values`` is float32 with NaN where unavailable."""
+    """Voice features at media time ``t``; ``values`` is float32 with NaN where unavailable.
+    ``rate_span``: media times (first word t0, last word t1) of the words the rates were
+    measured on (None without a rate)."""
 
     t: float
     values: np.ndarray
+    rate_span: tuple[float, float] | None = None
 
     def get(self, name: str) -> float:
         """One feature by name (NaN if unavailable)."""
@@ -440,19 +446,21 @@ class ProsodyTracker:
         n = min(self._times.size, int(round(seconds / STEP_S)))
         return slice(self._times.size - n, self._times.size)
 
-    def _rates(self, t: float) -> tuple[float, float]:
+    def _rates(self, t: float) -> tuple[float, float, tuple[float, float] | None]:
+        """Word and syllable rates of the rate window, and its span (NaN, NaN, None: none)."""
+        none = math.nan, math.nan, None
         if not self._words or t - self._words[-1].t1 > RATE_STALE_S:
-            return math.nan, math.nan
+            return none
         ws = list(self._words)
         if len(ws) < RATE_MIN_WORDS:
-            return math.nan, math.nan
+            return none
         talk = ws[-1].t1 - ws[0].t0
         for a, b in zip(ws[:-1], ws[1:], strict=True):
             talk -= max(0.0, b.t0 - a.t1 - RATE_MAX_GAP_S)
         if talk < RATE_MIN_TALK_S:
-            return math.nan, math.nan
+            return none
         syl = sum(count_syllables(w.w) for w in ws)
-        return len(ws) / talk, syl / talk
+        return len(ws) / talk, syl / talk, (float(ws[0].t0), float(ws[-1].t1))
 
     def _features(self, hop_s: float, new_words: bool) -> VoiceFeatures | None:
         t = self._t
@@ -467,7 +475,7 @@ class ProsodyTracker:
         if speech.size and not speech[-1]:
             silence = (speech.size - runs[-1][1]) * STEP_S if runs else speech.size * STEP_S
             silence = min(silence, HISTORY_S)
-        wr, sr = self._rates(t)
+        wr, sr, span = self._rates(t)
         b = self.baselines
         wr_z, sr_z = b["word_rate"].z(wr), b["syl_rate"].z(sr)
         if new_words and self._words:
@@ -528,4 +536,4 @@ class ProsodyTracker:
         v[_IDX["word_rate_z"]] = wr_z
         v[_IDX["syl_rate"]] = sr
         v[_IDX["syl_rate_z"]] = sr_z
-        return VoiceFeatures(t=t, values=v.astype(np.float32))
+        return VoiceFeatures(t=t, values=v.astype(np.float32), rate_span=span)

@@ -19,12 +19,19 @@ Rules:
   word rate) <= -`RATE_Z` / >= +`RATE_Z` on every tick with a rate for at least
   `RATE_SUSTAIN_S` (ticks without a rate, e.g. short pauses, neither extend nor
   break the run unless they last > `RATE_GAP_S`). Strength (|mean z| - 1) / 2.
+  The rates come from words the ASR committed seconds after they were spoken, so
+  the hit's times are those of the speech: the words of the rate window that
+  confirmed the episode (`VoiceFeatures.rate_span`), from the first word's start
+  to the last word's end, reaching back to the end of the words of the episode's
+  first tick. They do not depend on the ASR's commit lag.
 - ``volume_change``: energy z-score beyond +-`VOLUME_Z` (same sign) on every
   speech tick for at least `VOLUME_SUSTAIN_S`; detail says louder/softer and by how
   many dB against the speaker's baseline. Strength (|mean z| - 1.5) / 2.5.
 
 After a rate or volume episode is reported, the same cue is re-armed only when its
 z-score has come back within +-`REARM_Z` (no flicker around the threshold).
+Durations count ticks as coverage (`models.cues.FrameInterval`): a tick at ``t``
+covers ``(t - tick interval, t]``, so 0.5 s is 5 ticks at 10 Hz.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from models.cues import CueHit
+from models.cues import CueHit, FrameInterval
 from models.prosody import SpeechTimeline, VoiceFeatures
 
 __all__ = ["VOICE_CUES", "VoiceCueDetector"]
@@ -79,6 +86,7 @@ class _Episode:
     sign: int = 0
     t0: float = 0.0
     t_last: float = 0.0
+    at0: float = 0.0  # media time of the first tick's evidence (rates: its words' end)
     z_sum: float = 0.0
     n: int = 0
     reported: bool = False
@@ -96,11 +104,13 @@ class VoiceCueDetector:
         self._rate = _Episode()
         self._volume = _Episode()
         self._calm_db = math.nan  # recent speech level while the energy z-score was normal
+        self._ticks = FrameInterval(RATE_GAP_S)  # longer steps are gaps, not the tick rate
 
     def update(
         self, t: float, features: VoiceFeatures | None, vad: SpeechTimeline | None
     ) -> list[CueHit]:
         """Cues that became certain at media time ``t`` (call every tick, in order)."""
+        self._ticks.add(t)
         hits: list[CueHit] = []
         if vad is not None:
             hits.extend(self._pauses(t, vad))
@@ -143,8 +153,10 @@ class VoiceCueDetector:
         threshold: float,
         sustain_s: float,
         gap_s: float,
+        at: float | None = None,
     ) -> _Episode | None:
-        """Advance an episode with this tick's z (NaN: no value); the episode if it fires."""
+        """Advance an episode with this tick's z (NaN: no value); the episode if it fires.
+        ``at``: the media time of the tick's evidence (default ``t``)."""
         if not math.isfinite(z):
             if ep.n and t - ep.t_last > gap_s:
                 ep.reset()
@@ -159,11 +171,11 @@ class VoiceCueDetector:
         if not ep.armed:
             return None
         if ep.n == 0:
-            ep.sign, ep.t0 = sign, t
+            ep.sign, ep.t0, ep.at0 = sign, t, t if at is None else at
         ep.t_last = t
         ep.z_sum += z
         ep.n += 1
-        if not ep.reported and t - ep.t0 >= sustain_s - 1e-9:
+        if not ep.reported and self._ticks.covered(ep.t0, t) >= sustain_s - 1e-9:
             ep.reported = True
             ep.armed = False
             return ep
@@ -171,19 +183,24 @@ class VoiceCueDetector:
 
     def _rate_cues(self, t: float, f: VoiceFeatures | None) -> list[CueHit]:
         z = math.nan
-        if f is not None:
+        span = None if f is None else f.rate_span
+        if f is not None and span is not None:
             z = f.get("syl_rate_z")
             if not math.isfinite(z):
                 z = f.get("word_rate_z")
-        ep = self._episode(self._rate, t, z, RATE_Z, RATE_SUSTAIN_S, RATE_GAP_S)
-        if ep is None:
+        at = None if span is None else span[1]
+        ep = self._episode(self._rate, t, z, RATE_Z, RATE_SUSTAIN_S, RATE_GAP_S, at)
+        if ep is None or span is None:
             return []
         zm = ep.z_sum / ep.n
         cue = "hurried_speech" if ep.sign > 0 else "slowed_speech"
         strength = min(1.0, max(0.0, (abs(zm) - 1.0) / 2.0))
         rate = f.get("syl_rate") if f is not None else math.nan
         detail = f"rate z {zm:+.1f}" + (f", {rate:.1f} syl/s" if math.isfinite(rate) else "")
-        return [CueHit(cue, ep.t0, t, round(strength, 3), MODALITY, detail)]
+        # The confirming window normally holds the words of the episode's first tick too
+        # (RATE_SUSTAIN_S < RATE_WINDOW_S); after a burst of commits it may not: reach back.
+        t0 = min(span[0], ep.at0)
+        return [CueHit(cue, t0, span[1], round(strength, 3), MODALITY, detail)]
 
     def _volume_cues(self, t: float, f: VoiceFeatures | None) -> list[CueHit]:
         if f is None:  # no speech: a volume episode needs continuous speech

@@ -35,7 +35,7 @@ from stream.vad import VadTimeline
 if TYPE_CHECKING:  # torch comes with the full profile only: serving lite does not import it
     from models.full_stream import FullStream
 
-__all__ = ["Analyzer", "TickResult"]
+__all__ = ["Analyzer", "TickResult", "words_complete_until"]
 
 
 @dataclass
@@ -78,6 +78,16 @@ def frame_rgb(frame: VideoFrame, reformatter: VideoReformatter | None = None) ->
 def join_words(words: list[Any]) -> str:
     """The transcript text of ASR words."""
     return _join_words(words)
+
+
+def words_complete_until(t: float, tentative: Sequence[Any], asr_t: float | None) -> float:
+    """The media time up to which the committed words are complete at tick ``t``: where the
+    ASR's transcription ends (``asr_t``, default ``t``), or earlier where its tentative tail
+    starts (words are committed in time order, so every word before it is committed)."""
+    until = t if asr_t is None else min(t, asr_t)
+    if tentative:
+        until = min(until, tentative[0].t0)
+    return until
 
 
 class Analyzer:
@@ -150,20 +160,26 @@ class Analyzer:
         frame: VideoFrame | None = None,
         audio_t: float | None = None,
         earlier: Sequence[VideoFrame] = (),
+        asr_t: float | None = None,
     ) -> TickResult:
         """Analyse media time ``t`` given words newly committed since the last tick,
         the newest video frame not analysed yet (None if there is none), and the
         audio up to ``audio_t`` (default ``t``). ``earlier``: the frames since the last
-        tick before ``frame`` (the full profile's face clips use them; lite: none)."""
+        tick before ``frame`` (the full profile's face clips use them; lite: none).
+        ``asr_t``: the media time up to which the ASR has transcribed the audio, i.e.
+        every word spoken before it is committed or in ``tentative`` (default ``t``: an
+        offline replay whose committed words are complete up to the tick)."""
         started = time.perf_counter()
         audio_t = t if audio_t is None else audio_t
+        complete = words_complete_until(t, tentative, asr_t)
         cues: list[CueHit] = []
         if committed or utterance_final:
             self.words.extend(committed)
             self._pending_words.extend(committed)
             cues.extend(self.word_cues.update(committed, final=utterance_final))
         if self.full is not None:
-            return self._tick_full(t, committed, cues, [*earlier, frame], audio_t, started)
+            frames = [*earlier, frame]
+            return self._tick_full(t, committed, cues, frames, audio_t, complete, started)
         words = self.words + list(tentative)
         text_x = self.text_stream.features(t, words)
         p_text = self.text_stream.p_text
@@ -175,11 +191,11 @@ class Analyzer:
             face_started = time.perf_counter()
             face = self.prepare_face().analyze(frame_rgb(frame, self._reformatter), frame.t)
             cues.extend(self.face_cues.update(frame.t, face))
+            self.cross_cues.add_face(frame.t, face)
             if face is not None:
                 self._face = face
             face_s = time.perf_counter() - face_started
-        if frame is not None or committed:
-            cues.extend(self.cross_cues.update(t, committed, face))
+        cues.extend(self.cross_cues.update(committed, complete))
         recent_face = self._face
         if recent_face is not None and t - recent_face.t > FACE_MAX_AGE_S:
             recent_face = None
@@ -219,6 +235,7 @@ class Analyzer:
         cues: list[CueHit],
         frames: list[VideoFrame | None],
         audio_t: float,
+        complete: float,
         started: float,
     ) -> TickResult:
         """The full profile's tick: cues as in the lite one, p from `FullStream.step`.
@@ -228,7 +245,6 @@ class Analyzer:
         voice = self._voice(audio_t, cues)
         face = None
         face_s = 0.0
-        frame = frames[-1]
         face_started = time.perf_counter()
         for f in frames:  # every frame since the last tick, the newest last
             if f is None:
@@ -236,10 +252,10 @@ class Analyzer:
             rgb = frame_rgb(f, self._reformatter)
             face = self.prepare_face().analyze(rgb, f.t)
             cues.extend(self.face_cues.update(f.t, face))
+            self.cross_cues.add_face(f.t, face)
             self.full.add_frame(f.t, rgb, None if face is None else face.landmarks)
         face_s = time.perf_counter() - face_started
-        if frame is not None or committed:
-            cues.extend(self.cross_cues.update(t, committed, face))
+        cues.extend(self.cross_cues.update(committed, complete))
         # The audio window ends at t where the ring holds it (a file session, always), as in
         # training; else at the newest audio received.
         end_t = t if self.ring is None else max(audio_t, min(t, self.ring.end_time))

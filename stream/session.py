@@ -608,6 +608,10 @@ class Session:
             frame=frame,
             audio_t=audio_t,
             earlier=earlier,
+            # Committed words are complete up to the newest ASR step the ticks may use
+            # (one hop early when the ASR keeps up): cues that pair words with frames wait
+            # for it, so their times do not depend on the ASR lag.
+            asr_t=min(self._asr_done_t, t - self.text_delay_s - self.asr.hop_s),
         )
         return await self._infer(tick)
 

@@ -406,7 +406,8 @@ def test_volume_step_is_a_volume_change() -> None:
     vol = cues(hits, "volume_change")
     assert len(vol) == 1 and not cues(hits, "long_pause")
     assert vol[0].detail.startswith("louder")
-    assert 5.0 <= vol[0].t0 <= 5.5 and vol[0].t1 - vol[0].t0 >= 0.5 - 1e-6
+    # reported at the 5th loud tick: 5 ticks at 10 Hz cover 0.5 s (the first covers t0 - 0.1..t0)
+    assert 5.0 <= vol[0].t0 <= 5.5 and vol[0].t1 - vol[0].t0 == pytest.approx(0.4)
     assert vol[0].strength > 0.8
     assert "+12" in vol[0].detail or "+11" in vol[0].detail
     soft = run_voice(np.concatenate([harmonic(150.0, 5.0, -20.0), harmonic(150.0, 2.0, -32.0)]))
@@ -431,23 +432,42 @@ def test_long_pause_from_vad_timeline() -> None:
     assert pause_hits([(0.0, 3.0), (9.5, 11.0)], until=11.0) == []
 
 
-def test_paced_words_hurried_and_slowed() -> None:
-    def paced(rates: list[tuple[float, float]]) -> list[Word]:
-        out, t = [], 0.2
-        for rate, until in rates:
-            while t < until:
-                out.append(Word("ba", t, t + 0.8 / rate, 0.9))
-                t += 1.0 / rate
-        return out
+def paced(rates: list[tuple[float, float]]) -> list[Word]:
+    """One-syllable words at ``rate`` words/s until each ``until`` (media seconds)."""
+    out, t = [], 0.2
+    for rate, until in rates:
+        while t < until:
+            out.append(Word("ba", t, t + 0.8 / rate, 0.9))
+            t += 1.0 / rate
+    return out
 
+
+def test_paced_words_hurried_and_slowed() -> None:
     tone = harmonic(130.0, 26.0, -24.0)
     _, hits, _ = run_voice(tone, paced([(2.5, 16.0), (4.5, 26.0)]), use_vad=False)
     assert [h.cue for h in hits] == ["hurried_speech"]
-    assert 16.0 <= hits[0].t0 <= 21.0 and hits[0].t1 - hits[0].t0 >= 2.0 - 1e-6
+    # the words of the rate window that confirmed it: from the last slow word, >= 2 s fast
+    assert 15.0 <= hits[0].t0 <= 16.0 and hits[0].t1 >= 18.0
     _, hits, _ = run_voice(tone, paced([(2.5, 16.0), (1.2, 26.0)]), use_vad=False)
     assert [h.cue for h in hits] == ["slowed_speech"]
     _, hits, _ = run_voice(tone, paced([(2.5, 26.0)]), use_vad=False)
     assert hits == []
+
+
+def test_rate_cue_times_are_the_speech_not_the_commit() -> None:
+    """Words committed 0.5 or 2.5 s after they end give the same hurried_speech hit, at the
+    times of the fast speech (the rate window's words), not of the tick that saw them."""
+    tone = harmonic(130.0, 30.0, -24.0)
+    words = paced([(2.5, 20.0), (5.0, 30.0)])
+    spans = []
+    for lag in (0.5, 2.5):
+        _, hits, _ = run_voice(tone, words, use_vad=False, commit_lag_s=lag)
+        assert [h.cue for h in hits] == ["hurried_speech"], lag
+        spans.append((hits[0].t0, hits[0].t1, hits[0].strength))
+    assert spans[0] == pytest.approx(spans[1])
+    t0, t1, _ = spans[0]
+    assert 19.0 <= t0 <= 20.0 and 22.0 <= t1 <= 24.0  # over the fast speech heard by then
+    assert any(w.t0 == t0 for w in words) and any(w.t1 == t1 for w in words)
 
 
 # ------------------------------------------------------------------------------ real speech
@@ -476,6 +496,23 @@ def test_espeak_slowed_speech_after_baseline(whisper) -> None:
     assert onset < hits[0].t0 < onset + 8.0
     f = feats[int(hits[0].t1 * 10) - 1]
     assert f is not None and f.get("syl_rate_z") <= -1.5
+
+
+def test_espeak_slowed_speech_times_do_not_depend_on_the_commit_lag(whisper) -> None:
+    """Real speech: the slowed_speech hit lies in the slow part, at the same media times
+    whether the ASR commits words 0.5 or 2.5 s after they end."""
+    fast = espeak_speech(BASELINE_TEXT, rate_wpm=150)
+    slow = espeak_speech(SLOW_TEXT, rate_wpm=80)
+    audio = np.concatenate([fast, slow])
+    ws = transcribe(whisper, audio)
+    times = []
+    for lag in (0.5, 2.5):
+        _, hits, _ = run_voice(audio, ws, commit_lag_s=lag)
+        assert [h.cue for h in hits] == ["slowed_speech"], (lag, hits)
+        times.append((hits[0].t0, hits[0].t1))
+    assert times[0] == times[1]
+    t0, t1 = times[0]
+    assert len(fast) / SR - 0.5 < t0 < t1 <= ws[-1].t1
 
 
 def test_espeak_pause_inside_speech_is_a_long_pause() -> None:

@@ -441,6 +441,49 @@ def test_long_states_are_reported_in_pieces_and_gaps_are_bridged():
     assert hits[0].t1 == pytest.approx(0.9) and hits[1].t0 == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("hz", [10, 30])
+def test_minimum_durations_are_frame_coverage(hz):
+    """A frame at t covers (t - frame interval, t], as `stream.aggregate.SegmentTracker`
+    counts: a cue with a 0.5 s minimum needs 5 frames at 10 Hz (15 at 30 Hz); one fewer is
+    too short."""
+    cases = {
+        "frown": (0.5, {"brow_height_z": -3.0}),
+        "gaze_aversion": (0.5, {"gaze_yaw_dev": 25.0}),
+        "looking_away": (0.5, {"yaw_dev": 25.0}),
+        "smile": (0.5, {"p_happy_dev": 0.6}),
+        "lip_press": (0.7, {"lip_thickness_z": -3.0}),
+    }
+    for cue, (min_s, on) in cases.items():
+        need = round(min_s * hz)
+        for n, expected in ((need, [cue]), (need - 1, [])):
+            frames = []
+            for k in range(4 * hz):
+                t = k / hz
+                vals = on if 2 * hz <= k < 2 * hz + n else {}
+                f = FaceFeatures.from_values(t, baseline_ready=1.0, mouth_open=0.01, **vals)
+                frames.append((t, f))
+            hits = run(frames)
+            assert cues(hits) == expected, (cue, n)
+            if hits:
+                assert hits[0].t0 == pytest.approx(2.0)
+                assert hits[0].t1 == pytest.approx(2.0 + (n - 1) / hz)
+
+
+def test_pieces_of_long_episodes_do_not_overlap():
+    """Long nods, shakes and smiles come in pieces of MAX_EPISODE_S; a piece starts no earlier
+    than the previous one ended (after a split, the swing into the first new reversal began
+    inside the last piece)."""
+    for axis, cue in (("pitch", "nod"), ("yaw", "head_shake")):
+        hits = run(seq(12, **{axis: lambda t: 8 * math.sin(2 * math.pi * 2 * t)}))
+        assert len(hits) >= 2 and set(cues(hits)) == {cue}
+        for a, b in zip(hits[:-1], hits[1:], strict=True):
+            assert b.t0 >= a.t1 - 1e-9, (a, b)
+        assert all(h.t1 - h.t0 <= MAX_EPISODE_S for h in hits)
+    smiles = run(seq(12, p_happy_dev=0.8))
+    pieces = [t for h in smiles for t in (h.t0, h.t1)]  # 50 frames each: no frame shared
+    assert pieces == pytest.approx([0.0, 4.9, 5.0, 9.9, 10.0, 11.9])
+
+
 def test_cue_hits_are_reported_when_the_episode_ends():
     det = FaceCueDetector()
     frames = seq(3, brow_height_z=lambda t: -3.0 if 0.5 <= t < 1.5 else 0.0)
