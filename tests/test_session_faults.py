@@ -1,15 +1,19 @@
-"""Faults inside a real `Session` (real models): a failing ASR step, a session that ends while
-its face graph is still being made, and a live ASR that falls behind and skips ahead.
+"""Faults inside a real `Session` (real models, real speech and a real face): a failing ASR
+step, a session that ends while its face graph is still being made, a live ASR that falls
+behind and skips ahead, failing analysis ticks, and the ASR compute the session reports.
 
-Faults are injected in the narrowest place: the session's own ASR object's `step`, or the
-moment its analyzer's face warm-up runs. Everything else is the production code path.
+Faults are injected in the narrowest place: the session's own ASR object's `step`, the
+moment its analyzer's face warm-up runs, one call of its face analyzer, its fusion TCN's
+`step`, or its analyzer closed under it. Everything else is the production code path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -17,7 +21,7 @@ import pytest
 
 from stream.buffers import VideoFrame
 from stream.publisher import Publisher
-from stream.session import ASR_MAX_FAILURES, Session
+from stream.session import ASR_MAX_FAILURES, TICK_MAX_FAILURES, Session
 from tests.media import espeak_speech, librivox_speech, silence
 from tests.mediafiles import astronaut_frames
 
@@ -69,11 +73,11 @@ def graph_closed(face_analyzer: Any) -> bool:
 class Run:
     """A `Session` and the events it published, each with the media time received by then."""
 
-    def __init__(self, models: Any, **kw: Any) -> None:
+    def __init__(self, models: Any, name: str = "faults", **kw: Any) -> None:
         self.events: list[dict[str, Any]] = []
-        publisher = Publisher("faults")
+        publisher = Publisher(name)
         publisher.listeners.append(self._record)
-        self.session = Session("faults", models, publisher, **kw)
+        self.session = Session(name, models, publisher, **kw)
 
     def _record(self, event: Any) -> None:
         self.events.append({**event.to_dict(), "received": self.session.media_end})
@@ -86,14 +90,18 @@ class Run:
 
     async def feed(
         self, audio: np.ndarray, video: bool = False, realtime: bool = True, t0: float = 0.0
-    ) -> None:
+    ) -> float:
         """Push ``audio`` (from media time ``t0``) in 20 ms chunks, and a face at FPS with
-        ``video``: at the pace of a live call, or as a file is read (``realtime=False``)."""
+        ``video``: at the pace of a live call, or as a file is read (``realtime=False``).
+        Stops early if the session ends; returns the media time pushed."""
         s = self.session
         frames = astronaut_frames(int(len(audio) / RATE * FPS) + 1) if video else []
         started = time.monotonic()
         next_frame = 0
+        t = t0
         for i in range(0, len(audio), CHUNK):
+            if s.done:
+                break
             t = t0 + i / RATE
             s.push_audio(audio[i : i + CHUNK], t)
             while next_frame < len(frames) and next_frame / FPS <= t - t0:
@@ -104,6 +112,7 @@ class Run:
                 await asyncio.sleep(max(0.0, started + (t - t0) - time.monotonic()))
             else:
                 await s.wait_caught_up()
+        return t
 
     async def end(self, *kinds: str) -> None:
         for kind in kinds:
@@ -283,3 +292,192 @@ async def test_a_live_session_short_of_cpu_says_so_in_its_status(models: Any) ->
     assert behind and all("behind the call" in e["message"] for e in behind)
     assert all(e["lags"]["tick"] > 1.0 for e in behind)
     assert not status[0].get("message") and status[0]["lags"]["tick"] <= 1.0
+
+
+def failed_at(error: dict[str, Any]) -> float:
+    """The media time an analysis failure was reported at."""
+    match = re.search(r"analysis failed at (\d+\.\d+) s", error["message"])
+    assert match, error["message"]
+    return float(match.group(1))
+
+
+async def test_a_failed_face_analysis_is_reported_and_the_call_goes_on(
+    models: Any, sentences: np.ndarray, handed_out: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review's case: the 20th face analysis of a live call raises once."""
+    run = Run(models, live=True)
+    analyzed: list[float] = []
+    failed: list[float] = []
+
+    def face_analyzer_failing_once(analyzer: Any) -> Any:
+        analyze = analyzer.analyze
+
+        def analyze_or_fail(rgb: np.ndarray, t: float) -> Any:
+            analyzed.append(t)
+            if len(analyzed) == 20:
+                failed.append(t)
+                raise RuntimeError(f"mesh failed on the frame at {t} (transient)")
+            return analyze(rgb, t)
+
+        analyzer.analyze = analyze_or_fail
+        return analyzer
+
+    take = models.face_pool.take  # the recording one (handed_out)
+    monkeypatch.setattr(models.face_pool, "take", lambda: face_analyzer_failing_once(take()))
+    run.session.add_track("audio")
+    run.session.add_track("video")
+    run.session.start()
+    await run.feed(sentences, video=True)
+    assert not run.session.done  # the call was never cut off
+    await run.end("audio", "video")
+
+    duration = len(sentences) / RATE
+    assert len(failed) == 1
+    (error,) = run.of("error")
+    assert error["code"] == "internal"
+    assert "RuntimeError" in error["message"] and "without its video frame" in error["message"]
+    assert "analyze_or_fail" in error["message"]  # the step that failed, by its code
+    assert "mesh" not in error["message"] and "transient" not in error["message"]
+    assert not words_of(run) & set(error["message"].lower().split())
+    # The failed tick still has its frame event (no video analysed), reported right after it.
+    t_fail = failed_at(error)
+    assert 0.0 <= t_fail - failed[0] <= 0.1 + 1e-6
+    frames = run.of("frame")
+    (tick,) = [f for f in frames if f["t"] == pytest.approx(t_fail)]
+    assert "video_t" not in tick
+    assert frames[frames.index(tick) - 1]["t"] < t_fail  # reported as it happened
+    assert run.index(frames[frames.index(tick) - 1]) < run.index(error) < run.index(tick)
+    # Every tick of the call ran, and the face analysis went on after the failure.
+    ticks = [round(f["t"] * 10) for f in frames if f["t"] <= duration - 0.4]
+    assert ticks == list(range(1, len(ticks) + 1)) and len(ticks) >= 10 * duration - 5
+    after = [f for f in frames if f["t"] > t_fail]
+    assert sum("video_t" in f and f["modalities"]["face"] for f in after) >= 0.9 * len(after)
+    assert frames[-1]["t"] >= duration - 0.2
+    assert any(e["type"] == "transcript" and e["t0"] > t_fail for e in run.events)
+    assert run.of("status")[-1]["dropped_video_frames"] >= 1  # the frame never analysed
+    # A clean end: final decision, and the face graph closed.
+    assert [v for v in run.of("video") if v["final"]]
+    assert run.events[-1]["type"] == "session.ended" and run.events[-1]["reason"] == "ended"
+    assert run.events[-1]["decision"] is not None
+    assert handed_out and all(graph_closed(a) for a in handed_out)
+
+
+async def test_ticks_that_keep_failing_end_the_session_with_its_final_events(
+    models: Any, sentences: np.ndarray, handed_out: list[Any]
+) -> None:
+    """A model broken for good (the fusion TCN, from its 30th step on): the ticks fail with
+    and without video, and after TICK_MAX_FAILURES in a row the session ends, while the
+    call is still sending, with its final events."""
+    run = Run(models, live=True)
+    s = run.session
+    tcn_step = s.analyzer.tcn.step
+    calls: list[int] = []
+
+    def broken_from_the_30th_step(x: Any) -> Any:
+        calls.append(1)
+        if len(calls) >= 30:
+            raise MemoryError
+        return tcn_step(x)
+
+    s.analyzer.tcn.step = broken_from_the_30th_step
+    s.add_track("audio")
+    s.add_track("video")
+    s.start()
+    pushed = await run.feed(sentences, video=True)
+    assert s.done and pushed < len(sentences) / RATE - 2.0  # it ended during the call
+    await run.end("audio", "video")
+
+    first, last = run.of("error")
+    assert first["code"] == last["code"] == "internal"
+    assert "MemoryError" in first["message"] and "tick skipped" in first["message"]
+    assert "MemoryError" in last["message"] and "session ends" in last["message"]
+    assert f"after {TICK_MAX_FAILURES} failures in a row" in last["message"]
+    t0, t1 = failed_at(first), failed_at(last)
+    assert t1 == pytest.approx(t0 + (TICK_MAX_FAILURES - 1) / 10)
+    # The ticks before the failures were published and aggregated; none after.
+    frames = run.of("frame")
+    assert len(frames) == 29 and frames[-1]["t"] < t0
+    (final,) = [v for v in run.of("video") if v["final"]]
+    assert run.index(final) > run.index(last)
+    ended = run.events[-1]
+    assert ended["type"] == "session.ended" and ended["reason"] == "analysis failed"
+    assert ended["decision"] is not None and ended["decision"]["p"] == final["p"]
+    # Each failing tick was tried with its frame, then without; no more.
+    assert 29 + TICK_MAX_FAILURES < len(calls) <= 29 + 2 * TICK_MAX_FAILURES
+    assert s.analyzer.face is None and all(graph_closed(a) for a in handed_out)
+    assert s._asr_task is not None and s._asr_task.done()
+
+
+async def test_a_closed_face_analyzer_stops_the_video_analysis_not_the_session(
+    models: Any, sentences: np.ndarray
+) -> None:
+    """The face graph gone mid-call (its analyzer closed under the session): every frame's
+    analysis fails, so after TICK_MAX_FAILURES the session stops analysing video (no error
+    per frame, no retries) and goes on with audio and words to its normal end."""
+    run = Run(models, live=False)
+    s = run.session
+    analyzer = s.analyzer
+    prepare = analyzer.prepare_face
+    closed: list[float] = []
+    refused: list[float] = []
+
+    def close_at_3_s(event: Any) -> None:
+        if event.type == "frame" and event.t >= 3.0 and not closed:
+            closed.append(event.t)
+            analyzer.close()
+
+    def prepare_or_refuse() -> Any:
+        try:
+            return prepare()
+        except RuntimeError:
+            refused.append(time.monotonic())
+            raise
+
+    s.publisher.listeners.append(close_at_3_s)
+    analyzer.prepare_face = prepare_or_refuse
+    s.add_track("audio")
+    s.add_track("video")
+    s.start()
+    await run.feed(sentences, video=True, realtime=False)
+    await run.end("audio", "video")
+
+    assert len(refused) == TICK_MAX_FAILURES  # then no more attempts
+    first, last = run.of("error")
+    assert "RuntimeError in stream.analysis.prepare_face" in first["message"]
+    assert "without its video frame" in first["message"]
+    assert f"video analysis stopped after {TICK_MAX_FAILURES} failures" in last["message"]
+    frames = run.of("frame")
+    ticks = [round(f["t"] * 10) for f in frames]
+    assert ticks[: len(ticks) - 1] == list(range(1, len(ticks)))  # every tick, to the end
+    assert frames[-1]["t"] >= len(sentences) / RATE - 0.1
+    after = [f for f in frames if f["t"] > failed_at(first)]
+    assert after and not any("video_t" in f for f in after)
+    assert all(f["modalities"]["video"] for f in after[:-1])  # the camera is still there
+    assert not any(f["modalities"]["face"] for f in after[5:])
+    assert any(f["modalities"]["text"] for f in after)
+    status = run.of("status")[-1]
+    assert status["dropped_video_frames"] >= len(after) - 1  # frames no longer analysed
+    assert [v for v in run.of("video") if v["final"]]
+    assert run.events[-1]["type"] == "session.ended" and run.events[-1]["reason"] == "ended"
+
+
+async def test_rtf_is_the_asr_compute_not_the_wait_for_a_shared_asr_thread(
+    models: Any,
+) -> None:
+    """Two live calls share one ASR thread: one speaks, one is silent. Silence is never
+    decoded, so the silent call's ASR compute is nearly nothing, however long its steps
+    waited for the other call's decodes."""
+    speech, _ = librivox_speech()
+    speech = speech[: 8 * RATE]
+    with ThreadPoolExecutor(1, thread_name_prefix="asr") as shared:
+        talking = Run(models, "talking", live=True, asr_executor=shared)
+        silent = Run(models, "silent", live=True, asr_executor=shared)
+        for run in (talking, silent):
+            run.session.add_track("audio")
+            run.session.start()
+        await asyncio.gather(talking.feed(speech), silent.feed(np.zeros_like(speech)))
+        await asyncio.gather(talking.end("audio"), silent.end("audio"))
+
+    assert talking.session.asr.decode_calls > 10 and silent.session.asr.decode_calls == 0
+    assert talking.of("status")[-1]["rtf"] > 0
+    assert silent.of("status")[-1]["rtf"] < 0.05
