@@ -113,7 +113,10 @@ RATE_WINDOW_S = 4.0  # words whose end lies in the latest 4 s of words (5+ words
 RATE_MIN_WORDS = 3
 RATE_MIN_TALK_S = 1.0
 RATE_MAX_GAP_S = 0.3  # inter-word silence beyond this is a pause, not slow articulation
-RATE_STALE_S = 3.0  # no rate when the newest word ended longer ago (ASR commit lag < 3 s)
+# No rate when the newest word ended this long before the time up to which the words are
+# complete (the ASR's horizon, `update(words_until=...)`): the speaker stopped talking. Measured
+# from the horizon, not the audio, so a commit lag longer than this does not hide the rate.
+RATE_STALE_S = 3.0
 
 BASELINE_WARMUP_S = 3.0  # "after a few seconds of speech" the z-scores start
 # Rates are measured over 4 s of words, so the first windows overlap almost entirely:
@@ -346,6 +349,7 @@ class ProsodyTracker:
         self._words: deque[Word] = deque()
         self._last_word_end: float | None = None
         self._t = t0
+        self._words_until = t0  # committed words are complete up to here
         self.baselines = {name: RunningBaseline(floor) for name, floor in _STD_FLOOR.items()}
         for name in ("word_rate", "syl_rate"):
             self.baselines[name] = RunningBaseline(
@@ -380,13 +384,17 @@ class ProsodyTracker:
         samples: np.ndarray,
         words: Sequence[Word] = (),
         vad: SpeechTimeline | None = None,
+        words_until: float | None = None,
     ) -> VoiceFeatures | None:
-        """Feed the next contiguous samples; features at their end time, None if no speech."""
+        """Feed the next contiguous samples; features at their end time, None if no speech.
+        ``words``: newly committed words; ``words_until``: the media time up to which the
+        committed words are complete (default: the end of the samples)."""
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         hop_s = x.size / SAMPLE_RATE
         self._buf = np.concatenate([self._buf, x]) if self._buf.size else x.copy()
         buf_end = self._buf_start + self._buf.size
         self._t = buf_end / SAMPLE_RATE
+        self._words_until = self._t if words_until is None else min(self._t, words_until)
         if words:
             self.add_words(words)
         n_new = max(0, (buf_end - self._next - FRAME_LEN) // STEP_LEN + 1)
@@ -446,10 +454,10 @@ class ProsodyTracker:
         n = min(self._times.size, int(round(seconds / STEP_S)))
         return slice(self._times.size - n, self._times.size)
 
-    def _rates(self, t: float) -> tuple[float, float, tuple[float, float] | None]:
+    def _rates(self) -> tuple[float, float, tuple[float, float] | None]:
         """Word and syllable rates of the rate window, and its span (NaN, NaN, None: none)."""
         none = math.nan, math.nan, None
-        if not self._words or t - self._words[-1].t1 > RATE_STALE_S:
+        if not self._words or self._words_until - self._words[-1].t1 > RATE_STALE_S:
             return none
         ws = list(self._words)
         if len(ws) < RATE_MIN_WORDS:
@@ -475,7 +483,7 @@ class ProsodyTracker:
         if speech.size and not speech[-1]:
             silence = (speech.size - runs[-1][1]) * STEP_S if runs else speech.size * STEP_S
             silence = min(silence, HISTORY_S)
-        wr, sr, span = self._rates(t)
+        wr, sr, span = self._rates()
         b = self.baselines
         wr_z, sr_z = b["word_rate"].z(wr), b["syl_rate"].z(sr)
         if new_words and self._words:

@@ -184,7 +184,7 @@ class Analyzer:
         text_x = self.text_stream.features(t, words)
         p_text = self.text_stream.p_text
         evidence = "text" if self.text_stream.usable else "prior"
-        voice = self._voice(audio_t, cues)
+        voice = self._voice(audio_t, cues, complete)
         face = None
         face_s = 0.0
         if frame is not None:
@@ -216,14 +216,17 @@ class Analyzer:
             timings={"face": face_s, "model": time.perf_counter() - started - face_s},
         )
 
-    def _voice(self, audio_t: float, cues: list[CueHit]) -> Any:
+    def _voice(self, audio_t: float, cues: list[CueHit], words_until: float) -> Any:
         """Voice features of the audio since the last tick up to ``audio_t`` (None without
-        new audio), their cues appended to ``cues``."""
+        new audio), their cues appended to ``cues``; the committed words are complete up to
+        ``words_until``."""
         voice = None
         if self.prosody is not None and self.ring is not None:
             audio = self.ring.read_time(self.prosody.t, audio_t)
             if audio.size:
-                voice = self.prosody.update(audio, self._pending_words, self.vad)
+                voice = self.prosody.update(
+                    audio, self._pending_words, self.vad, words_until=words_until
+                )
                 self._pending_words = []
             cues.extend(self.voice_cues.update(audio_t, voice, self.vad))
         return voice
@@ -242,7 +245,7 @@ class Analyzer:
         Its evidence is "text" once the model has any input (face, voice or words): its p
         is then a model output, not a prior."""
         assert self.full is not None
-        voice = self._voice(audio_t, cues)
+        voice = self._voice(audio_t, cues, complete)
         face = None
         face_s = 0.0
         face_started = time.perf_counter()

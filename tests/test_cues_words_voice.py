@@ -94,7 +94,7 @@ def run_voice(
         while k < len(ws) and ws[k].t1 + commit_lag_s <= t:
             new.append(ws[k])
             k += 1
-        f = tracker.update(x, new, vad)
+        f = tracker.update(x, new, vad, words_until=t - commit_lag_s)
         feats.append(f)
         hits.extend(det.update(t, f, vad))
     return feats, hits, tracker
@@ -455,16 +455,17 @@ def test_paced_words_hurried_and_slowed() -> None:
 
 
 def test_rate_cue_times_are_the_speech_not_the_commit() -> None:
-    """Words committed 0.5 or 2.5 s after they end give the same hurried_speech hit, at the
+    """Words committed 0.5, 2.5 or 4 s after they end give the same hurried_speech hit, at the
     times of the fast speech (the rate window's words), not of the tick that saw them."""
     tone = harmonic(130.0, 30.0, -24.0)
     words = paced([(2.5, 20.0), (5.0, 30.0)])
     spans = []
-    for lag in (0.5, 2.5):
+    # 4 s: longer than RATE_STALE_S, which counts from the ASR's horizon, not the audio
+    for lag in (0.5, 2.5, 4.0):
         _, hits, _ = run_voice(tone, words, use_vad=False, commit_lag_s=lag)
         assert [h.cue for h in hits] == ["hurried_speech"], lag
         spans.append((hits[0].t0, hits[0].t1, hits[0].strength))
-    assert spans[0] == pytest.approx(spans[1])
+    assert spans[1] == pytest.approx(spans[0]) and spans[2] == pytest.approx(spans[0]), spans
     t0, t1, _ = spans[0]
     assert 19.0 <= t0 <= 20.0 and 22.0 <= t1 <= 24.0  # over the fast speech heard by then
     assert any(w.t0 == t0 for w in words) and any(w.t1 == t1 for w in words)
