@@ -53,6 +53,9 @@ class TickResult:
     p_tcn: float = 0.0  # the fusion TCN
     x: np.ndarray | None = None  # the fusion input row of this tick
     timings: dict[str, float] = field(default_factory=dict)  # seconds: "face", "model"
+    # The face analysis of the tick's frame failed: the tick went on without it (its words,
+    # voice and cues are kept; the caller reports the failure and counts the frame dropped).
+    face_error: Exception | None = None
 
 
 # Frames are scaled down to this width before face analysis (the mesh needs no more).
@@ -187,13 +190,16 @@ class Analyzer:
         voice = self._voice(audio_t, cues, complete)
         face = None
         face_s = 0.0
+        face_error: Exception | None = None
         if frame is not None:
             face_started = time.perf_counter()
-            face = self.prepare_face().analyze(frame_rgb(frame, self._reformatter), frame.t)
-            cues.extend(self.face_cues.update(frame.t, face))
-            self.cross_cues.add_face(frame.t, face)
-            if face is not None:
-                self._face = face
+            try:
+                face = self._analyse_frame(frame, cues)
+            except Exception as exc:  # a bad frame must not cost the tick its words and cues
+                face_error = exc
+            else:
+                if face is not None:
+                    self._face = face
             face_s = time.perf_counter() - face_started
         cues.extend(self.cross_cues.update(committed, complete))
         recent_face = self._face
@@ -214,7 +220,20 @@ class Analyzer:
             p_tcn=float(p_tcn),
             x=x,
             timings={"face": face_s, "model": time.perf_counter() - started - face_s},
+            face_error=face_error,
         )
+
+    def _analyse_frame(
+        self, frame: VideoFrame, cues: list[CueHit], rgb: np.ndarray | None = None
+    ) -> Any:
+        """Face features of one frame, fed to the face cues (hits appended to ``cues``) and
+        the cross cues; raises if the face analysis fails (no detector has seen it then)."""
+        if rgb is None:
+            rgb = frame_rgb(frame, self._reformatter)
+        face = self.prepare_face().analyze(rgb, frame.t)
+        cues.extend(self.face_cues.update(frame.t, face))
+        self.cross_cues.add_face(frame.t, face)
+        return face
 
     def _voice(self, audio_t: float, cues: list[CueHit], words_until: float) -> Any:
         """Voice features of the audio since the last tick up to ``audio_t`` (None without
@@ -248,14 +267,17 @@ class Analyzer:
         voice = self._voice(audio_t, cues, complete)
         face = None
         face_s = 0.0
+        face_error: Exception | None = None
         face_started = time.perf_counter()
         for f in frames:  # every frame since the last tick, the newest last
             if f is None:
                 continue
-            rgb = frame_rgb(f, self._reformatter)
-            face = self.prepare_face().analyze(rgb, f.t)
-            cues.extend(self.face_cues.update(f.t, face))
-            self.cross_cues.add_face(f.t, face)
+            try:
+                rgb = frame_rgb(f, self._reformatter)
+                face = self._analyse_frame(f, cues, rgb)
+            except Exception as exc:  # as in the lite tick: the frame is skipped
+                face, face_error = None, face_error or exc
+                continue
             self.full.add_frame(f.t, rgb, None if face is None else face.landmarks)
         face_s = time.perf_counter() - face_started
         cues.extend(self.cross_cues.update(committed, complete))
@@ -275,6 +297,7 @@ class Analyzer:
             p_tcn=float(step.p),
             x=np.concatenate([step.video, step.audio, step.text, step.present]),
             timings={"face": face_s, "model": time.perf_counter() - started - face_s},
+            face_error=face_error,
         )
 
     def prepare_face(self) -> FaceAnalyzer:

@@ -45,8 +45,12 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 # An audio frame this close to where the previous one ended continues it (timestamp
-# rounding, e.g. of a file's 1 ms time base); further, it goes at its own time.
+# rounding, e.g. of a file's 1 ms time base).
 AUDIO_SLACK_S = 0.001
+# Up to this far off, it continues it too (timestamps from a capture clock jitter), unless
+# it is off by whole frames: packets were lost. Further, it goes at its own time. Appending
+# never drifts: the offset is measured from where the audio written so far ends.
+AUDIO_JITTER_S = 0.03
 # A track stepping back less than this is jitter; further back, it is re-based.
 BACKWARD_SLACK_S = 0.1
 # A forward jump beyond ``max_gap_s`` is kept when the arrival clock agrees with it
@@ -124,6 +128,17 @@ def _arrival_agrees(jump: float, elapsed: float | None) -> bool:
     return abs(jump - elapsed) <= max(ARRIVAL_SLACK_S, ARRIVAL_SLACK_FRACTION * elapsed)
 
 
+def _continues(offset: float, frame: av.AudioFrame) -> bool:
+    """Whether an audio frame ``offset`` s from where the audio so far ends continues it."""
+    if abs(offset) <= AUDIO_SLACK_S:
+        return True
+    if abs(offset) > AUDIO_JITTER_S:
+        return False
+    duration = frame.samples / float(frame.sample_rate)
+    frames = round(offset / duration)
+    return not (frames >= 1 and abs(offset - frames * duration) <= AUDIO_SLACK_S)
+
+
 class AudioIngest:
     """Resamples audio frames to 16 kHz mono and writes them to the session."""
 
@@ -156,10 +171,10 @@ class AudioIngest:
             t = 0.0 if previous is None else previous
         else:
             t = self._timeline.place(t, previous, wall=wall)
-        # Audio timestamps count samples, and aiortc never retransmits audio: a frame away
-        # from where the last one ended follows lost packets (or a pause) and goes at its
-        # own time; appending it instead would put everything after it early.
-        contiguous = previous is not None and abs(t - previous) <= AUDIO_SLACK_S
+        # Audio timestamps count samples, and aiortc never retransmits audio: a frame whole
+        # frames after where the last one ended follows lost packets (or a pause) and goes
+        # at its own time; appending it instead would put everything after it early.
+        contiguous = previous is not None and _continues(t - previous, frame)
         shape = (frame.format.name, frame.layout.name, frame.sample_rate)
         if shape != self._shape or not contiguous:
             # One resampler per run of contiguous input of one format; the old one's last

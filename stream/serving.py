@@ -162,7 +162,8 @@ def ice_server(url: str) -> RTCIceServer:
         username, credential = unquote(user), unquote(password)
     where = f"{scheme}:{rest}"  # shown in messages: without the credentials
     if scheme != "stun" and not (username and credential):
-        raise ValueError(f"{where}: a TURN server needs {scheme}:USER:PASSWORD@HOST[:PORT]")
+        # Not `where`: without an @, the text may be the credentials themselves.
+        raise ValueError(f"{scheme}: a TURN server needs {scheme}:USER:PASSWORD@HOST[:PORT]")
     server = RTCIceServer(urls=where, username=username, credential=credential)
     try:
         used = connection_kwargs([server])

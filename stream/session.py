@@ -21,9 +21,10 @@ tick uses the ASR steps finished by then, and an ASR worker that has fallen
 more than a hop behind skips to the newest audio (counted in
 ``status.asr_skipped``) rather than lag without bound. An ASR step that fails
 is reported (an ``internal`` error) and skipped; the ticks, the final events
-and the cleanup always run (see `_asr_step`). So is a failed analysis tick: it
-is analysed again without its video frame, or skipped; only a tick that keeps
-failing ends the session (see `_analyse`).
+and the cleanup always run (see `_asr_step`). So is a failed analysis tick: a
+frame whose face analysis fails is left out and the tick goes on, a tick that
+fails otherwise is skipped; only ticks that keep failing end the session (see
+`_analyse`).
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class Session:
         self._asr_used_t: float | None = None  # newest ASR step the ticks have taken words from
         self.asr_skipped = 0  # ASR hops a live session skipped to catch up
         self._asr_failures = 0  # ASR steps failed in a row (ASR_MAX_FAILURES: ASR stops)
+        self._asr_stopped = False  # the ASR stopped after failures: no more words
         # Analysis ticks failed in a row: "video" (the tick went on without its frame) and
         # "tick" (skipped); see `_analyse`.
         self._tick_failures = {"video": 0, "tick": 0}
@@ -459,6 +461,7 @@ class Session:
             where = "".join(traceback.format_tb(exc.__traceback__))  # frames, not the message
             log.error("session %s: ASR failed at %.2f s (%s)\n%s", self.id, s, name, where)
             stop = self._asr_failures >= ASR_MAX_FAILURES
+            self._asr_stopped = stop
             then = (
                 f"stopped after {self._asr_failures} failures in a row: no more transcripts"
                 if stop
@@ -608,12 +611,22 @@ class Session:
             frame=frame,
             audio_t=audio_t,
             earlier=earlier,
-            # Committed words are complete up to the newest ASR step the ticks may use
-            # (one hop early when the ASR keeps up): cues that pair words with frames wait
-            # for it, so their times do not depend on the ASR lag.
-            asr_t=min(self._asr_done_t, t - self.text_delay_s - self.asr.hop_s),
+            # Cues that pair words with frames or audio wait for the words: their times
+            # then do not depend on the ASR lag.
+            asr_t=self._words_complete_t(),
         )
         return await self._infer(tick)
+
+    def _words_complete_t(self) -> float | None:
+        """Media time up to which the words the ticks were given are complete: the newest
+        ASR step they took (with its tentative tail, `Analyzer.tick`), less a hop for speech
+        the ASR had not yet opened an utterance for. None (the tick's own time) once the
+        ASR has stopped: no more words will come."""
+        if self._asr_stopped:
+            return None
+        if self._asr_used_t is None:
+            return 0.0
+        return self._asr_used_t - self.asr.hop_s
 
     async def _analyse(
         self,
@@ -626,36 +639,26 @@ class Session:
     ) -> tuple[TickResult | None, VideoFrame | None]:
         """The analysis of the tick at ``t`` and the video frame it analysed.
 
-        A tick that raises (the face mesh, the expression model, a pixel conversion, ...)
-        is reported and analysed again without its video frame: frame problems are the
-        likely ones, and the tick still steps the models and publishes its frame event.
-        If that fails too, or there was no frame, the tick is skipped (result None).
+        A frame whose face analysis fails (the face mesh, the expression model, a pixel
+        conversion, ...) is left out by the analyzer, which goes on with the tick's words,
+        voice and cues (`TickResult.face_error`): it is reported here and the frame counts
+        as dropped. A tick that raises otherwise is reported and skipped (result None).
         Failures repeat when something is broken for good, so after ``TICK_MAX_FAILURES``
         in a row the video analysis stops (the session goes on without face features) or,
-        for ticks that fail without video too, the session ends (`_analysis_stopped`).
+        for ticks that keep failing, the session ends (`_analysis_stopped`).
         """
         try:
             result = await self._analyzer_tick(t, committed, final, frame, audio_t, earlier)
         except Exception as exc:
-            failure = exc
-        else:
-            self._tick_failures["tick"] = 0
-            if frame is not None:
-                self._tick_failures["video"] = 0
-            return result, frame
+            self._tick_failed("tick", t, exc)
+            return None, None
+        self._tick_failures["tick"] = 0
+        if result.face_error is not None:
+            self._tick_failed("video", t, result.face_error)
+            return result, None
         if frame is not None:
-            try:
-                # The failed call has taken this tick's words (the analyzer adds them
-                # first, and their cues then): giving them again would add them twice.
-                result = await self._analyzer_tick(t, [], False, None, audio_t, [])
-            except Exception:
-                pass  # reported below as the tick's failure
-            else:
-                self._tick_failures["tick"] = 0
-                self._tick_failed("video", t, failure)
-                return result, None
-        self._tick_failed("tick", t, failure)
-        return None, None
+            self._tick_failures["video"] = 0
+        return result, frame
 
     def _tick_failed(self, kind: str, t: float, exc: Exception) -> None:
         """Log a failed tick (``kind`` "video": it went on without its frame; "tick": it

@@ -55,6 +55,7 @@ def test_ice_server_urls_become_aiortc_ice_servers():
         ("stuns:stun.example.org", "expected stun:HOST[:PORT]"),
         ("turn:turn.example.org", "a TURN server needs turn:USER:PASSWORD@HOST[:PORT]"),
         ("turn:alice@turn.example.org", "a TURN server needs"),
+        ("turn:alice:pw", "a TURN server needs"),  # the @HOST forgotten: all credentials
         ("stun:alice:pw@stun.example.org", "a stun: server takes no USER:PASSWORD@"),
         ("turn:alice:pw@turn.example.org?transport=tls", "unsupported transport"),
         ("stun:stun.example.org:99999", "the port must be between 1 and 65535"),

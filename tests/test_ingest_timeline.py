@@ -113,6 +113,27 @@ def test_lost_audio_packets_leave_silence_at_their_time_in_ring_and_recording(mo
     assert not run.errors("pts_jump")
 
 
+def test_jittered_audio_timestamps_are_appended_not_cut_into_pieces(models):
+    """Timestamps from a capture clock, +-2 ms off the samples in a 1 ms time base: each
+    frame continues the last (no silence put in, nothing cut off), and the timeline does
+    not drift from the timestamps."""
+    run = Run(models)
+    ingest = AudioIngest(run.session)
+    rng = np.random.default_rng(0)
+    n = 500  # 10 s
+    loud = [0.3 + 0.4 * level(k) for k in range(n)]  # steps the resampler does not ring to 0
+    for k in range(n):
+        frame = audio_frame(0, loud[k])
+        frame.pts, frame.time_base = round(20 * k + rng.uniform(-2, 2)), Fraction(1, 1000)
+        ingest.push(frame, float(frame.pts * frame.time_base))
+    ring = run.session.ring
+    assert ring.end_time == pytest.approx(10.0, abs=0.005)
+    x = ring.read(0, ring.end_index)
+    assert np.count_nonzero(np.abs(x[320:]) < 0.01) == 0  # no silence put in after frame 0
+    for k in range(n):  # every frame in one piece, in order
+        assert x[320 * k + 160] == pytest.approx(loud[k], abs=2e-3), k
+
+
 async def test_audio_loss_keeps_a_live_session_hearing_the_call(models):
     """A live session with 10 % audio loss over 30 s: the audio keeps up with the video, so
     every tick has its audio (the drift made the last seconds of the call audio-less)."""
