@@ -27,6 +27,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from benchmarks.live import machine
 from benchmarks.output import finite, mark_start, run_info, write_json
 from models.wer import wer as word_error_rate
 from models.whisper import load_whisper
-from stream.asr import IncrementalASR
+from stream.asr import ASROptions, IncrementalASR
 from stream.buffers import AudioRing
 from stream.vad import VadTimeline
 
@@ -163,6 +164,39 @@ async def _bench(audio: np.ndarray, asr: IncrementalASR, realtime: bool) -> dict
     }
 
 
+def _name(source: AudioSource) -> str:
+    """How to name ``source`` in a message."""
+    if isinstance(source, np.ndarray):
+        return "the audio"
+    if isinstance(source, str | Path):
+        return str(source)
+    return ", ".join(str(s) for s in source)
+
+
+def parse_options(settings: Sequence[str]) -> dict[str, Any]:
+    """`IncrementalASR` option overrides from ``KEY=VALUE`` strings (VALUE in JSON, of the
+    option's type); ValueError naming the first that is not ``KEY=VALUE`` of a known option."""
+    defaults = ASROptions()
+    known = {f.name for f in fields(ASROptions)}
+    opts: dict[str, Any] = {}
+    for item in settings:
+        key, eq, text = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        if key not in known:
+            raise ValueError(f"--set {key}: no such option (options: {', '.join(sorted(known))})")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(f"--set {key}={text}: the value is not JSON") from None
+        default = getattr(defaults, key)
+        kinds = (int, float) if isinstance(default, float) else (type(default),)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError(f"--set {key}={text}: {key} takes a {type(default).__name__}")
+        opts[key] = value
+    return opts
+
+
 def run_asr_bench(
     wav_path: AudioSource,
     reference_text: str | None,
@@ -177,6 +211,8 @@ def run_asr_bench(
     ``return_hypothesis`` (results files must not hold transcripts).
     """
     audio = load_audio(wav_path)
+    if audio.size == 0:
+        raise ValueError(f"{_name(wav_path)}: no audio samples")
     model = model if model is not None else load_whisper()
     asr = IncrementalASR(model, AudioRing(), VadTimeline(), **asr_options)
     raw = asyncio.run(_bench(audio, asr, realtime))
@@ -252,20 +288,31 @@ def main(argv: list[str] | None = None) -> int:
         help="IncrementalASR option override (JSON value)",
     )
     a = p.parse_args(argv)
+    if not a.librivox and (not a.wav or not a.reference):
+        p.error("give WAV files and --reference, or --librivox")
+    for path in [] if a.librivox else [*a.wav, a.reference]:
+        if not Path(path).is_file():
+            p.error(f"no such file: {path}")
+    if a.out and not Path(a.out).resolve().parent.is_dir():
+        p.error(f"--out {a.out}: no such directory {Path(a.out).parent}")
+    try:
+        opts = parse_options(a.set)
+    except ValueError as exc:
+        p.error(str(exc))
     try:
         if a.librivox:
             wavs, ref = librivox_clip()
-            source: AudioSource = wavs
+            audio = load_audio(wavs)
         else:
-            if not a.wav or not a.reference:
-                p.error("give WAV files and --reference, or --librivox")
-            source, ref = a.wav, Path(a.reference).read_text()
-        opts = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
+            ref = Path(a.reference).read_text()
+            audio = load_audio(a.wav)
+        if audio.size == 0:
+            raise ValueError(f"{', '.join(a.wav) or 'the LibriVox clip'}: no audio samples")
         model = load_whisper(cpu_threads=a.threads)
         load_before = os.getloadavg()[0]
         mark_start()
         result = run_asr_bench(
-            source, ref, realtime=not a.offline, model=model, return_hypothesis=True, **opts
+            audio, ref, realtime=not a.offline, model=model, return_hypothesis=True, **opts
         )
     except (OSError, ValueError, av.error.FFmpegError) as exc:
         p.exit(1, f"{p.prog}: {exc}\n")

@@ -13,8 +13,9 @@ websocket subscriber receives for it (same machine, same monotonic clock).
 Clips above ``fps_cap`` are capped by dropping frames, not slowed down: the
 prepared video lasts as long as the source and stays in sync with its audio.
 
-When the clip runs out, the publisher waits 0.5 s for the last frames in
-flight and then closes the session. The server cannot know before the close
+When the clip runs out (every one of its tracks has ended: audio shorter than
+the video does not cut the video short), the publisher waits 0.5 s for the
+last frames in flight and then closes the session. The server cannot know before the close
 that no newer frame will come, so the session's closing tick analyses the last
 frame only then: that frame event's latency is the publisher's 0.5 s, not the
 server's, and `Publication.matched_frames` leaves it out.
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -59,6 +61,8 @@ __all__ = [
     "percentiles",
     "prepare_clip",
     "publish",
+    "settled",
+    "video_offset",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,6 +236,22 @@ def _nearest(ts: list[float], t: float, tolerance: float = 1e-3) -> int | None:
     return min(near, key=lambda j: abs(ts[j] - t), default=None)
 
 
+def video_offset(ts: list[float], vts: list[float], tolerance: float = 1e-3) -> float:
+    """The constant shift of the server's video timeline against the sent packets' media
+    times: 0 normally; the first video frame's lateness when it reached the server more than
+    `stream.clock.START_SKEW_S` after the first audio (a loaded CPU decoding the first
+    keyframe), which starts the video track at its arrival. The shift (within 1 s of the
+    first analysed frame) that matches the most analysed frames wins; 0 on a tie."""
+    if not ts or not vts:
+        return 0.0
+    candidates = {0.0, *(vts[0] - t for t in ts if abs(vts[0] - t) < 1.0)}
+
+    def matched(d: float) -> int:
+        return sum(_nearest(ts, v - d, tolerance) is not None for v in vts)
+
+    return max(sorted(candidates, key=abs), key=matched)
+
+
 @dataclass
 class Publication:
     """One published session: what was sent when, and every event received (with wall time).
@@ -259,16 +279,17 @@ class Publication:
 
     def matched_frames(self) -> list[MatchedFrame]:
         """Every analysed frame event whose ``video_t`` names a sent video packet (within a
-        millisecond), with its latency; the closing tick after the clip ran out is left out
-        (its wait is the publisher's, see the module docstring)."""
+        millisecond, after `video_offset`), with its latency; the closing tick after the clip
+        ran out is left out (its wait is the publisher's, see the module docstring)."""
         ts = sorted(t for t, _ in self.sent)
         walls = dict(self.sent)
         frames = self.frames()
         closing = self._closing_tick(frames)
+        shift = video_offset(ts, [e["video_t"] for _, e in frames if e.get("video_t") is not None])
         out = []
         for i, (wall, e) in enumerate(frames):
             vt = e.get("video_t")
-            j = None if vt is None or i == closing else _nearest(ts, vt)
+            j = None if vt is None or i == closing else _nearest(ts, vt - shift)
             if j is not None:
                 out.append(MatchedFrame(e["t"], wall - walls[ts[j]], e.get("lags", {})))
         return out
@@ -276,6 +297,24 @@ class Publication:
     def frame_latencies(self) -> list[float]:
         """Seconds from each matched video frame leaving the sender to its frame event."""
         return [m.latency for m in self.matched_frames()]
+
+
+def _all_ended(tracks: list[MediaStreamTrack]) -> asyncio.Event:
+    """An event set once every one of ``tracks`` has emitted "ended" (a clip whose audio is
+    shorter than its video, or the reverse, is published to the end of the longer one)."""
+    ended = asyncio.Event()
+    live = {id(t) for t in tracks if t.readyState != "ended"}
+
+    def one_ended(track: MediaStreamTrack) -> None:
+        live.discard(id(track))
+        if not live:
+            ended.set()
+
+    for track in tracks:
+        track.on("ended", lambda track=track: one_ended(track))
+    if not live:
+        ended.set()
+    return ended
 
 
 async def publish(
@@ -321,9 +360,7 @@ async def publish(
 
         reader = asyncio.get_running_loop().create_task(read())
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        ended = asyncio.Event()
-        for track in tracks:
-            track._inner.on("ended", ended.set)
+        ended = _all_ended([track._inner for track in tracks])
         try:
             await asyncio.wait_for(ended.wait(), timeout=duration_s)
             pub.ended_at = time.monotonic()
@@ -405,6 +442,18 @@ class ServerProcess:
                 pass
         return total / 1024 if total else None
 
+    def settled_rss_mb(
+        self,
+        window_s: float = 3.0,
+        tolerance_mb: float = 5.0,
+        every_s: float = 0.5,
+        timeout_s: float = 60.0,
+    ) -> float | None:
+        """`rss_mb` once it has settled: the server answers /healthz before its processes
+        have finished starting (their memory still grows for a second or more), so an idle
+        reading taken then is too low. See `settled`."""
+        return settled(self.rss_mb, window_s, tolerance_mb, every_s, timeout_s)
+
     def cpu_s(self) -> float:
         """User + system CPU seconds the server's live processes have used."""
         ticks = 0
@@ -430,6 +479,30 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def settled(
+    read: Callable[[], float | None],
+    window_s: float = 3.0,
+    tolerance_mb: float = 5.0,
+    every_s: float = 0.5,
+    timeout_s: float = 60.0,
+) -> float | None:
+    """Read ``read()`` every ``every_s`` until the readings of the last ``window_s`` differ by
+    at most ``tolerance_mb``, and return the last one (the last reading at ``timeout_s``;
+    None when there is none)."""
+    need = max(2, round(window_s / every_s) + 1)
+    recent: list[float] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if value is not None:
+            recent = [*recent, value][-need:]
+            if len(recent) == need and max(recent) - min(recent) <= tolerance_mb:
+                return value
+        if time.monotonic() >= deadline:
+            return recent[-1] if recent else None
+        time.sleep(every_s)
 
 
 class PeakRss:

@@ -8,6 +8,12 @@ method given offline (whole-file) Whisper tiny.en transcripts of the same audio.
 The reference method is fit on the train transcripts and thresholded on the clean
 transcripts of the split (as the dataset README's 0.699 point is). The speech is rendered
 to a temporary WAV per answer, which is deleted right after.
+
+Every answer is scored, as the official metric needs: an answer whose session ends without
+a decision (it analysed no tick) is scored p = 0, the negative class, which is what the
+live service shows for it (no A/H flagged), and counted in ``undecided`` (with its
+``undecided_ids``) so that such answers are visible, not hidden in the metrics. The inputs,
+the output directory and espeak-ng are checked before anything runs.
 """
 
 from __future__ import annotations
@@ -22,8 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from models.bah import read_split
 from models.metrics import best_threshold, evaluate_scores
@@ -40,6 +44,14 @@ def _tfidf_reference(train_file: Path, split_items: list[Any]) -> tuple[Any, flo
     p = pipe.predict_proba([it.transcript for it in split_items])[:, 1]
     threshold, _ = best_threshold([it.label for it in split_items], p)
     return pipe, threshold
+
+
+def live_scores(decisions: list[dict[str, Any] | None]) -> tuple[list[float], list[int]]:
+    """The live score of each answer from its session's decision, and the indices of the
+    answers without one (scored 0: the negative class, see the module docstring)."""
+    undecided = [i for i, d in enumerate(decisions) if d is None or d.get("p") is None]
+    scores = [0.0 if i in undecided else float(d["p"]) for i, d in enumerate(decisions)]
+    return scores, undecided
 
 
 def speak_to_wav(text: str, wav: Path, rate_wpm: int) -> None:
@@ -64,7 +76,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     items = read_split(args.split_file)[: args.limit or None]
     models = load_models(face=False)
     pipe, ref_threshold = _tfidf_reference(Path(args.train_file), items)
-    y, p_live, p_ref, audio_s = [], [], [], 0.0
+    y, p_ref, audio_s = [], [], 0.0
+    decisions: list[dict[str, Any] | None] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "answer.wav"
@@ -74,7 +87,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             session.start()
             await replay_file(wav, session)
             audio_s += session.media_end
-            p_live.append(session.decision["p"] if session.decision else np.nan)
+            decisions.append(session.decision)
             segs, _ = models.whisper.transcribe(str(wav), language="en", beam_size=5)
             offline = " ".join(s.text.strip() for s in segs)
             p_ref.append(float(pipe.predict_proba([offline])[0, 1]))
@@ -83,8 +96,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             wav.unlink()
     print(file=sys.stderr)
     threshold = models.tcn.decision().get("threshold", models.text.threshold)
+    p_live, undecided = live_scores(decisions)
     return {
         "n": len(y),
+        "undecided": len(undecided),
+        "undecided_ids": [items[i].video_id for i in undecided],
         "audio_s": round(audio_s, 1),
         "wall_s": round(time.perf_counter() - started, 1),
         "speech": f"espeak-ng en-us {args.rate} wpm",
@@ -102,6 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="only the first N answers")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
+    for flag, path in (("--train-file", args.train_file), ("--split-file", args.split_file)):
+        if not Path(path).is_file():
+            ap.error(f"{flag} {path}: no such file")
+        try:
+            read_split(path)
+        except (OSError, ValueError) as exc:
+            ap.error(f"{flag}: {exc}")
+    if args.out and not Path(args.out).resolve().parent.is_dir():
+        ap.error(f"--out {args.out}: no such directory {Path(args.out).parent}")
+    if shutil.which("espeak-ng") is None:
+        ap.exit(1, f"{ap.prog}: espeak-ng is not installed (Debian package espeak-ng)\n")
     result = asyncio.run(_run(args))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -121,6 +121,8 @@ def _decision_text(decision: dict[str, Any] | None) -> str:
     text = f"{label} (p = {decision['p']:.3f} {op} threshold {decision['threshold']:.3f})"
     if decision.get("evidence") == "prior":
         text += ", from the prior alone: fewer than three words were heard"
+    elif decision.get("evidence") == "media":
+        text += ", from face and voice alone: no words were heard"
     return text + (", running: the session has no final decision" if decision["running"] else "")
 
 

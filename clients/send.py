@@ -10,7 +10,15 @@ With ``token`` (a service token) the offer carries ``Authorization: Bearer``;
 the websocket and the DELETE then use the session's read token from the
 ``X-Ahstream-Read-Token`` response header (or the service token without one).
 The offer carries host candidates only, unless ICE servers are given: no STUN
-request goes anywhere by default.
+request goes anywhere by default. A context goes as ``?context=`` (as the browser
+page sends it), its whitespace collapsed to single spaces.
+
+If the events websocket drops before `session.ended`, it is reopened with the same
+token after ``RESUBSCRIBE_S`` back-off (the file keeps being published); the server
+replays the session's critical events, and those already received are skipped, so
+nothing is written or handled twice (what was published meanwhile that is never
+replayed, frames and status, is missing). When reopening fails that many times in a
+row, or is refused (401, 403, 404), the call ends with DELETE and SendError.
 """
 
 from __future__ import annotations
@@ -30,13 +38,20 @@ from aiortc.contrib.media import MediaPlayer
 
 from stream.serving import ice_configuration
 
-__all__ = ["SendError", "send_file", "ws_url"]
+__all__ = ["SendError", "clean_context", "send_file", "ws_url"]
 
 #: Seconds granted to a best-effort DELETE, and then to the final events, when the
 #: sender stops early (an error, Ctrl-C): short, so that an interrupt stays prompt.
 CLEANUP_TIMEOUT_S = 5.0
 #: Websocket ping interval: a half-open connection is noticed instead of waited on forever.
 HEARTBEAT_S = 30.0
+#: Back-off before each attempt to reopen a dropped events websocket (then SendError).
+RESUBSCRIBE_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: Refusals of a resubscription that another attempt would not change.
+FINAL_REFUSALS = frozenset((401, 403, 404))
+#: Event types the server replays to a new subscriber (with `final`: only final ones).
+REPLAYED = frozenset(("session.started", "cue", "segment", "error", "session.ended"))
+REPLAYED_WHEN_FINAL = frozenset(("transcript", "video"))
 
 
 class SendError(Exception):
@@ -61,21 +76,44 @@ def _status(code: int) -> str:
         return str(code)
 
 
+def clean_context(context: str | None) -> str | None:
+    """``context`` on one line (runs of whitespace, newlines included, become one space);
+    None when nothing is left. The server matches it by its words, so none is lost."""
+    text = " ".join((context or "").split())
+    return text or None
+
+
+def _replayed(event: dict[str, Any]) -> bool:
+    """Whether the server replays ``event`` to a new subscriber (a critical event)."""
+    kind = event.get("type")
+    return kind in REPLAYED or (kind in REPLAYED_WHEN_FINAL and bool(event.get("final")))
+
+
 async def _read_events(
     ws: aiohttp.ClientWebSocketResponse,
     out: TextIO | None,
     events: list[dict[str, Any]],
     on_event: Callable[[dict[str, Any]], None] | None,
-) -> None:
+    seen: set[str],
+) -> int:
+    """Handle the events of ``ws`` until `session.ended` or the socket closes; returns how
+    many were new. A replayed message already in ``seen`` (the critical messages handled
+    so far) is skipped."""
+    new = 0
     async for msg in ws:
         if msg.type != aiohttp.WSMsgType.TEXT:
             break
+        if msg.data in seen:  # a resubscription's replay of what was already handled
+            continue
         try:
             event = json.loads(msg.data)
         except json.JSONDecodeError:
             raise SendError("the server sent an event that is not JSON") from None
         if not isinstance(event, dict):
             raise SendError("the server sent an event that is not a JSON object")
+        if _replayed(event):
+            seen.add(msg.data)
+        new += 1
         events.append(event)
         if out is not None:
             try:
@@ -91,6 +129,7 @@ async def _read_events(
                 raise SendError(f"the event handler failed on a {kind} event: {exc!r}") from exc
         if event.get("type") == "session.ended":
             break
+    return new
 
 
 class _Call:
@@ -104,6 +143,7 @@ class _Call:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.reader: asyncio.Task[None] | None = None
         self.delete_sent = False
+        self.seen: set[str] = set()  # critical messages received (a replay repeats them)
 
     @property
     def ended(self) -> bool:
@@ -119,6 +159,47 @@ class _Call:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SendError(f"events websocket failed: {str(exc) or type(exc).__name__}") from None
         return self.ws
+
+    async def follow(
+        self,
+        url: str,
+        out: TextIO | None,
+        on_event: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        """Read the events until `session.ended`, reopening a websocket that drops before
+        it (``RESUBSCRIBE_S`` back-off); SendError when that keeps failing or is refused."""
+        failures = 0
+        while True:
+            assert self.ws is not None
+            if await _read_events(self.ws, out, self.events, on_event, self.seen):
+                failures = 0  # the socket brought something new: a fresh run of attempts
+            if self.ended:
+                return
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(), CLEANUP_TIMEOUT_S)
+            why = "it closed again with nothing new"
+            while True:
+                if failures >= len(RESUBSCRIBE_S):
+                    raise SendError(
+                        "the events websocket closed before session.ended and could not be "
+                        f"reopened ({failures} attempts; last: {why})"
+                    )
+                await asyncio.sleep(RESUBSCRIBE_S[failures])
+                failures += 1
+                try:
+                    self.ws = await self.http.ws_connect(
+                        url, headers=self.auth, heartbeat=HEARTBEAT_S
+                    )
+                    break
+                except aiohttp.WSServerHandshakeError as exc:
+                    why = f"refused: {_status(exc.status)}"
+                    if exc.status in FINAL_REFUSALS:
+                        raise SendError(
+                            "the events websocket closed before session.ended and reopening "
+                            f"it was {why}"
+                        ) from None
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    why = str(exc) or type(exc).__name__
 
     def check_reader(self) -> None:
         """Raise the reader's failure (as SendError) if it stopped on one."""
@@ -245,15 +326,15 @@ async def send_file(
     headers = {"Content-Type": "application/sdp"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    if context:
-        headers["X-Ahstream-Context"] = context
+    context = clean_context(context)
+    params = {"context": context} if context else None  # as the page sends it
     try:
         await pc.setLocalDescription(await pc.createOffer())
         async with aiohttp.ClientSession() as http:
             post_url = url.rstrip("/") + "/whip"
             try:
                 async with http.post(
-                    post_url, data=pc.localDescription.sdp, headers=headers
+                    post_url, data=pc.localDescription.sdp, headers=headers, params=params
                 ) as resp:
                     answer = await resp.text()
             except aiohttp.ClientError as exc:
@@ -277,13 +358,14 @@ async def send_file(
             try:
                 if on_session is not None:
                     on_session(session_id, read_token)
-                ws = await call.subscribe(ws_url(url, f"/sessions/{session_id}/events"))
+                events_url = ws_url(url, f"/sessions/{session_id}/events")
+                await call.subscribe(events_url)
                 if events_out:  # opened only now: a refused call leaves an old file alone
                     try:
                         out = open(events_out, "w", encoding="utf-8")  # noqa: SIM115
                     except OSError as exc:
                         raise SendError(f"cannot write {events_out}: {exc}") from None
-                call.reader = asyncio.create_task(_read_events(ws, out, call.events, on_event))
+                call.reader = asyncio.create_task(call.follow(events_url, out, on_event))
                 try:
                     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
                 except Exception as exc:

@@ -401,13 +401,37 @@ def load_checkpoint(path: str | Path) -> tuple[ConflictAwareAH, dict[str, Any]]:
 
 
 class _Exported(nn.Module):
-    """Forward with a float presence input (0/1): the ONNX graph takes plain tensors."""
+    """Forward with a float presence input (0/1): the ONNX graph takes plain tensors.
 
-    def __init__(self, head: ConflictAwareAH) -> None:
+    With ``stats`` (the checkpoint's ``{modality: {"mean": [...], "std": [...]}}``, what
+    `models.train_full` standardises embeddings with before the head) the graph takes raw
+    embeddings and standardises them itself, as training and evaluation do."""
+
+    def __init__(self, head: ConflictAwareAH, stats: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.head = head
+        self.standardise = stats is not None
+        for name, dim in zip(MODALITIES, head.cfg.in_dims, strict=True):
+            mean, std = np.zeros(dim, np.float32), np.ones(dim, np.float32)
+            if stats is not None:
+                if name not in stats:
+                    raise ValueError(f"stats lack the {name} modality")
+                mean = np.asarray(stats[name]["mean"], np.float32).reshape(-1)
+                std = np.asarray(stats[name]["std"], np.float32).reshape(-1)
+                if mean.shape != (dim,) or std.shape != (dim,):
+                    raise ValueError(
+                        f"{name} stats have widths {mean.size}/{std.size}, the head takes {dim}"
+                    )
+                if not (np.all(np.isfinite(mean)) and np.all(std > 0)):
+                    raise ValueError(f"{name} stats must be finite with std > 0")
+            self.register_buffer(f"{name}_mean", torch.from_numpy(mean.copy()))
+            self.register_buffer(f"{name}_std", torch.from_numpy(std.copy()))
 
     def forward(self, v: Tensor, a: Tensor, t: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+        if self.standardise:
+            v = (v - self.video_mean) / self.video_std
+            a = (a - self.audio_mean) / self.audio_std
+            t = (t - self.text_mean) / self.text_std
         full, text = self.head(v, a, t, present > 0.5)[:2]
         return full, text
 
@@ -421,16 +445,21 @@ def export_onnx(
     path: str | Path,
     dims: tuple[int, int, int] | None = None,
     opset: int = 17,
+    stats: dict[str, Any] | None = None,
 ) -> Path:
     """Export to ONNX (opset >= 17, dynamic batch); inputs video/audio/text/present (float 0/1).
 
     ``dims`` are the (video, audio, text) widths; they must match the head's config.
+    ``stats`` (a `models.train_full` checkpoint's ``extra["stats"]``) builds the input
+    standardisation into the graph, which then takes raw embeddings; without it the graph
+    takes the embeddings as the head does (already standardised, if it was trained so).
     """
     if opset < 17:
         raise ValueError("opset must be >= 17")
     dims = head.cfg.in_dims if dims is None else dims
     if tuple(dims) != head.cfg.in_dims:
         raise ValueError(f"dims {tuple(dims)} differ from the head's {head.cfg.in_dims}")
+    module = _Exported(head, stats)
     path = Path(path)
     was_training = head.training
     head.eval()
@@ -446,7 +475,7 @@ def export_onnx(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _Exported(head),
+                module,
                 sample,
                 str(path),
                 dynamo=False,
@@ -475,6 +504,7 @@ class OnnxConflictHead:
         self, v: np.ndarray, a: np.ndarray, t: np.ndarray, present: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return (full logit [B], text logit [B]); ``present`` is [B, 3] bool/0-1 (None: all).
+        The embeddings are raw when the graph was exported with ``stats`` (`export_onnx`).
 
         Probabilities: ``blend(text, full, alpha, present[:, 2])``, as for the torch head."""
         b = t.shape[0]

@@ -15,7 +15,10 @@ its own width) and their presence (0/1). Per tick, independently of the past:
 carries, per convolution, the last ``(kernel - 1) * dilation`` inputs; a fresh state is
 zeros, i.e. the same left padding, so stepping a sequence equals ``forward`` of it (up to
 float32 rounding; tests hold it to 1e-5). `TCNStream` wraps a model and its state for a
-live session. `export_onnx` writes the full-sequence forward (dynamic batch and time).
+live session. `export_onnx` writes the full-sequence forward (dynamic batch and time);
+`export_step_onnx` one `step` with the causal state as explicit inputs and outputs
+(`step_state_specs`), which `RunnerTCNStream` steps through any `models.runner.Runner`
+(ONNX Runtime, TensorRT) as `TCNStream` steps the torch model.
 
 An untrained model must never serve a probability: only `models.train_full` produces
 weights for this class; nothing wires a fresh instance into the server.
@@ -38,6 +41,11 @@ from torch.nn.utils.parametrizations import weight_norm
 __all__ = [
     "ONNX_INPUTS",
     "ONNX_OUTPUTS",
+    "STEP_INPUTS",
+    "StateSpec",
+    "RunnerTCNStream",
+    "export_step_onnx",
+    "step_state_specs",
     "EmbeddingTCNConfig",
     "EmbeddingTCN",
     "TCNState",
@@ -48,6 +56,9 @@ __all__ = [
 
 ONNX_INPUTS: tuple[str, ...] = ("video", "audio", "text", "present")
 ONNX_OUTPUTS: tuple[str, ...] = ("logit",)
+#: The step graph's inputs before the state ones (`step_state_specs`); its first output is
+#: ``logit`` [B], then the next state.
+STEP_INPUTS: tuple[str, ...] = ("video", "audio", "text", "present")
 _PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))  # |v-a|, |v-t|, |a-t|
 
 
@@ -270,3 +281,93 @@ def export_onnx(model: EmbeddingTCN, path: str | Path, opset: int = 17) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return export_onnx_module(model, sample, ONNX_OUTPUTS, path, axes, opset)
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One causal cache of the step graph: input ``past_<block>_<conv>`` [B, channels, rows]
+    and the output ``next_<block>_<conv>`` that replaces it after the tick."""
+
+    input: str
+    output: str
+    channels: int
+    rows: int
+
+
+def step_state_specs(cfg: EmbeddingTCNConfig) -> list[StateSpec]:
+    """The state tensors of the step graph of a model of ``cfg``, in graph order."""
+    if cfg.kernel < 2:
+        raise ValueError("a step graph needs kernel >= 2 (kernel 1 keeps no state)")
+    specs = []
+    c_in = cfg.fused_dim
+    for i, dil in enumerate(cfg.dilations):
+        pad = (cfg.kernel - 1) * dil
+        specs.append(StateSpec(f"past_{i}_0", f"next_{i}_0", c_in, pad))
+        specs.append(StateSpec(f"past_{i}_1", f"next_{i}_1", cfg.channels, pad))
+        c_in = cfg.channels
+    return specs
+
+
+class _StepGraph(nn.Module):
+    """`EmbeddingTCN.step` with the state flattened into tensors (for export)."""
+
+    def __init__(self, model: EmbeddingTCN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, v: Tensor, a: Tensor, t: Tensor, present: Tensor, *past: Tensor) -> Any:
+        state = TCNState([[past[2 * i], past[2 * i + 1]] for i in range(len(past) // 2)])
+        logit, new = self.model.step(v, a, t, present, state)
+        return (logit, *(x for pair in new.past for x in pair))
+
+
+def export_step_onnx(model: EmbeddingTCN, path: str | Path, opset: int = 17) -> Path:
+    """Export one `EmbeddingTCN.step` to ONNX: inputs video/audio/text [B, D_m], present
+    [B, 3] and the states of `step_state_specs`; outputs logit [B] and the next states.
+    The batch is dynamic (streams side by side); fresh states are zeros."""
+    from models.runner import export_onnx_module
+
+    specs = step_state_specs(model.cfg)
+    gen = np.random.default_rng(0)
+    b = 2
+    sample = {
+        name: gen.standard_normal((b, dim)).astype(np.float32)
+        for name, dim in zip(STEP_INPUTS[:3], model.cfg.in_dims, strict=True)
+    }
+    sample["present"] = np.ones((b, 3), np.float32)
+    for s in specs:
+        sample[s.input] = gen.standard_normal((b, s.channels, s.rows)).astype(np.float32)
+    outputs = ["logit", *(s.output for s in specs)]
+    axes = {n: {0: "batch"} for n in [*sample, *outputs]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return export_onnx_module(_StepGraph(model).eval(), sample, outputs, path, axes, opset)
+
+
+class RunnerTCNStream:
+    """`TCNStream` over an exported step graph: ``runner`` is a `models.runner.Runner` of
+    `export_step_onnx`'s graph (ONNX Runtime, TensorRT); the state is kept here."""
+
+    def __init__(self, runner: Any, cfg: EmbeddingTCNConfig) -> None:
+        self.runner = runner
+        self.specs = step_state_specs(cfg)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream (zero states: the left padding of the forward)."""
+        self.state = {s.input: np.zeros((1, s.channels, s.rows), np.float32) for s in self.specs}
+
+    def step(self, v: np.ndarray, a: np.ndarray, t: np.ndarray, present: Sequence[float]) -> float:
+        """A/H probability of this tick (1-D embeddings; ``present`` = (video, audio, text))."""
+
+        def row(x: Any) -> np.ndarray:
+            return np.asarray(x, dtype=np.float32).reshape(1, -1)
+
+        feeds = {"video": row(v), "audio": row(a), "text": row(t), "present": row(present)}
+        out = self.runner.run({**feeds, **self.state})
+        self.state = {
+            s.input: np.asarray(out[s.output], np.float32).reshape(1, s.channels, s.rows)
+            for s in self.specs
+        }
+        logit = float(np.asarray(out["logit"]).reshape(-1)[0])
+        return float(1.0 / (1.0 + np.exp(-logit)))

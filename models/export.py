@@ -11,10 +11,16 @@
   TF-IDF and lexical-cue featurisation and the final context/mix combination stay in
   Python (`models.text_onnx`).
 
-``export_full(out_dir, head=CKPT, ...)`` writes the ConflictAwareAH head and, when
-`models.hub_encoders` is present, the encoders. Every graph is run under ONNX Runtime on
-sample inputs and compared with its source (torch or numpy) before the manifest is written;
-a difference above ``atol`` (1e-4) raises `ParityError` and no manifest is written.
+``export_full(out_dir, weights_dir=CKPT)`` writes what ``serve``/``analyze --profile full
+--backend onnxruntime|tensorrt --engine-dir DIR`` run, from a directory of ``ahstream train
+--profile full``: the three encoders it names, its `models.embedding_tcn.EmbeddingTCN`
+(``embedding_tcn.onnx``, the sequence forward, and ``embedding_tcn_step.onnx``, one tick with
+explicit state) and its ConflictAwareAH head (``conflict_head.onnx``, which takes raw
+embeddings: the checkpoint's standardisation is built in; its alpha and thresholds are in
+the manifest). ``head=``/``video_model=``/... export single pieces. Every graph is run under
+ONNX Runtime on sample inputs and compared with its source (torch or numpy) before the
+manifest is written; a difference above ``atol`` (1e-4) raises `ParityError` and no
+manifest is written. `read_full_export` checks an export against a weights directory.
 
 The manifest records, per model: file, sha256, opset, input/output names, shapes (symbolic
 names for dynamic axes) and dtypes, the source weights' sha256, the measured parity; and the
@@ -45,6 +51,9 @@ __all__ = [
     "ahstream_version",
     "export_lite",
     "export_full",
+    "read_full_export",
+    "encoder_sources",
+    "FULL_SERVE_GRAPHS",
     "read_manifest",
     "lite_source_hashes",
     "export_lite_in_memory",
@@ -406,6 +415,31 @@ def read_manifest(
 # ------------------------------------------------------------------------------------ full
 
 
+#: The graphs of a full export that serving runs (`read_full_export`).
+FULL_SERVE_GRAPHS: tuple[str, ...] = (
+    "video_encoder",
+    "audio_encoder",
+    "text_encoder",
+    "embedding_tcn_step",
+)
+
+
+def _hub_offline() -> bool:
+    """Whether the hub is switched off for this process (``HF_HUB_OFFLINE``)."""
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def encoder_sources(ident: str) -> dict[str, str]:
+    """What an encoder export records as its source: the sha256 of each file of a local
+    model directory, else ``{"hub_id": ident}``."""
+    src = Path(ident).expanduser()
+    if src.is_dir():
+        return {f.name: sha256_file(f) for f in sorted(src.iterdir()) if f.is_file()}
+    return {"hub_id": ident}
+
+
 def export_full(
     out_dir: str | Path,
     head: str | Path | None = None,
@@ -414,12 +448,32 @@ def export_full(
     text_model: str | None = None,
     opset: int = MIN_OPSET,
     atol: float = ATOL,
+    weights_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Export the full profile: the ConflictAwareAH head from a checkpoint (``head``) and the
-    encoders named by hub id or local path (needs `models.hub_encoders`); each checked
-    against torch on sample inputs. Raises ExportError when there is nothing to export."""
+    """Export the full profile; each graph checked against torch on sample inputs.
+
+    ``weights_dir`` (a directory of ``ahstream train --profile full``) exports its TCN (sequence
+    and step graphs), its head and the encoders it names; ``head`` (a ConflictAwareAH
+    checkpoint) and ``video_model``/``audio_model``/``text_model`` (hub id or local path)
+    add or replace pieces. Raises ExportError when there is nothing to export or the weights
+    directory is unusable."""
     import torch
 
+    tcn_file: Path | None = None
+    if weights_dir is not None:
+        from models.train_full import HEAD_FILE, TCN_FILE, FullProfileError, read_weights
+
+        try:
+            meta = read_weights(weights_dir)
+        except FullProfileError as exc:
+            raise ExportError(str(exc)) from exc
+        wd = Path(weights_dir)
+        tcn_file = wd / TCN_FILE
+        head = wd / HEAD_FILE if head is None else head
+        names = meta["encoders"]
+        video_model = video_model or names["video"]
+        audio_model = audio_model or names["audio"]
+        text_model = text_model or names["text"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a failed export must not leave an old one
@@ -429,6 +483,8 @@ def export_full(
     try:
         if head is not None:
             models["head"] = _export_head(out, Path(head), opset, atol)
+        if tcn_file is not None:
+            models.update(_export_embedding_tcn(out, tcn_file, opset, atol))
         encoders = {"video": video_model, "audio": audio_model, "text": text_model}
         for kind, ident in encoders.items():
             if ident is not None:
@@ -437,42 +493,172 @@ def export_full(
         torch.set_num_threads(threads)
     if not models:
         raise ExportError(
-            "nothing to export for the full profile: give --head CKPT and/or "
+            "nothing to export for the full profile: give --weights-dir CKPT (a directory of "
+            "`ahstream train --profile full`), --head CKPT and/or "
             "--video-model/--audio-model/--text-model"
         )
     return _write_manifest(out, "full", models, opset, atol)
 
 
 def _export_head(out: Path, ckpt: Path, opset: int, atol: float) -> dict[str, Any]:
+    """The head as evaluation runs it: raw embeddings standardised with the checkpoint's
+    ``stats`` (built into the graph), then the head; alpha and thresholds in the entry."""
     import torch
 
     from models.conflict_head import ONNX_INPUTS, ONNX_OUTPUTS, export_onnx, load_checkpoint
 
     if not ckpt.is_file():
         raise ExportError(f"head checkpoint not found: {ckpt}")
-    net, _ = load_checkpoint(ckpt)
-    path = export_onnx(net, out / "conflict_head.onnx", opset=opset)
+    net, extra = load_checkpoint(ckpt)
+    stats = extra.get("stats")
+    try:
+        path = export_onnx(net, out / "conflict_head.onnx", opset=opset, stats=stats)
+    except ValueError as exc:
+        raise ExportError(f"{ckpt}: {exc}") from exc
     rng = np.random.default_rng(2)
     runner = OrtRunner(path, "conflict_head")
     diff = 0.0
+    names = ONNX_INPUTS[:3]
     for b in (1, 3):
-        feeds = {
-            n: rng.normal(size=(b, d)).astype(np.float32)
-            for n, d in zip(ONNX_INPUTS[:3], net.cfg.in_dims, strict=True)
-        }
+        # Raw embeddings around the training statistics, as the encoders give them.
+        feeds = {}
+        for n, d in zip(names, net.cfg.in_dims, strict=True):
+            mean = np.asarray(stats[n]["mean"], np.float32) if stats else np.zeros(d, np.float32)
+            std = np.asarray(stats[n]["std"], np.float32) if stats else np.ones(d, np.float32)
+            feeds[n] = (mean + std * rng.normal(size=(b, d))).astype(np.float32)
         present = np.ones((b, 3), np.float32)
         present[0, rng.integers(0, 3)] = 0.0  # a missing modality too
         feeds["present"] = present
+        # The reference is `models.train_full`'s path: standardise, then the torch head.
+        xs = []
+        for n in names:
+            x = feeds[n]
+            if stats:
+                mean = np.asarray(stats[n]["mean"], np.float32)
+                x = (x - mean) / np.asarray(stats[n]["std"], np.float32)
+            xs.append(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
         with torch.inference_mode():
-            full, text = net(
-                *(torch.from_numpy(feeds[n]) for n in ONNX_INPUTS[:3]),
-                torch.from_numpy(present > 0.5),
-            )[:2]
+            full, text = net(*xs, torch.from_numpy(present > 0.5))[:2]
         ref = dict(zip(ONNX_OUTPUTS, (full.numpy(), text.numpy()), strict=True))
         diff = max(diff, max_abs_diff(runner.run(feeds), ref))
+    decision = {k: extra[k] for k in ("alpha", "threshold", "video_level") if k in extra}
     return _entry(
-        "head", path, out, {ckpt.name: sha256_file(ckpt)}, _check("head", diff, atol), "torch"
+        "head",
+        path,
+        out,
+        {ckpt.name: sha256_file(ckpt)},
+        _check("head", diff, atol),
+        "torch",
+        standardised=stats is not None,
+        python="p = alpha*sigmoid(text_logit) + (1-alpha)*sigmoid(full_logit) on rows with "
+        "text, sigmoid(full_logit) without (models.conflict_head.blend); a video's p is the "
+        "mean over its rows; A/H when p >= threshold",
+        **decision,
     )
+
+
+def _export_embedding_tcn(
+    out: Path, tcn_file: Path, opset: int, atol: float
+) -> dict[str, dict[str, Any]]:
+    """The frame-level TCN: its sequence forward and its step graph, each checked against
+    the torch forward over random embeddings with missing modalities."""
+    import torch
+
+    from models.embedding_tcn import (
+        ONNX_INPUTS,
+        export_onnx,
+        export_step_onnx,
+        step_state_specs,
+    )
+    from models.embedding_tcn import load as load_tcn
+
+    if not tcn_file.is_file():
+        raise ExportError(f"TCN weights not found: {tcn_file}")
+    tcn, extra = load_tcn(tcn_file)
+    seq_path = export_onnx(tcn, out / "embedding_tcn.onnx", opset=opset)
+    step_path = export_step_onnx(tcn, out / "embedding_tcn_step.onnx", opset=opset)
+    specs = step_state_specs(tcn.cfg)
+    rng = np.random.default_rng(4)
+    b, t = 3, tcn.cfg.receptive_field + 9  # past the receptive field: the cache wraps
+    x = {
+        n: rng.normal(size=(b, t, d)).astype(np.float32)
+        for n, d in zip(ONNX_INPUTS[:3], tcn.cfg.in_dims, strict=True)
+    }
+    x["present"] = (rng.random((b, t, 3)) < 0.8).astype(np.float32)
+    with torch.inference_mode():
+        ref = tcn(*(torch.from_numpy(x[n]) for n in ONNX_INPUTS)).numpy()
+    seq = OrtRunner(seq_path, "embedding_tcn")
+    seq_diff = max(
+        max_abs_diff(seq.run(x), {"logit": ref}),
+        max_abs_diff(seq.run({n: v[:1, :1] for n, v in x.items()}), {"logit": ref[:1, :1]}),
+    )
+    step = OrtRunner(step_path, "embedding_tcn_step")
+    state = {s.input: np.zeros((b, s.channels, s.rows), np.float32) for s in specs}
+    step_diff = 0.0
+    for k in range(t):
+        o = step.run({**{n: v[:, k] for n, v in x.items()}, **state})
+        step_diff = max(step_diff, float(np.max(np.abs(o["logit"] - ref[:, k]))))
+        state = {s.input: o[s.output] for s in specs}
+    sources = {tcn_file.name: sha256_file(tcn_file)}
+    keep = {k: extra[k] for k in ("threshold", "hz") if k in extra}
+    states = [
+        {"input": s.input, "output": s.output, "channels": s.channels, "rows": s.rows}
+        for s in specs
+    ]
+    return {
+        "embedding_tcn": _entry(
+            "embedding_tcn",
+            seq_path,
+            out,
+            sources,
+            _check("embedding_tcn", seq_diff, atol),
+            "torch",
+            **keep,
+        ),
+        "embedding_tcn_step": _entry(
+            "embedding_tcn_step",
+            step_path,
+            out,
+            sources,
+            _check("embedding_tcn_step", step_diff, atol),
+            "torch",
+            states=states,
+            **keep,
+        ),
+    }
+
+
+def read_full_export(
+    export_dir: str | Path, weights_dir: str | Path
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest and graphs of a full-profile export made from ``weights_dir`` (its
+    `FULL_SERVE_GRAPHS` must be there, exported from that TCN and the encoders it names).
+    Raises ExportError (with what to run) otherwise."""
+    from models.train_full import TCN_FILE, FullProfileError, read_weights
+
+    try:
+        meta = read_weights(weights_dir)
+    except FullProfileError as exc:
+        raise ExportError(str(exc)) from exc
+    d = Path(export_dir)
+    again = f"`ahstream export --profile full --weights-dir {weights_dir} --out {d}`"
+    if not d.is_dir():
+        raise ExportError(f"{d}: export directory not found (make it with {again})")
+    tcn = {TCN_FILE: sha256_file(Path(weights_dir) / TCN_FILE)}
+    expect = {"embedding_tcn_step": tcn, "embedding_tcn": tcn}
+    for kind in ("video", "audio", "text"):
+        expect[f"{kind}_encoder"] = encoder_sources(str(meta["encoders"][kind]))
+    try:
+        manifest, graphs = read_manifest(d, expect_sources=expect)
+    except ExportError as exc:
+        raise ExportError(f"{exc}; run {again}") from exc
+    missing = [g for g in FULL_SERVE_GRAPHS if g not in graphs]
+    if manifest.get("profile") != "full" or missing:
+        raise ExportError(
+            f"{d} is not a full-profile export of {weights_dir} (missing {', '.join(missing)}); "
+            f"run {again}"
+        )
+    return manifest, graphs
 
 
 _ENCODER_CLASSES = {
@@ -502,20 +688,21 @@ def _export_encoder(out: Path, kind: str, ident: str, opset: int, atol: float) -
     except ImportError as exc:
         raise ExportError(f"cannot export the {kind} encoder: {exc}") from exc
     cls = getattr(hub_encoders, _ENCODER_CLASSES[kind])
+    # transformers fetches a hub id not in the cache, unless HF_HUB_OFFLINE says not to.
+    offline = _hub_offline()
+    kwargs: dict[str, Any] = {"local_files_only": offline}
+    if kind == "audio":
+        kwargs["normalize"] = False  # preprocessing outside the graph: no config needed
     try:
-        encoder = cls.from_pretrained(ident, local_files_only=True)
+        encoder = cls.from_pretrained(ident, **kwargs)
     except FileNotFoundError as exc:
-        raise ExportError(str(exc)) from exc
+        note = " (HF_HUB_OFFLINE is set: only the hub cache was searched)" if offline else ""
+        raise ExportError(f"{exc}{note}") from exc
     path = Path(encoder.export_onnx(out / f"{kind}_encoder.onnx", opset=opset))
     sample = _encoder_sample(kind, encoder)
     ref = encoder.runner.run(sample)
     diff = max_abs_diff(OrtRunner(path, f"{kind}_encoder").run(sample), ref)
-    src = Path(ident).expanduser()
-    sources = (
-        {f.name: sha256_file(f) for f in sorted(src.iterdir()) if f.is_file()}
-        if src.is_dir()
-        else {"hub_id": ident}
-    )
+    sources = encoder_sources(ident)
     return _entry(
         f"{kind}_encoder",
         path,

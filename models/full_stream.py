@@ -30,6 +30,14 @@ Per tick at media time ``t`` it featurizes what the session has by then with the
 Modalities the weights were trained without are presented as missing, as in training.
 The TCN steps once per tick (`TCNStream.step`, equal to the offline forward over the same
 embeddings), so the session must tick at the checkpoint's rate (``FullProfile.hz``).
+
+Backends (`load_full_profile`): ``"native"`` runs the encoders in torch on ``device`` and the
+TCN in torch on the CPU (it is tiny, one row per tick); ``"onnxruntime"`` and ``"tensorrt"``
+run the three encoders and the TCN's step graph (`RunnerTCNStream`) from an ``ahstream export
+--profile full --weights-dir CKPT --out DIR`` of the same checkpoint (``engine_dir``; checked
+by `models.export.read_full_export`); TensorRT engines come from ``DIR/engines`` (built there
+when absent) and each is checked against ONNX Runtime before use. The numpy pre-processing
+around the encoders (resizing, normalisation, tokenisation) is the same for every backend.
 """
 
 from __future__ import annotations
@@ -52,10 +60,11 @@ from models.bah_features import (
     transcript_so_far,
 )
 from models.bah_layout import AUDIO_RATE
-from models.embedding_tcn import EmbeddingTCN, TCNStream
+from models.embedding_tcn import EmbeddingTCN, RunnerTCNStream, TCNStream
 from models.embedding_tcn import load as load_tcn
 
 __all__ = [
+    "BACKENDS",
     "CLIP_FPS",
     "FACE_CROPS",
     "AudioSource",
@@ -68,6 +77,8 @@ __all__ = [
 
 #: Frame positions of a live face clip, per media second (BAH videos are about 24 fps).
 CLIP_FPS = 24.0
+#: What runs the encoders and the TCN (see the module docstring).
+BACKENDS: tuple[str, ...] = ("native", "onnxruntime", "tensorrt")
 #: How a live frame becomes a face crop (see the module docstring).
 FACE_CROPS: tuple[str, ...] = ("mesh", "centre")
 #: The video-level aggregation of the TCN's frame probabilities (`stream.aggregate`) against
@@ -102,6 +113,10 @@ class FullProfile:
     meta: dict[str, Any] = field(repr=False)
     face_crop: str = "mesh"
     method: str = FULL_METHOD
+    backend: str = "native"  # one of BACKENDS
+    device: str = "cpu"  # where the encoders run ("cpu" or "cuda")
+    tcn_runner: Any = None  # a Runner of the TCN's step graph (None: the torch TCN)
+    engine_dir: Path | None = None
 
     @property
     def hz(self) -> float:
@@ -111,15 +126,21 @@ class FullProfile:
     def describe(self) -> dict[str, Any]:
         """Names of the models for `session.started`."""
         names = self.encoders.names()
-        return {
-            "video": f"{names['video']} (face crops: {self.face_crop})",
-            "audio": names["audio"],
-            "text": names["text"],
+        runs = f"{self.backend}, {self.device}" if self.backend != "tensorrt" else "tensorrt fp16"
+        tcn_runs = "torch, cpu" if self.tcn_runner is None else runs
+        out = {
+            "video": f"{names['video']} (face crops: {self.face_crop}; {runs})",
+            "audio": f"{names['audio']} ({runs})",
+            "text": f"{names['text']} ({runs})",
             "tcn": f"causal embedding TCN ({self.weights_dir}, learned inputs: "
-            f"{', '.join(self.modalities)})",
+            f"{', '.join(self.modalities)}; {tcn_runs})",
             "decision": {"source": "tcn", "method": self.method, "threshold": self.threshold},
             "analysis_hz": self.hz,
+            "device": self.device,
         }
+        if self.engine_dir is not None:
+            out["engine_dir"] = str(self.engine_dir)
+        return out
 
 
 def load_full_profile(
@@ -128,28 +149,60 @@ def load_full_profile(
     device: str = "cpu",
     encoders: Encoders | None = None,
     face_crop: str = "mesh",
+    backend: str = "native",
+    engine_dir: str | Path | None = None,
 ) -> FullProfile:
     """Load a weights directory written by `models.train_full.train_full` (``ahstream train
     --profile full``) with the encoders it names (or ``encoders``, whose widths must match).
 
+    ``backend`` "native" runs the encoders in torch on ``device``; "onnxruntime" (on
+    ``device``) or "tensorrt" run them and the TCN's step graph from ``engine_dir``, an
+    ``ahstream export --profile full --weights-dir`` of these weights.
+
     Raises `models.train_full.FullProfileError` (a ValueError) without a trained directory
-    or for unusable weights, ValueError for an unknown ``face_crop``."""
+    or for unusable weights, ValueError for an unknown ``face_crop``/``backend`` or a
+    missing ``engine_dir``, `models.export.ExportError` for an export of other weights,
+    `models.tensorrt.TensorRTUnavailable` for "tensorrt" without TensorRT or a GPU."""
     from models.train_full import TCN_FILE, FullProfileError, read_weights, weights_encoders
 
     if face_crop not in FACE_CROPS:
         raise ValueError(f"unknown face crop {face_crop!r}; available: {', '.join(FACE_CROPS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    if backend == "native" and engine_dir is not None:
+        raise ValueError("an engine directory needs backend 'onnxruntime' or 'tensorrt'")
+    if backend != "native" and engine_dir is None:
+        raise ValueError(
+            f"backend {backend!r} needs --engine-dir DIR (engine_dir=), an `ahstream export "
+            "--profile full --weights-dir CKPT --out DIR` of these weights"
+        )
     if weights_dir is None:
         raise FullProfileError(
             "the full profile needs trained weights: give --weights-dir DIR (weights_dir=), "
             "a directory written by `ahstream train --profile full --bah-root DIR --out-dir DIR`"
         )
+    if backend == "tensorrt":  # fail before loading anything
+        from models.tensorrt import gpu_name, import_tensorrt
+
+        import_tensorrt()
+        gpu_name()
     meta = read_weights(weights_dir)
-    encoders = weights_encoders(meta, encoders, device)
+    manifest: dict[str, Any] | None = None
+    if engine_dir is not None:
+        from models.export import read_full_export
+
+        manifest, _ = read_full_export(engine_dir, weights_dir)
+    # With exported graphs the torch encoders only give their settings and pre-processing:
+    # they stay on the CPU, off the GPU the graphs run on.
+    encoders = weights_encoders(meta, encoders, device if backend == "native" else "cpu")
     wd = Path(weights_dir)
     tcn, extra = load_tcn(wd / TCN_FILE)
     ticks = TickConfig(**meta["ticks"])
     if abs(float(extra.get("hz", ticks.hz)) - ticks.hz) > 1e-9:
         raise FullProfileError(f"{wd}: the TCN and {wd / 'full_profile.json'} disagree on hz")
+    tcn_runner = None
+    if manifest is not None and engine_dir is not None:
+        tcn_runner = _use_exported(encoders, manifest, Path(engine_dir), backend, device)
     return FullProfile(
         encoders=encoders,
         tcn=tcn,
@@ -159,7 +212,26 @@ def load_full_profile(
         weights_dir=wd,
         meta=meta,
         face_crop=face_crop,
+        backend=backend,
+        device=device,
+        tcn_runner=tcn_runner,
+        engine_dir=None if engine_dir is None else Path(engine_dir),
     )
+
+
+def _use_exported(
+    encoders: Encoders, manifest: dict[str, Any], engine_dir: Path, backend: str, device: str
+) -> Any:
+    """Switch the encoders to runners of their exported graphs; the TCN step graph's runner."""
+    from models.runner import graph_runner
+
+    def runner(name: str) -> Any:
+        m = manifest["models"][name]
+        return graph_runner(backend, engine_dir / m["file"], name, device, m["inputs"])
+
+    for kind in MODALITIES:
+        getattr(encoders, kind).use_runner(runner(f"{kind}_encoder"))
+    return runner("embedding_tcn_step")
 
 
 def centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -192,7 +264,11 @@ class FullStream:
 
     def __init__(self, profile: FullProfile) -> None:
         self.profile = profile
-        self.tcn = TCNStream(profile.tcn)
+        self.tcn: TCNStream | RunnerTCNStream = (
+            TCNStream(profile.tcn)
+            if profile.tcn_runner is None
+            else RunnerTCNStream(profile.tcn_runner, profile.tcn.cfg)
+        )
         enc = profile.encoders
         self.num_frames = int(getattr(enc.video, "num_frames", 16))
         self.crop_size = int(getattr(enc.video, "image_size", 224))

@@ -56,6 +56,7 @@ __all__ = [
     "SpeechEncoder",
     "TextEmotionEncoder",
     "masked_mean",
+    "source_name",
 ]
 
 DEFAULT_VIDEO_ID = "MCG-NJU/videomae-base"
@@ -74,6 +75,14 @@ class HubModelNotFoundError(FileNotFoundError):
 def _looks_like_path(s: str) -> bool:
     """A hub id is ``name`` or ``org/name``; anything else is meant as a directory."""
     return s.startswith(("/", ".", "~")) or s.count("/") > 1 or s.endswith("/") or "\\" in s
+
+
+def source_name(id_or_path: str | Path) -> str:
+    """The name an encoder records (weights, cache keys, `session.started`): the absolute
+    path of a local directory, so that weights trained with a relative path load from any
+    working directory; a hub id as given."""
+    path = Path(str(id_or_path)).expanduser()
+    return str(path.resolve()) if path.exists() else str(id_or_path)
 
 
 def _load(loader: Any, id_or_path: str | Path, what: str, **kwargs: Any) -> Any:
@@ -268,7 +277,7 @@ class FaceClipEncoder(_HubEncoder):
         from transformers import VideoMAEModel
 
         model = _load(VideoMAEModel, id_or_path, cls.__name__, local_files_only=local_files_only)
-        return cls(model.to(device).eval(), str(id_or_path), device)
+        return cls(model.to(device).eval(), source_name(id_or_path), device)
 
     def preprocess(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """T RGB uint8 crops ([H, W, 3] or grey [H, W], any size) -> [num_frames, 3, S, S]
@@ -438,7 +447,7 @@ class SpeechEncoder(_HubEncoder):
                     " fairseq trained it); pass normalize= to choose",
                     stacklevel=2,
                 )
-        return cls(model.to(device).eval(), str(id_or_path), device, normalize)
+        return cls(model.to(device).eval(), source_name(id_or_path), device, normalize)
 
     def frames_for(self, samples: int) -> int:
         """Number of output frames for ``samples`` input samples (50 per second for base)."""
@@ -556,7 +565,7 @@ class TextEmotionEncoder(_HubEncoder):
             local_files_only=local_files_only,
         )
         tok = _load(AutoTokenizer, id_or_path, cls.__name__, local_files_only=local_files_only)
-        return cls(model.to(device).eval(), tok, str(id_or_path), device)
+        return cls(model.to(device).eval(), tok, source_name(id_or_path), device)
 
     def preprocess(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Texts -> right-padded ``input_ids`` and ``attention_mask`` [B, L] int64 (truncated

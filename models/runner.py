@@ -19,6 +19,10 @@ __all__ = [
     "Runner",
     "TorchRunner",
     "OrtRunner",
+    "RUNNER_BACKENDS",
+    "ort_has_cuda",
+    "ort_providers",
+    "graph_runner",
     "export_onnx_module",
     "max_abs_diff",
     "MIN_OPSET",
@@ -105,6 +109,65 @@ class OrtRunner:
             raise KeyError(f"{self.name}: unknown inputs {sorted(extra)}")
         outs = self.session.run(list(self.output_names), {k: inputs[k] for k in self.input_names})
         return dict(zip(self.output_names, outs, strict=True))
+
+
+#: Backends that run an exported graph (`graph_runner`).
+RUNNER_BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt")
+
+
+def ort_has_cuda() -> bool:
+    """Whether the installed onnxruntime has the CUDA provider (onnxruntime-gpu)."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def ort_providers(device: str) -> tuple[str, ...]:
+    """ONNX Runtime execution providers for ``device`` ("cpu" or "cuda"): CUDA first when
+    asked for and this onnxruntime build has it (onnxruntime-gpu); else the CPU. ValueError
+    for ``device="cuda"`` when the installed onnxruntime has no CUDA provider."""
+    if device == "cpu":
+        return ("CPUExecutionProvider",)
+    if device != "cuda":
+        raise ValueError(f"unknown device {device!r}; available: cpu, cuda")
+    if not ort_has_cuda():
+        raise ValueError(
+            "onnxruntime has no CUDA provider here (install onnxruntime-gpu, or use "
+            "--device cpu or --backend tensorrt)"
+        )
+    return ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def graph_runner(
+    backend: str,
+    onnx_path: str | Path,
+    name: str,
+    device: str = "cpu",
+    inputs: Sequence[Mapping[str, Any]] | None = None,
+    cache_dir: str | Path | None = None,
+    threads: int = 1,
+) -> Runner:
+    """A runner of the exported graph at ``onnx_path``: ``"onnxruntime"`` on ``device``'s
+    providers (`ort_providers`), or ``"tensorrt"``: the FP16 engine from ``cache_dir``
+    (default ``<graph dir>/engines``, what ``ahstream export --backend tensorrt`` fills),
+    built if absent, and checked against ONNX Runtime before use
+    (`models.tensorrt.load_or_build`; ``inputs`` are manifest-style input specs).
+    Raises `models.tensorrt.TensorRTUnavailable` without TensorRT or a GPU."""
+    if backend == "onnxruntime":
+        return OrtRunner(onnx_path, name, threads=threads, providers=ort_providers(device))
+    if backend == "tensorrt":
+        from models.tensorrt import FP16_ATOL, load_or_build, sample_feeds
+
+        path = Path(onnx_path)
+        if inputs is None:
+            from models.export import _io_spec
+
+            inputs = _io_spec(path)[0]
+        cache = Path(cache_dir) if cache_dir is not None else path.parent / "engines"
+        runner = load_or_build(path, cache, sample_feeds(inputs), FP16_ATOL, inputs)
+        runner.name = name
+        return runner
+    raise ValueError(f"unknown backend {backend!r}; available: {', '.join(RUNNER_BACKENDS)}")
 
 
 def export_onnx_module(

@@ -44,7 +44,9 @@ class TickResult:
 
     t: float
     p: float  # the frame-level A/H probability that is published (see Analyzer.source)
-    evidence: str  # "text" (the model saw words) or "prior" (too few words yet)
+    # "text": the model saw words; "media" (full profile): face or voice, no words yet;
+    # "prior": no input the model can use yet (lite: fewer than three words)
+    evidence: str
     n_words: int
     cues: list[CueHit] = field(default_factory=list)
     voice: VoiceFeatures | None = None
@@ -261,8 +263,8 @@ class Analyzer:
         started: float,
     ) -> TickResult:
         """The full profile's tick: cues as in the lite one, p from `FullStream.step`.
-        Its evidence is "text" once the model has any input (face, voice or words): its p
-        is then a model output, not a prior."""
+        Its evidence is "text" once the model has words, "media" while it has only face or
+        voice (its p is then a model output, not a prior), "prior" with no input."""
         assert self.full is not None
         voice = self._voice(audio_t, cues, complete)
         face = None
@@ -285,7 +287,7 @@ class Analyzer:
         # training; else at the newest audio received.
         end_t = t if self.ring is None else max(audio_t, min(t, self.ring.end_time))
         step = self.full.step(t, self.ring, end_t, [w.w for w in self.words])
-        evidence = "text" if step.present.any() else "prior"
+        evidence = "text" if step.present[2] else "media" if step.present.any() else "prior"
         return TickResult(
             t=t,
             p=float(np.clip(step.p, 0.0, 1.0)),

@@ -71,6 +71,18 @@ def _dir_problem(flag: str, directory: str | Path) -> str | None:
     return None
 
 
+def _future_dir_problem(flag: str, directory: str | Path) -> str | None:
+    """Why ``directory`` could not be made and written later; creates nothing (None: it
+    can), so a command that fails first leaves no empty directory behind."""
+    path = Path(directory).absolute()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return f"the {flag} {path} cannot be created: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"the {flag} directory {existing} is not writable"
+    return None
+
+
 def _file_problem(flag: str, file: str | Path) -> str | None:
     """Why ``file`` cannot be written (its directory must exist; None: it can)."""
     path = Path(file)
@@ -97,8 +109,17 @@ def _models(profile: str, **options: Any) -> Any:
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    """load_models options of --backend/--onnx-dir; exits with a clear message when the
-    export cannot be used with the weights being loaded."""
+    """load_models options of --backend/--onnx-dir (lite) or --backend/--engine-dir/--device/
+    --asr-model (full); exits with a clear message when the lite export cannot be used with
+    the weights being loaded (the full profile's options are checked by
+    `_full_options_problem` before)."""
+    if args.profile == "full":
+        options: dict[str, Any] = {"backend": args.backend, "device": args.device}
+        if args.engine_dir is not None:
+            options["engine_dir"] = args.engine_dir
+        if args.asr_model is not None:
+            options["whisper_path"] = args.asr_model
+        return options
     if args.onnx_dir is None:
         return {"backend": args.backend}
     if args.backend != "onnxruntime":
@@ -112,20 +133,105 @@ def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"backend": "onnxruntime", "onnx_dir": args.onnx_dir}
 
 
+def _full_options_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with --backend/--engine-dir/--device/--asr-model for --profile (None:
+    nothing). The lite profile runs on the CPU with the bundled Whisper tiny.en and takes its
+    ONNX export as --onnx-dir; the full profile's export is --engine-dir, and TensorRT needs
+    the tensorrt module and an NVIDIA GPU (checked here, before any model loads)."""
+    if args.profile == "lite":
+        if args.backend == "tensorrt":
+            return "--backend tensorrt is for --profile full (lite: native or onnxruntime)"
+        if args.device not in ("auto", "cpu"):
+            return f"the lite profile runs on the CPU (--device {args.device}: --profile full)"
+        if args.engine_dir is not None:
+            return "--engine-dir is for --profile full (lite takes its export as --onnx-dir)"
+        if args.asr_model is not None:
+            return "--asr-model is for --profile full (lite runs the bundled Whisper tiny.en)"
+        return None
+    if args.onnx_dir is not None:
+        return "--onnx-dir is the lite export; the full profile takes --engine-dir DIR"
+    if args.backend == "tensorrt" and args.device == "cpu":
+        return "--backend tensorrt runs on the GPU; --device cpu contradicts it"
+    if args.backend == "native" and args.engine_dir is not None:
+        return "--engine-dir needs --backend onnxruntime or tensorrt"
+    if args.backend != "native":
+        if args.engine_dir is None:
+            return (
+                f"--backend {args.backend} needs --engine-dir DIR, an `ahstream export --profile "
+                "full --weights-dir CKPT --out DIR` of the --weights-dir checkpoint"
+            )
+        if not Path(args.engine_dir).is_dir():
+            return f"--engine-dir {args.engine_dir}: export directory not found"
+    from models.profile import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        return f"--device: {exc}"
+    if args.backend == "onnxruntime" and args.device == "cuda":
+        from models.runner import ort_providers
+
+        try:
+            ort_providers(device)
+        except ValueError as exc:
+            return f"--backend onnxruntime --device cuda: {exc}"
+    if args.backend == "tensorrt":
+        from models.tensorrt import TensorRTUnavailable, gpu_name, import_tensorrt
+
+        try:
+            import_tensorrt()
+            gpu_name()
+        except TensorRTUnavailable as exc:
+            return f"--backend tensorrt: {exc}"
+    if args.asr_model is not None:
+        from models.whisper import whisper_source
+
+        try:
+            whisper_source(args.asr_model)
+        except FileNotFoundError as exc:
+            return f"--asr-model: {exc}"
+    return None
+
+
 def _add_backend_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         default="native",
-        choices=["native", "onnxruntime"],
-        help="native (default): the models as shipped (numpy TCN and text heads, the FER "
-        "graph under ONNX Runtime); onnxruntime: the FER, TCN and text heads from their ONNX "
-        "export (`ahstream export`), each checked against the weights",
+        choices=["native", "onnxruntime", "tensorrt"],
+        help="native (default): the models as shipped (lite: numpy TCN and text heads, the "
+        "FER graph under ONNX Runtime; full: the encoders in torch on --device); onnxruntime: "
+        "lite: the FER, TCN and text heads from their ONNX export (`ahstream export`), each "
+        "checked against the weights; full: the encoders and the TCN from --engine-dir; "
+        "tensorrt (full only, NVIDIA GPU): the same as FP16 engines, each checked against "
+        "ONNX Runtime before use",
     )
     parser.add_argument(
         "--onnx-dir",
         metavar="DIR",
-        help="with --backend onnxruntime: an `ahstream export --out DIR` of these weights "
+        help="lite, with --backend onnxruntime: an `ahstream export --out DIR` of these weights "
         "(default: export the shipped weights in memory at start)",
+    )
+    parser.add_argument(
+        "--engine-dir",
+        metavar="DIR",
+        help="full, with --backend onnxruntime|tensorrt (required there): an `ahstream export "
+        "--profile full --weights-dir CKPT --out DIR` of the --weights-dir checkpoint; "
+        "TensorRT engines are cached in DIR/engines",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="full: where the encoders and Whisper run (default auto: cuda when torch sees a "
+        "GPU, else cpu; with --backend onnxruntime the graphs run on cuda only if onnxruntime "
+        "has its CUDA provider, onnxruntime-gpu); the lite profile runs on the CPU",
+    )
+    parser.add_argument(
+        "--asr-model",
+        metavar="NAME|PATH",
+        help="full: Whisper for the transcript, a faster-whisper size name (small, large-v3, "
+        "...; fetched into the hub cache if not there), a hub id or a local CTranslate2 "
+        "directory (default: the bundled tiny.en); float16 on cuda, int8 on cpu",
     )
 
 
@@ -166,10 +272,14 @@ def _profile_models(args: argparse.Namespace, **options: Any) -> Any:
     extra: dict[str, Any] = {} if args.weights_dir is None else {"weights_dir": args.weights_dir}
     if args.profile == "full":
         extra["face_crop"] = args.face_crop
+    from models.export import ExportError
+    from models.tensorrt import EngineMismatch, TensorRTUnavailable
+
     try:
         models = _models(args.profile, **options, **extra)
-    except (ValueError, FileNotFoundError) as exc:  # FullProfileError is a ValueError
-        # missing weight files, another format, an export that does not match
+    except (ValueError, FileNotFoundError, ExportError, TensorRTUnavailable, EngineMismatch) as exc:
+        # FullProfileError is a ValueError: missing weight files, another format, an export
+        # that does not match, an ASR model that cannot be found or fetched
         raise SystemExit(f"ahstream {args.command}: {exc}") from exc
     need = models.analysis_hz
     if need is not None and args.analysis_hz is not None and abs(args.analysis_hz - need) > 1e-9:
@@ -199,7 +309,7 @@ def _serve_options_problem(args: argparse.Namespace) -> str | None:
 
     if bool(args.tls_cert) != bool(args.tls_key):
         return "--tls-cert and --tls-key go together"
-    problem = _weights_dir_problem(args)
+    problem = _weights_dir_problem(args) or _full_options_problem(args)
     if problem:
         return problem
     if args.tls_cert:
@@ -570,6 +680,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return 2
     problem = (
         _weights_dir_problem(args)
+        or _full_options_problem(args)
         or (args.out and _file_problem("--out", args.out))
         or (args.out_dir and _dir_problem("--out-dir", args.out_dir))
         or (args.report and _dir_problem("--report", args.report))
@@ -643,6 +754,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     return status
 
 
+#: `session.ended` reasons that mean the server could not finish the call's analysis.
+SEND_FAILED = frozenset({"analysis failed", "internal error", "server shutdown"})
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from clients.send import SendError, send_file
 
@@ -666,6 +781,13 @@ def cmd_send(args: argparse.Namespace) -> int:
         elif kind == "error":
             print(f"error: {event.get('code')}: {event.get('message')}", file=sys.stderr)
 
+    def announce(session_id: str, read_token: str | None) -> None:
+        if args.quiet:
+            return
+        watch = f"{args.url.rstrip('/')}/?session={session_id}"
+        token = f"; its read token: {read_token}" if read_token else ""
+        print(f"session {session_id} (watch it at {watch}{token})", file=sys.stderr)
+
     try:
         events = asyncio.run(
             send_file(
@@ -675,6 +797,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                 token=args.token,
                 context=args.context,
                 on_event=show,
+                on_session=announce,
                 ice_servers=args.ice_server or (),
             )
         )
@@ -691,7 +814,18 @@ def cmd_send(args: argparse.Namespace) -> int:
         "decision": ended[-1].get("decision") if ended else None,
     }
     print(json.dumps(summary))
-    return 0 if ended else 1
+    if not ended:
+        print("ahstream send: the event stream ended before session.ended", file=sys.stderr)
+        return 1
+    reason = ended[-1].get("reason")
+    if reason in SEND_FAILED or summary["decision"] is None:
+        print(
+            f"ahstream send: the session ended ({reason}) "
+            + ("without a decision" if summary["decision"] is None else "after a failure"),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
@@ -966,6 +1100,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             manifest = export_full(
                 args.out,
+                weights_dir=args.weights_dir,
                 head=args.head,
                 video_model=args.video_model,
                 audio_model=args.audio_model,
@@ -1029,7 +1164,10 @@ def _add_export_parser(sub: Any) -> None:
     x.add_argument(
         "--weights-dir",
         metavar="DIR",
-        help="lite: text and TCN weights (default: the shipped ones)",
+        help="lite: text and TCN weights (default: the shipped ones); full: a directory of "
+        "`ahstream train --profile full`: its encoders, TCN (sequence and step graphs) and "
+        "head, what `serve`/`analyze --profile full --backend onnxruntime|tensorrt "
+        "--engine-dir DIR` run",
     )
     x.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default %(default)s)")
     x.add_argument(
@@ -1038,10 +1176,19 @@ def _add_export_parser(sub: Any) -> None:
         default=1e-4,
         help="largest ONNX-vs-source |diff| (default %(default)g)",
     )
-    x.add_argument("--head", metavar="CKPT", help="full: a ConflictAwareAH checkpoint")
-    x.add_argument("--video-model", metavar="ID|PATH", help="full: VideoMAE encoder id or path")
-    x.add_argument("--audio-model", metavar="ID|PATH", help="full: HuBERT encoder id or path")
-    x.add_argument("--text-model", metavar="ID|PATH", help="full: RoBERTa encoder id or path")
+    x.add_argument(
+        "--head",
+        metavar="CKPT",
+        help="full: a ConflictAwareAH checkpoint (default with --weights-dir: its head); the "
+        "graph takes raw embeddings (the checkpoint's standardisation is built in)",
+    )
+    hub = "hub id (fetched unless HF_HUB_OFFLINE is set) or local path"
+    for kind, net in (("video", "VideoMAE"), ("audio", "HuBERT"), ("text", "RoBERTa")):
+        x.add_argument(
+            f"--{kind}-model",
+            metavar="ID|PATH",
+            help=f"full: {net} encoder, {hub} (default with --weights-dir: the one it names)",
+        )
     x.add_argument(
         "--cache-dir",
         metavar="DIR",
@@ -1074,7 +1221,7 @@ def _bench_problem(args: argparse.Namespace) -> str | None:
     if getattr(args, "out", None):
         return _file_problem("--out", args.out)
     if not getattr(args, "no_save", True):
-        return _dir_problem("--out-dir", args.out_dir)
+        return _future_dir_problem("--out-dir", args.out_dir)
     return None
 
 
@@ -1287,7 +1434,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write every event received to this JSONL file (opened once the call is accepted)",
     )
     se.add_argument("--context", help="the prompt the person is answering (optional)")
-    se.add_argument("--quiet", action="store_true", help="do not print transcript lines")
+    se.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only the summary JSON and failures: not the session id and read token, "
+        "the committed transcript lines, the final decision or error events (stderr)",
+    )
     _add_ice_server_arg(se, "the sender", "the server")
     se.set_defaults(func=cmd_send)
 
@@ -1446,6 +1598,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _may_use_hub(args: argparse.Namespace) -> bool:
+    """Whether the command may fetch models from a hub: only the full profile's (encoders and
+    Whisper by hub id or size name; DESIGN, "Profiles and models"). Every other command
+    runs with HF_HUB_OFFLINE=1 unless the environment says otherwise."""
+    if getattr(args, "profile", None) == "full":
+        return True
+    return args.command == "evaluate" and bool(getattr(args, "bah_root", None))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ahstream` command."""
     args = build_parser().parse_args(argv)
@@ -1463,7 +1624,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not _may_use_hub(args):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return int(args.func(args) or 0)
 
 

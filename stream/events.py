@@ -92,7 +92,7 @@ class Frame(Event):
     type: ClassVar[str] = "frame"
     t: float = 0.0
     p: float = 0.0
-    evidence: str = "text"  # "text": the model saw words; "prior": too few words yet
+    evidence: str = "text"  # "text": words; "media": face/voice only (full); "prior": neither
     modalities: dict[str, bool] = field(default_factory=dict)
     words: int = 0
     video_t: float | None = None  # media time of the video frame analysed by this tick

@@ -375,11 +375,21 @@ async def whip_delete(request: web.Request) -> web.StreamResponse:
 
 
 async def events_ws(request: web.Request) -> web.StreamResponse:
-    """Relay a session's event websocket from its worker (the worker checks the token)."""
+    """Relay a session's event websocket from its worker (the worker checks the token).
+
+    A plain GET of the URL (the browser page asks it for the status a refused websocket
+    hides) goes to the worker as a plain GET: it answers 404, 401, 403 or 400 without
+    subscribing anything. No upstream subscription outlives a relay that did not start."""
     front: Front = request.app["front"]
     session_id = request.match_info["session"]
     w = front.owner(session_id)
     assert front.client is not None
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=request.app["ws_max_msg"])
+    if not ws.can_prepare(request).ok:
+        resp = await front.forward(request, w)
+        if resp.status == 404:
+            front.routes.pop(session_id, None)
+        return resp
     headers = relayed_headers(request, WS_HEADERS)
     try:
         upstream = await front.client.ws_connect(
@@ -395,8 +405,11 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
         raise _status(exc.status) from None
     except (TimeoutError, aiohttp.ClientError):
         raise web.HTTPBadGateway(text="the session's worker does not answer\n") from None
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=request.app["ws_max_msg"])
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except BaseException:  # the subscriber went away during the handshake
+        await upstream.close()
+        raise
 
     async def pump() -> None:
         async for msg in upstream:

@@ -29,7 +29,7 @@ from stream.serving import (
 from stream.session import Session
 from stream.whip import LiveSession, whip_delete, whip_post
 
-__all__ = ["Server", "ServerConfig", "make_app", "run_server", "tls_context"]
+__all__ = ["Server", "ServerConfig", "make_app", "page_html", "run_server", "tls_context"]
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +182,26 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def index(request: web.Request) -> web.StreamResponse:
+#: The page's placeholder for what this server keeps of a call (filled in by `index`).
+RECORDING_SLOT = '<span id="recording"></span>'
+RECORDING_NOTE = {
+    True: "· this server records each session's audio and events",
+    False: "· nothing is recorded",
+}
+
+
+def page_html(record: bool) -> str:
+    """The browser page, telling the truth about recording (``serve --record``)."""
     page = resources.files("clients").joinpath("web/index.html").read_text(encoding="utf-8")
-    return web.Response(text=page, content_type="text/html")
+    note = f'<span id="recording" data-records="{str(record).lower()}">{RECORDING_NOTE[record]}'
+    return page.replace(RECORDING_SLOT, note + "</span>", 1)
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """The browser page (a front serves it from a worker, whose --record it states)."""
+    server: Server = request.app["server"]
+    page = page_html(bool(server.config.record_dir))
+    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
 
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}

@@ -498,6 +498,10 @@ class Session:
             self._publish_transcript(update.committed, final=True)
         if update.tentative and (update.tentative != self._tentative or update.committed):
             self._publish_transcript(update.tentative, final=False)
+        elif not update.tentative and self._tentative:
+            # the tail was committed or dropped (a word the final pass did not confirm):
+            # an empty tail replaces it, or subscribers would keep showing it
+            self._publish(Transcript(self.id, t0=s, t1=s, text="", words=[], final=False))
         self._tentative = list(update.tentative)
 
     def _take_asr(self, t: float, take_all: bool) -> tuple[list[Any], bool, list[Any] | None]:
@@ -583,7 +587,7 @@ class Session:
             )
         )
         self.aggregator.add(p)
-        self._publish_segment(self.segments.update(t, p, evidence == "text"))
+        self._publish_segment(self.segments.update(t, p, evidence != "prior"))
         n = self.aggregator.frames
         per_video = max(1, int(round(self._video_every * self.analysis_hz)))
         if n % per_video == 0:

@@ -19,6 +19,7 @@ from benchmarks.live import (
     percentiles,
     prepare_clip,
     publish,
+    video_offset,
 )
 from benchmarks.output import finite, pyplot
 from benchmarks.throughput import _round_summary, session_report
@@ -36,7 +37,10 @@ def test_passthrough_publisher_latencies_are_matched_frames(server, talking_face
     sent = {t for t, _ in pub.sent}
     analysed = [e["video_t"] for _, e in frames if e.get("video_t") is not None]
     assert len(analysed) >= 0.9 * len(frames)
-    assert all(min(abs(t - s) for s in sent) < 1e-3 for t in analysed)
+    # On one common offset (`video_offset`, 0 unless a loaded CPU made the first video frame
+    # reach the server late and its track start at its arrival, see stream.clock).
+    d = video_offset(sorted(sent), analysed)
+    assert all(min(abs(t - d - s) for s in sent) < 1e-3 for t in analysed)
     # Each tick analyses a frame at or before it: the newest one (15 fps clip: within 1/15 s)
     # unless the video track stalled behind the audio (stream.session.TRACK_STALL_S), which
     # a CPU loaded by other work can cause for a moment.
@@ -49,7 +53,21 @@ def test_passthrough_publisher_latencies_are_matched_frames(server, talking_face
     stats = percentiles(lat)
     assert stats["p50"] <= stats["p95"] <= stats["p99"] <= stats["max"]
     report = session_report(pub, duration=4.0, hz=10.0, has_video=True)
-    assert report["frames_dropped"] < 0.2 and report["frame_to_event_ms"]["n"] == len(lat)
+    assert report["ticks_without_frame"] < 0.2 and report["frame_to_event_ms"]["n"] == len(lat)
+
+
+def test_video_offset_finds_a_late_started_video_track() -> None:
+    """Frames sent every 1/15 s; the server placed them as sent, or all 0.3137 s later (a
+    first keyframe decoded late under load), with a few frames not analysed."""
+    sent = [i / 15 for i in range(60)]
+    analysed = [t for i, t in enumerate(sent) if i % 4]
+    assert video_offset(sent, analysed) == 0.0
+    late = [t + 0.3137 for t in analysed]
+    assert abs(video_offset(sent, late) - 0.3137) < 1e-9
+    pub = Publication(sent=[(t, 100.0 + t) for t in sent])
+    pub.events = [(100.5 + t, {"type": "frame", "t": t + 0.05, "video_t": t}) for t in late]
+    assert len(pub.matched_frames()) >= len(late) - 1  # all but the closing tick
+    assert video_offset([], late) == 0.0 and video_offset(sent, []) == 0.0
 
 
 def _frame(t: float, video_t: float | None, **lags: float) -> dict:
@@ -142,12 +160,12 @@ def test_round_without_frame_latencies_writes_null():
         "realtime": True,
         "frame_to_event_ms": percentiles([]),
         "commit_latency_ms": percentiles([]),
-        "frames_dropped": 0.0,
+        "ticks_without_frame": 0.0,
         "wer": None,
         "asr_skipped_hops": 0,
     }
     measured = {"rss_peak_mb": None, "cpu_s": 1.0, "wall_s": 2.0}
-    summary = _round_summary(2, measured, [session, session], reference=None)
+    summary = _round_summary(2, measured, [session, session], reference=None, duration=5.0)
     assert summary["frame_to_event_p95_ms"] is None and summary["commit_latency_p95_ms"] is None
     assert summary["rss_peak_mb"] is None
     json.dumps(summary, allow_nan=False)
@@ -199,14 +217,14 @@ def test_throughput_plot_keeps_the_frame_limit_off_the_commit_axis(tmp_path, mon
             "realtime": n < 3,
             "frame_to_event_p95_ms": p95,
             "commit_latency_p95_ms": c,
-            "cpu_cores": 0.7 * n,
+            "cpu_s": 0.7 * n * 10,
             "rss_peak_mb": rss,
         }
         for n, p95, c, rss in zip(
             (1, 2, 3), (58.0, None, 150.0), commit, (800.0, None, 1060.0), strict=True
         )
     ]
-    result = {"file": "x.mp4", "machine": {"cores": 2}, "max_realtime_sessions": 2}
+    result = {"file": "x.mp4", "clip_s": 10.0, "machine": {"cores": 2}, "max_realtime_sessions": 2}
     throughput._plot({**result, "rounds": rounds}, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 0
     (fig,) = figures

@@ -68,3 +68,23 @@ def test_an_installed_copy_claims_no_commit(tmp_path: Path, monkeypatch: Any) ->
     site.mkdir(parents=True)
     monkeypatch.setattr(output, "REPO", site)
     assert output.run_info()["commit"] is None
+
+
+def test_committed_throughput_results_written_with_the_old_keys_still_plot(
+    tmp_path: Path,
+) -> None:
+    from benchmarks.throughput import _cores, _plot
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    files = sorted(results.rglob("throughput.json"))
+    assert files
+    for i, path in enumerate(files):
+        result = _strict(path.read_text())
+        rounds = result["rounds"]
+        # Before `cpu_s_per_media_s` and `ticks_without_frame`: CPU per wall second and
+        # `frames_dropped`; after: both names of each are accepted.
+        assert all("cpu_cores" in r or "cpu_s" in r for r in rounds)
+        assert all("frames_dropped_max" in r or "ticks_without_frame_max" in r for r in rounds)
+        assert all(_cores(result, r) is not None for r in rounds)
+        _plot(result, tmp_path / f"{i}.png")
+        assert (tmp_path / f"{i}.png").stat().st_size > 0

@@ -9,7 +9,10 @@ session in subscribe-only mode with the session's read token. Along the way: a r
 Start leaves the camera and microphone off, a dropped events socket is resubscribed without
 showing anything twice, and a new session starts from an empty view. A second test gives the
 page (still served by the real server) a stand-in WebSocket that replays 5,000 events at
-once, as a long session does to a late subscriber, and checks the page stays responsive.
+once, as a long session does to a late subscriber, and checks the page stays responsive. A
+third makes a publishing page's first events socket fail (it retries, then gives up: camera
+and microphone off, the session DELETEd) and plays a watched session that drops a tentative
+word, has more cues and segments than the page keeps, and ends without a decision.
 
 Screenshots go to the test's tmp dir; with ``AHSTREAM_SCREENSHOTS=DIR`` they are also
 written to DIR (``AHSTREAM_SCREENSHOTS=clients/web/screenshots`` refreshes the README's).
@@ -696,4 +699,143 @@ async def test_page_renders_a_long_sessions_replay_without_freezing_and_resubscr
         assert again["segments"] == 3 and again["frames"] == 30 and again["points"] == 30, again
         assert again["markup"] == 0
         exceptions = list(page.exceptions)
+    assert not exceptions, exceptions
+
+
+# ---------------------------------------------------------------- events that fail or end oddly
+
+# A publishing page whose events socket fails before it ever opens (a proxy hiccup, a worker
+# restarting): `__fail.left` sockets to /sessions/ close at once, the rest are the browser's
+# own. The page's resubscribe back-off (RETRY_MS: 0.5 s doubling to 8 s, about a minute over
+# its ten tries) runs 25 times faster, so giving up takes a few seconds; other timers keep
+# their delays.
+FAILING_EVENTS_SOCKET = """(() => {
+  const Real = window.WebSocket, realTimeout = window.setTimeout;
+  const BACKOFF = new Set([500, 1000, 2000, 4000, 8000]);
+  window.setTimeout = (fn, ms, ...args) =>
+    realTimeout(fn, BACKOFF.has(ms) ? ms / 25 : ms, ...args);
+  const fail = window.__fail = {left: 0, sockets: 0};
+  window.WebSocket = function (url, protocols) {
+    if (!url.includes("/sessions/") || fail.left <= 0) return new Real(url, protocols);
+    fail.left--;
+    fail.sockets++;
+    const sock = {url: url, readyState: 0, close() {}, send() {}};
+    realTimeout(() => { sock.readyState = 3; sock.onclose && sock.onclose({code: 1006}); }, 0);
+    return sock;
+  };
+})()"""
+# What a session's odd ending leaves on screen.
+ENDING_STATE = """(() => ({
+  delivered: __fake.sockets[0].delivered,
+  state: document.getElementById('state').textContent,
+  committed: document.getElementById('committed').textContent.trim(),
+  tentative: document.getElementById('tentative').textContent,
+  summary: document.getElementById('cue-summary').textContent,
+  count: document.getElementById('cues').dataset.count,
+  segments: view.segments.length,
+  newestSegment: view.segments.length ? view.segments[view.segments.length - 1].t0 : null,
+  detail: document.getElementById('decision-detail').textContent,
+  decision: document.getElementById('decision').textContent,
+}))()"""
+
+
+async def test_page_retries_a_failed_first_subscription_and_shows_odd_endings(
+    chromium: str, fake_media: tuple[Path, Path], token_server: Any, tmp_path: Path
+) -> None:
+    y4m, wav = fake_media
+    async with chromium_browser(chromium, y4m, wav, tmp_path / "profile") as browser:
+        page = await browser.open(token_server.url + "/", init_script=FAILING_EVENTS_SOCKET)
+        await page.js(RECORD_MEDIA)
+        await page.js(f"document.getElementById('token').value = {json.dumps(TOKEN)}")
+
+        # The first events socket fails once: the page subscribes again and goes live (it
+        # used to say "cannot connect" and keep sending camera and microphone regardless).
+        await page.js("__fail.left = 1; document.getElementById('start').click()")
+        live = await page.wait("the retried subscription", lambda d: d["state"] == "live", 20)
+        assert await page.js("__fail.sockets") == 1
+        assert (await page.js(MEDIA_RELEASED))["live"], "publishing without camera/microphone"
+        await page.js("document.getElementById('stop').click()")
+        await page.wait("the end", lambda d: d["stateText"] == "ended (deleted)", 20)
+
+        # It keeps failing: after its ten retries the page gives up, turns camera and
+        # microphone off and ends the session with its DELETE.
+        await page.js("__fail.left = 1000; document.getElementById('start').click()")
+        await page.wait("a new session", lambda d: d["session"] not in ("", live["session"]), 20)
+        gone = await page.wait("giving up", lambda d: d["stateText"] == "ended (disconnected)", 30)
+        assert await page.js("__fail.sockets") == 1 + 11  # the first attempt, then 10 retries
+        assert (await page.js(MEDIA_RELEASED))["live"] == []
+        events: list[dict[str, Any]] = []
+        url = ws_url(token_server.url, f"/sessions/{gone['session']}/events")
+        await asyncio.wait_for(_collect(url, events), 20)
+        assert events[-1]["type"] == "session.ended" and events[-1]["reason"] == "deleted"
+
+        # A watched session: a tentative word the final pass dropped, 603 cues (more than
+        # the 500 drawn), 1,200 segments, and an end without a decision (analysis failed).
+        watcher = await browser.open(
+            f"{token_server.url}/?session={REPLAY_SID}", init_script=FAKE_EVENTS_SOCKET
+        )
+        await watcher.wait("the subscription", lambda d: d["state"] == "watching", 10)
+
+        def words(*spec: tuple[str, float, float]) -> list[dict[str, Any]]:
+            return [{"w": w, "t0": t0, "t1": t1} for w, t0, t1 in spec]
+
+        script: list[dict[str, Any]] = [
+            {"type": "session.started", "profile": "lite", "models": {}, "analysis_hz": 10},
+            {
+                "type": "transcript",
+                "t0": 6.14,
+                "t1": 7.3,
+                "text": "hard. you",
+                "final": False,
+                "words": words(("hard.", 6.14, 6.78), ("you", 7.0, 7.3)),
+            },
+            {
+                "type": "transcript",
+                "t0": 6.14,
+                "t1": 6.86,
+                "text": "hard.",
+                "final": True,
+                "words": words(("hard.", 6.14, 6.86)),
+            },
+        ]
+        await watcher.js(f"__fake.sockets[0].deliver({json.dumps(script)})")
+        shown = await watcher.wait("the commit", lambda d: d["delivered"] == 3, 10, ENDING_STATE)
+        assert shown["committed"] == "hard." and shown["tentative"] == "", shown
+        cue = {"modality": "text", "strength": 0.5, "detail": "maybe"}
+        script = [
+            *(
+                {"type": "cue", "cue": "hedge", "t0": 8 + i, "t1": 8.3 + i, **cue}
+                for i in range(600)
+            ),
+            *(
+                {"type": "cue", "cue": "filler_sound", "t0": 9 + i, "t1": 9.2 + i, **cue}
+                for i in range(3)
+            ),
+            *(
+                {"type": "segment", "t0": 10.0 * i, "t1": 10.0 * i + 3, "peak": 0.8}
+                for i in range(1200)
+            ),
+            {
+                "type": "transcript",
+                "t0": 12000.0,
+                "t1": 12000.4,
+                "text": "maybe",
+                "final": False,
+                "words": words(("maybe", 12000.0, 12000.4)),
+            },
+            {"type": "session.ended", "duration": 12001.0, "reason": "analysis failed"},
+        ]
+        await watcher.js(f"__fake.sockets[0].deliver({json.dumps(script)})")
+        end = await watcher.wait(
+            "the end", lambda d: d["delivered"] == 3 + len(script), 20, ENDING_STATE
+        )
+        await asyncio.sleep(0.3)  # the last animation frame
+        end = await watcher.js(ENDING_STATE)
+        assert end["state"] == "ended (analysis failed)" and end["tentative"] == "", end
+        assert end["summary"] == "Cues so far: hedge ×600, filler sound ×3", end
+        assert end["count"] == "500"  # drawn: the newest 500
+        assert end["segments"] == 1000 and end["newestSegment"] == 11990.0, end
+        assert end["decision"] == "–"
+        assert end["detail"] == "Ended without a decision (analysis failed).", end
+        exceptions = [e for p in browser.pages for e in p.exceptions]
     assert not exceptions, exceptions

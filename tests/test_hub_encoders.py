@@ -18,6 +18,7 @@ from models.hub_encoders import (
     SpeechEncoder,
     TextEmotionEncoder,
     masked_mean,
+    source_name,
 )
 from models.runner import OrtRunner, TorchRunner, max_abs_diff
 from models.whisper import resolve_whisper_path, whisper_source
@@ -71,6 +72,22 @@ def test_missing_directory_says_what_to_download(tmp_path: Path) -> None:
         FaceClipEncoder.from_pretrained(tmp_path / "nope")
     with pytest.raises(HubModelNotFoundError, match="does not exist"):
         SpeechEncoder.from_pretrained(str(tmp_path / "nope"))
+
+
+def test_a_relative_model_directory_is_recorded_as_an_absolute_path(
+    paths: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights record the encoders' names: `org/name`-shaped relative directories (as in
+    `--video-model models-hub/videomae`) must load again from another working directory."""
+    monkeypatch.chdir(paths["video"].parent.parent)
+    relative = f"{paths['video'].parent.name}/{paths['video'].name}"  # one slash: id-shaped
+    recorded = FaceClipEncoder.from_pretrained(relative).name
+    assert recorded == str(paths["video"].resolve())
+    monkeypatch.chdir(tmp_path)
+    assert FaceClipEncoder.from_pretrained(recorded).name == recorded
+    assert SpeechEncoder.from_pretrained(paths["audio"]).name == str(paths["audio"].resolve())
+    assert TextEmotionEncoder.from_pretrained(paths["text"]).name == str(paths["text"].resolve())
+    assert source_name("org/model") == "org/model"  # a hub id stays as given
 
 
 def test_uncached_hub_id_fails_clearly_offline() -> None:

@@ -541,3 +541,29 @@ async def test_cues_wait_for_asr_steps_the_ticks_were_given_not_just_finished(
     s._asr_stopped = True
     await s._tick(6.5)
     assert seen[-1] is None  # the tick's own time: no more words will come
+
+
+async def test_a_tentative_tail_that_goes_away_is_replaced_by_an_empty_one(
+    models: Any, sentences: np.ndarray
+) -> None:
+    """A subscriber that keeps the committed words and replaces the tentative tail with each
+    `final: false` event (the documented protocol) ends with no tail: a tail committed or
+    dropped by the ASR is followed by an empty one, not left showing."""
+    run = Run(models)
+    run.session.add_track("audio")
+    run.session.start()
+    await run.feed(sentences, realtime=False)
+    await run.end("audio")
+
+    committed: list[str] = []
+    tail: list[str] = []
+    empties = 0
+    for e in run.of("transcript"):
+        words = [w["w"] for w in e["words"]]
+        if e["final"]:
+            committed += words
+        else:
+            tail = words
+            empties += not words and e["text"] == "" and e["t0"] == e["t1"]
+    assert len(committed) >= 20
+    assert tail == [] and empties >= 1

@@ -12,6 +12,8 @@ when the session ends prints one JSON summary line (decision, segments, cue
 counts) for the visit record. It keeps no transcript: the summary holds no words.
 The session id and its read token come from the `201` answer to `POST /whip`
 (`X-Ahstream-Session`, `X-Ahstream-Read-Token`); a service token opens any session.
+A refused subscription (401, 403, 404) or a connection that fails is one line on
+stderr and exit status 1 (2 for a malformed URL), as with `ahstream listen`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,49 @@ from collections import Counter
 from typing import Any
 
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus, InvalidURI
 
 SCHEMA_VERSION = 1
+#: What a refused subscription means, by HTTP status.
+REFUSALS = {
+    401: "a token is required: pass --token",
+    403: "this token may not read this session",
+    404: "no such session",
+}
+
+
+class FollowError(Exception):
+    """The subscription was refused or failed (the message holds no URL query: no token)."""
+
+
+def redact(url: str) -> str:
+    """``url`` without its query string (which may hold a token)."""
+    base, sep, _ = url.partition("?")
+    return base + ("?…" if sep else "")
 
 
 async def follow(url: str, token: str | None = None, out: Any = sys.stdout) -> dict[str, Any]:
-    """Consume the events at ``url`` until `session.ended`; returns the visit summary."""
+    """Consume the events at ``url`` until `session.ended`; returns the visit summary
+    (``decision`` None when the stream closed before it). FollowError when the server
+    refuses the subscription or the connection fails; InvalidURI for a malformed URL."""
+    try:
+        return await _follow(url, token, out)
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        hint = REFUSALS.get(status)
+        raise FollowError(
+            f"the server refused the subscription: {status}" + (f" ({hint})" if hint else "")
+        ) from None
+    except ConnectionClosedError as exc:
+        raise FollowError(f"the connection broke before session.ended ({exc})") from None
+    except InvalidURI:
+        raise
+    except (OSError, TimeoutError, InvalidHandshake) as exc:
+        why = (str(exc) or type(exc).__name__).replace(url, redact(url))
+        raise FollowError(f"cannot subscribe to {redact(url)}: {why}") from None
+
+
+async def _follow(url: str, token: str | None, out: Any) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     cues: list[dict[str, Any]] = []
     segments: list[dict[str, Any]] = []
@@ -37,9 +76,12 @@ async def follow(url: str, token: str | None = None, out: Any = sys.stdout) -> d
     running_label: int | None = None
     async with connect(url, additional_headers=headers, max_size=2**20) as ws:
         async for message in ws:
-            event = json.loads(message)
+            try:
+                event = json.loads(message)
+            except json.JSONDecodeError:
+                raise FollowError("the server sent a message that is not JSON") from None
             if event.get("v") != SCHEMA_VERSION:
-                raise RuntimeError(f"unsupported event schema version {event.get('v')}")
+                raise FollowError(f"unsupported event schema version {event.get('v')}")
             kind = event["type"]
             if kind == "session.started":
                 summary["session"] = event["session"]
@@ -84,9 +126,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("url", help="ws(s)://HOST:PORT/sessions/<session>/events")
     p.add_argument("--token", help="the session's read token or a service token")
     args = p.parse_args(argv)
-    summary = asyncio.run(follow(args.url, args.token))
+    try:
+        summary = asyncio.run(follow(args.url, args.token))
+    except InvalidURI as exc:
+        print(f"backend.py: invalid URL: {redact(exc.uri)}", file=sys.stderr)
+        return 2
+    except FollowError as exc:
+        print(f"backend.py: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("backend.py: interrupted", file=sys.stderr)
+        return 130
     print(json.dumps(summary), flush=True)
-    return 0 if summary["decision"] is not None else 1
+    if "reason" not in summary:
+        print("backend.py: the event stream ended before session.ended", file=sys.stderr)
+        return 1
+    if summary["decision"] is None:
+        print(
+            f"backend.py: the session ended without a decision ({summary['reason']})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,10 +7,16 @@ const $ = (id) => document.getElementById(id);
 const WINDOW_S = 60; // the plot and cue rows show the last minute of media
 const MIN_SPAN_S = 20; // ... and at least 20 s, so a new session does not look zoomed in
 const MAX_FRAMES = 6000; // bounded memory: ten minutes at 10 Hz
-const MAX_CUES = 500;
+const MAX_CUES = 500; // cues drawn; the summary counts every cue (view.cueCounts)
+const MAX_SEGMENTS = 1000; // the newest A/H segments (the plot shows the last minute)
 const MAX_WORDS = 3000;
 const MAX_LOG_LINES = 300;
 const ROWS = { text: "words", voice: "voice", face: "face", cross: "cross-modal" };
+const EVIDENCE_TEXT = { // the decision card's line for each `evidence` of a video event
+  prior: "Prior only: fewer than three words so far.",
+  media: "From face and voice only: no words yet (full profile).",
+  text: "From the words so far.",
+};
 const CUE_NAMES = {
   but_excuse: "“but” / excuse",
   correction_repetition: "correction / repetition",
@@ -40,7 +46,8 @@ function emptyView(sid) {
     sid: sid,
     frames: [], // {t, p, prior}
     segments: [], // {t0, t1, peak}
-    cues: [], // cue events
+    cues: [], // cue events (the newest MAX_CUES)
+    cueCounts: {}, // every cue of the session so far, by cue name
     words: [], // {w, t0, t1, el}
     threshold: null,
     tmax: 0,
@@ -98,6 +105,7 @@ function onEvent(ev, raw) {
       break;
     case "segment":
       view.segments.push({ t0: ev.t0, t1: ev.t1, peak: ev.peak });
+      if (view.segments.length > MAX_SEGMENTS) view.segments.shift();
       break;
     case "video":
       onVideo(ev);
@@ -112,7 +120,9 @@ function onEvent(ev, raw) {
     case "session.ended":
       view.ended = true;
       releaseMedia();
+      setTentative([]); // nothing more will be committed
       if (ev.decision) onVideo({ ...ev.decision, final: true });
+      else endedUndecided(ev.reason);
       setState("ended", "ended (" + ev.reason + ")");
       finishUi();
       break;
@@ -169,19 +179,27 @@ function onTranscript(ev) {
       old.el.nextSibling && old.el.nextSibling.remove();
       old.el.remove();
     }
-    // the tentative tail now partly overlaps committed words: keep only what is after them
-    const end = words.length ? words[words.length - 1].t1 : ev.t1;
-    const tent = $("tentative");
-    const rest = (tent._words || []).filter((w) => w.t0 >= end - 0.01);
-    tent._words = rest;
-    tent.textContent = rest.map((w) => w.w).join(" ");
+    // the old tail is committed or dropped now: the server sends the current tail (if any
+    // is left) right after every commit, so none of the old one may stay on screen
+    setTentative([]);
   } else {
-    const tent = $("tentative");
-    tent._words = words;
-    tent.textContent = words.map((w) => w.w).join(" ");
+    setTentative(words);
   }
   view.tmax = Math.max(view.tmax, ev.t1);
   dirty.scroll = true; // scrolled to the newest words once per animation frame
+}
+
+function setTentative(words) {
+  $("tentative").textContent = words.map((w) => w.w).join(" ");
+}
+
+// The session ended with no decision: say so, instead of a stale "waiting" or "running".
+function endedUndecided(reason) {
+  const d = $("decision");
+  const running = d.dataset.label !== "";
+  $("decision-detail").textContent = "Ended without a " + (running ? "final " : "") +
+    "decision (" + reason + ")" + (running ? "; the last running decision is shown." : ".");
+  $("decision-announce").textContent = "Session ended without a decision";
 }
 
 function cueName(cue) {
@@ -206,6 +224,7 @@ function markCued(word) {
 function onCue(ev) {
   view.cues.push(ev);
   if (view.cues.length > MAX_CUES) view.cues.shift();
+  view.cueCounts[ev.cue] = (view.cueCounts[ev.cue] || 0) + 1;
   $("cues").dataset.count = String(view.cues.length);
   if (ev.modality === "text") {
     for (const w of view.words) {
@@ -233,9 +252,7 @@ function onCue(ev) {
 }
 
 function summarizeCues() {
-  const counts = {};
-  for (const c of view.cues) counts[c.cue] = (counts[c.cue] || 0) + 1;
-  const top = Object.entries(counts).sort((a, b) => b[1] - a[1]).slice(0, 4);
+  const top = Object.entries(view.cueCounts).sort((a, b) => b[1] - a[1]).slice(0, 4);
   $("cue-summary").textContent = top.length ? "Cues so far: " +
     top.map(([cue, n]) => cueName(cue) + (n > 1 ? " ×" + n : "")).join(", ") : "";
 }
@@ -256,8 +273,7 @@ function onVideo(ev) {
   fill.style.width = (100 * ev.p).toFixed(1) + "%";
   fill.className = "fill" + (ev.label ? " ah" : "");
   $("gauge-mark").style.left = (100 * ev.threshold).toFixed(1) + "%";
-  $("evidence").textContent = ev.evidence === "prior"
-    ? "Prior only: fewer than three words so far." : "From the words so far (text model).";
+  $("evidence").textContent = EVIDENCE_TEXT[ev.evidence] || "";
 }
 
 // ---------------------------------------------------------------- drawing
@@ -427,8 +443,7 @@ function resetView(sid, keepFrames) {
     view.tmax = old.frames.length ? old.frames[old.frames.length - 1].t : 0;
   }
   $("committed").textContent = "";
-  $("tentative").textContent = "";
-  $("tentative")._words = [];
+  setTentative([]);
   const none = document.createElement("span");
   none.className = "empty";
   none.textContent = "No cues yet.";
@@ -508,10 +523,12 @@ function connect(l) {
     if (link !== l) return;
     if (view && view.ended) {
       link = null;
-    } else if (!l.opened) {
-      link = null; // never connected: say why (token, unknown session, server down)
+    } else if (!l.opened && !pc) {
+      link = null; // watching, never connected: say why (token, unknown session, server down)
       explainRefusal(l.sid, l.tok);
     } else {
+      // a drop, or a publishing page's first subscription failing: retry, then give up
+      // (never keep sending camera and microphone to a session the page cannot show)
       if (openedAt !== null && Date.now() - openedAt > STABLE_MS) l.attempt = 0;
       retry(l, openedAt === null);
     }
