@@ -122,7 +122,7 @@ def _decision_text(decision: dict[str, Any] | None) -> str:
     if decision.get("evidence") == "prior":
         text += ", from the prior alone: fewer than three words were heard"
     elif decision.get("evidence") == "media":
-        text += ", from face and voice alone: no words were heard"
+        text += ", from face and voice alone: no words were used"
     return text + (", running: the session has no final decision" if decision["running"] else "")
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from pathlib import Path
@@ -94,16 +95,19 @@ async def _read_events(
     out: TextIO | None,
     events: list[dict[str, Any]],
     on_event: Callable[[dict[str, Any]], None] | None,
-    seen: set[str],
+    seen: Counter[str],
 ) -> int:
     """Handle the events of ``ws`` until `session.ended` or the socket closes; returns how
-    many were new. A replayed message already in ``seen`` (the critical messages handled
-    so far) is skipped."""
+    many were new. ``seen`` counts the critical messages handled so far, on every socket:
+    a new socket's replay repeats each of them once (identical messages, e.g. the same
+    error twice, as often as they came), and that many copies are skipped; nothing else."""
+    replay = Counter(seen)  # still to come again on this socket (empty on the first one)
     new = 0
     async for msg in ws:
         if msg.type != aiohttp.WSMsgType.TEXT:
             break
-        if msg.data in seen:  # a resubscription's replay of what was already handled
+        if replay[msg.data] > 0:  # a resubscription's replay of what was already handled
+            replay[msg.data] -= 1
             continue
         try:
             event = json.loads(msg.data)
@@ -112,7 +116,7 @@ async def _read_events(
         if not isinstance(event, dict):
             raise SendError("the server sent an event that is not a JSON object")
         if _replayed(event):
-            seen.add(msg.data)
+            seen[msg.data] += 1
         new += 1
         events.append(event)
         if out is not None:
@@ -143,7 +147,7 @@ class _Call:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.reader: asyncio.Task[None] | None = None
         self.delete_sent = False
-        self.seen: set[str] = set()  # critical messages received (a replay repeats them)
+        self.seen: Counter[str] = Counter()  # critical messages handled (a replay repeats them)
 
     @property
     def ended(self) -> bool:

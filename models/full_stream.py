@@ -230,7 +230,8 @@ def _use_exported(
         return graph_runner(backend, engine_dir / m["file"], name, device, m["inputs"])
 
     for kind in MODALITIES:
-        getattr(encoders, kind).use_runner(runner(f"{kind}_encoder"))
+        # the torch weights are not needed again: free them (GBs for the base models)
+        getattr(encoders, kind).use_runner(runner(f"{kind}_encoder"), release=True)
     return runner("embedding_tcn_step")
 
 

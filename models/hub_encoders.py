@@ -200,7 +200,7 @@ class _HubEncoder:
     output_names: tuple[str, ...] = ()
 
     def __init__(self, graph: nn.Module, name: str, dim: int, device: str) -> None:
-        self.graph = graph.eval()
+        self.graph: nn.Module | None = graph.eval()
         self.name = name
         self.dim = int(dim)
         self.device = device
@@ -208,8 +208,11 @@ class _HubEncoder:
             self.graph, self.input_names, self.output_names, name, device
         )
 
-    def use_runner(self, runner: Runner) -> None:
-        """Run the network through ``runner`` (e.g. an ``OrtRunner`` over ``export_onnx``)."""
+    def use_runner(self, runner: Runner, release: bool = False) -> None:
+        """Run the network through ``runner`` (e.g. an ``OrtRunner`` over ``export_onnx``).
+        ``release``: drop the torch network for good (its weights, hundreds of MB for the
+        base models, are freed; the encoder keeps its settings and pre-processing, and can
+        no longer export or go back to torch)."""
         if set(runner.input_names) != set(self.input_names) or not set(self.output_names) <= set(
             runner.output_names
         ):
@@ -218,6 +221,8 @@ class _HubEncoder:
                 f"expected {self.input_names} -> {self.output_names}"
             )
         self.runner = runner
+        if release:
+            self.graph = None
 
     def _sample(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -227,6 +232,8 @@ class _HubEncoder:
 
     def export_onnx(self, path: str | Path, opset: int = MIN_OPSET) -> Path:
         """Export the network to ONNX at ``path`` (dynamic batch, and length where it has one)."""
+        if self.graph is None:
+            raise ValueError(f"{self.name}: its torch network was released (use_runner)")
         graph = self.graph.to("cpu")
         try:
             return export_onnx_module(

@@ -22,6 +22,8 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import os
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -313,8 +315,11 @@ def load_or_build(
             f"on the sample inputs; refusing it"
         )
     if built:
-        path.write_bytes(engine)
-        path.with_suffix(".json").write_text(
+        # atomically: the workers of one server may build the same engine at once, and a
+        # reader must never see a half-written file
+        _write_atomic(path, engine)
+        _write_atomic(
+            path.with_suffix(".json"),
             json.dumps(
                 {
                     "onnx": onnx_path.name,
@@ -325,9 +330,20 @@ def load_or_build(
                 indent=2,
             )
             + "\n",
-            encoding="utf-8",
         )
     return runner
+
+
+def _write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``path`` through a temporary file in its directory and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def sample_feeds(inputs: Sequence[Mapping[str, Any]], seed: int = 0) -> dict[str, np.ndarray]:

@@ -44,7 +44,8 @@ class TickResult:
 
     t: float
     p: float  # the frame-level A/H probability that is published (see Analyzer.source)
-    # "text": the model saw words; "media" (full profile): face or voice, no words yet;
+    # "text": the model saw words; "media" (full profile): face or voice, no words (none
+    # yet, or a checkpoint trained without text);
     # "prior": no input the model can use yet (lite: fewer than three words)
     evidence: str
     n_words: int

@@ -281,6 +281,9 @@ def _profile_models(args: argparse.Namespace, **options: Any) -> Any:
         # FullProfileError is a ValueError: missing weight files, another format, an export
         # that does not match, an ASR model that cannot be found or fetched
         raise SystemExit(f"ahstream {args.command}: {exc}") from exc
+    except RuntimeError as exc:  # e.g. CTranslate2 or torch without CUDA for --device cuda
+        log.debug("loading the models failed", exc_info=True)
+        raise SystemExit(f"ahstream {args.command}: cannot load the models: {exc}") from exc
     need = models.analysis_hz
     if need is not None and args.analysis_hz is not None and abs(args.analysis_hz - need) > 1e-9:
         raise SystemExit(

@@ -271,6 +271,7 @@ class FakeServer:
         absolute_location: bool = False,
         answer: str | None = None,
         delete_status: int = 200,
+        same_errors: bool = False,
     ) -> None:
         # normal | not_json | close | silent | drop_once (the first subscription closes
         # after session.started, the next get its replay, then the rest) | drop_always |
@@ -281,6 +282,9 @@ class FakeServer:
         self.absolute_location = absolute_location
         self.answer = answer
         self.delete_status = delete_status
+        # the same error event twice after session.started (as a server repeats a message
+        # per rejected frame): a later subscription gets both as replay, then a third, new
+        self.same_errors = same_errors
         self.deletes: list[tuple[str, str | None]] = []
         self.deleted = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -319,6 +323,11 @@ class FakeServer:
         ws = web.WebSocketResponse(autoping=self.events != "silent")
         await ws.prepare(request)
         await ws.send_str(_started())
+        if self.same_errors:
+            error = {"v": 1, "type": "error", "session": "abc", "code": "bad_media"}
+            message = json.dumps({**error, "message": "audio frame rejected"})
+            for _ in range(2 if self.subscriptions == 1 else 3):
+                await ws.send_str(message)
         dropping = self.events in ("drop_always", "drop_then_gone") or (
             self.events == "drop_once" and self.subscriptions == 1
         )
@@ -438,6 +447,18 @@ async def test_a_dropped_events_socket_is_reopened_without_duplicates(audio_only
     assert fake.deletes == [("/resources/abc", "Bearer RT")]
 
 
+async def test_identical_events_are_all_kept_and_only_the_replay_is_skipped(audio_only_wav):
+    """Events carry no sequence number: the same error twice is two events, on the first
+    socket as on a reopened one, where only the replay of what came before is skipped."""
+    async with fake_server(same_errors=True) as fake:
+        events = await send_file(audio_only_wav, fake.url, duration_s=1.0)
+    assert [e["type"] for e in events] == ["session.started", "error", "error", "session.ended"]
+    async with fake_server(events="drop_once", same_errors=True) as fake:
+        events = await send_file(audio_only_wav, fake.url, duration_s=2.0)
+    assert fake.subscriptions == 2
+    assert [e["type"] for e in events] == ["session.started", *["error"] * 3, "session.ended"]
+
+
 @pytest.mark.parametrize(
     ("behaviour", "why"),
     [
@@ -491,8 +512,16 @@ async def test_backend_example_refusals_and_failures_are_one_line():
     async def refuse(request: web.Request) -> web.Response:
         return web.Response(status=403, text="this token may not read this session\n")
 
+    async def array(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str("[1, 2]")  # JSON, but not an event object
+        await ws.close()
+        return ws
+
     app = web.Application()
     app.router.add_get("/sessions/{id}/events", refuse)
+    app.router.add_get("/array/{id}/events", array)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -500,6 +529,7 @@ async def test_backend_example_refusals_and_failures_are_one_line():
     port = runner.addresses[0][1]
     try:
         refused = await _backend(f"ws://127.0.0.1:{port}/sessions/abc/events", "--token", "T0K")
+        not_object = await _backend(f"ws://127.0.0.1:{port}/array/abc/events")
     finally:
         await runner.cleanup()
     # the same port, closed now: nothing listens there
@@ -512,6 +542,9 @@ async def test_backend_example_refusals_and_failures_are_one_line():
         "backend.py: the server refused the subscription: 403 "
         "(this token may not read this session)\n",
     )
+    assert not_object[0] == 1 and not_object[2] == (
+        "backend.py: the server sent a message that is not a JSON object\n"
+    ), not_object
     code, out, err = down
     assert code == 1 and out == "" and len(err.splitlines()) == 1, down
     assert err.startswith(f"backend.py: cannot subscribe to ws://127.0.0.1:{port}/sessions/abc/")

@@ -359,6 +359,20 @@ def test_live_whip_session_against_serve_with_onnxruntime(short_call):
 # ---------------------------------------------------------------------------- TensorRT
 
 
+def test_engine_cache_files_are_written_whole(tmp_path):
+    """Workers of one server may build the same engine at once: a cache file appears whole
+    (temporary file + rename), replaced whole, and no temporary file is left behind."""
+    from models.tensorrt import _write_atomic
+
+    path = tmp_path / "k.engine"
+    _write_atomic(path, b"\x00engine")
+    _write_atomic(path.with_suffix(".json"), '{"gpu": "x"}\n')
+    _write_atomic(path, b"\x01again")
+    assert path.read_bytes() == b"\x01again"
+    assert path.with_suffix(".json").read_text() == '{"gpu": "x"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.engine", "k.json"]
+
+
 def test_engine_cache_key_is_stable_and_changes_with_each_part():
     onnx = b"graph bytes"
     key = engine_cache_key(onnx, "NVIDIA GeForce RTX 4090", "10.3.0")

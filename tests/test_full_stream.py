@@ -103,7 +103,7 @@ def test_frames_publish_the_tcn_step_which_equals_the_offline_forward(
         ended = events[-1]
         assert ended["type"] == "session.ended" and ended["decision"]["evidence"] == "media"
         assert _decision_text({**ended["decision"], "running": False}).endswith(
-            "from face and voice alone: no words were heard"
+            "from face and voice alone: no words were used"
         )
         final = [e for e in events if e["type"] == "video" and e["final"]][-1]
         assert final["method"] == "max_ma1s"

@@ -292,6 +292,26 @@ def test_onnx_parity_and_use_runner(
         text.use_runner(OrtRunner(tmp_path / "FaceClipEncoder.onnx"))
 
 
+def test_an_encoder_served_from_its_export_frees_its_torch_weights(
+    tmp_path: Path, paths: dict[str, Path]
+) -> None:
+    """`use_runner(release=True)` (the full profile's exported backends): the torch network
+    is garbage once the encoder runs on ONNX Runtime; it encodes as before."""
+    import gc
+    import weakref
+
+    enc = TextEmotionEncoder.from_pretrained(paths["text"])
+    before = enc.encode(TEXTS)
+    ort = OrtRunner(enc.export_onnx(tmp_path / "text.onnx"), threads=1)
+    network = weakref.ref(enc.graph)
+    enc.use_runner(ort, release=True)
+    gc.collect()
+    assert network() is None and enc.graph is None
+    assert np.abs(enc.encode(TEXTS) - before).max() <= 1e-4
+    with pytest.raises(ValueError, match="released"):
+        enc.export_onnx(tmp_path / "again.onnx")
+
+
 # ---------------------------------------------------------------- Whisper sizes
 
 

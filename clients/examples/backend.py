@@ -80,6 +80,8 @@ async def _follow(url: str, token: str | None, out: Any) -> dict[str, Any]:
                 event = json.loads(message)
             except json.JSONDecodeError:
                 raise FollowError("the server sent a message that is not JSON") from None
+            if not isinstance(event, dict):
+                raise FollowError("the server sent a message that is not a JSON object")
             if event.get("v") != SCHEMA_VERSION:
                 raise FollowError(f"unsupported event schema version {event.get('v')}")
             kind = event["type"]

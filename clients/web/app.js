@@ -14,7 +14,7 @@ const MAX_LOG_LINES = 300;
 const ROWS = { text: "words", voice: "voice", face: "face", cross: "cross-modal" };
 const EVIDENCE_TEXT = { // the decision card's line for each `evidence` of a video event
   prior: "Prior only: fewer than three words so far.",
-  media: "From face and voice only: no words yet (full profile).",
+  media: "From face and voice only: no words used (full profile).",
   text: "From the words so far.",
 };
 const CUE_NAMES = {
