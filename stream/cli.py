@@ -31,6 +31,10 @@ RANGES: dict[str, tuple[float, float]] = {
     "asr_hop": ASR_HOP_RANGE_S,
     "port": (1, 65535),
 }
+#: Secrets also read from the environment, which (unlike the command line) other users of
+#: the machine cannot see in the process list.
+ICE_SERVERS_ENV = "AHSTREAM_ICE_SERVERS"  # whitespace-separated --ice-server URLs
+TOKEN_ENV = "AHSTREAM_TOKEN"  # --token of `send` and `listen`
 #: Numeric options (by dest) that must be > 0, whichever command has them.
 POSITIVE = ("idle_timeout", "max_sessions", "max_duration", "epochs", "audio_window")
 
@@ -338,13 +342,18 @@ def _serve_options_problem(args: argparse.Namespace) -> str | None:
 
 
 def _ice_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with the --ice-server URLs (None: nothing)."""
+    """What is wrong with the ICE server URLs (None: nothing). They are the --ice-server
+    options, else the whitespace-separated URLs of $AHSTREAM_ICE_SERVERS; ``args.ice_server``
+    is set to the ones used."""
     from stream.serving import ice_configuration
 
+    source = "--ice-server"
+    if not args.ice_server and os.environ.get(ICE_SERVERS_ENV, "").strip():
+        args.ice_server, source = os.environ[ICE_SERVERS_ENV].split(), ICE_SERVERS_ENV
     try:
         ice_configuration(args.ice_server or ())
     except ValueError as exc:
-        return f"--ice-server: {exc}"
+        return f"{source}: {exc}"
     return None
 
 
@@ -357,10 +366,11 @@ def _add_ice_server_arg(parser: argparse.ArgumentParser, who: str, peer: str) ->
         help=f"a STUN or TURN server {who} gathers ICE candidates with, for when {peer} "
         "cannot reach this host's own addresses (NAT): stun:HOST[:PORT], "
         "turn:USER:PASSWORD@HOST[:PORT][?transport=udp|tcp] or turns:USER:PASSWORD@HOST[:PORT] "
-        "(TLS); user and password percent-encoded, the password visible in the process list. "
-        "Give it twice for one STUN and one TURN server (aiortc uses at most one of each). "
-        "Default: none: this host's own addresses only (enough on one network), and no "
-        "request to any STUN server",
+        "(TLS); user and password percent-encoded. Give it twice for one STUN and one TURN "
+        "server (aiortc uses at most one of each). A password on the command line is "
+        f"visible in the process list: ${ICE_SERVERS_ENV} (URLs separated by spaces) is "
+        "read instead when the option is absent. Default: none: this host's own addresses "
+        "only (enough on one network), and no request to any STUN server",
     )
 
 
@@ -518,10 +528,12 @@ FRONT_ONLY = ("host", "port", "processes", "tls_cert", "tls_key")
 
 def worker_argv(args: argparse.Namespace) -> list[str]:
     """The `serve` command line of a worker: every option the user set, except the ones the
-    front keeps (address, TLS, processes)."""
+    front keeps (address, TLS, processes) and the ICE servers (passed in the environment)."""
     argv = ["--log-level", args.log_level, "serve"]
     for action in args.serve_parser._actions:
         if not action.option_strings or action.dest in FRONT_ONLY or action.dest == "help":
+            continue
+        if action.dest == "ice_server":  # credentials: passed in the environment instead
             continue
         value = getattr(args, action.dest, action.default)
         if value == action.default:
@@ -529,7 +541,7 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
         flag = action.option_strings[-1]
         if isinstance(action, argparse._StoreTrueAction):
             argv.append(flag)
-        elif isinstance(action, argparse._AppendAction):  # --ice-server, repeated
+        elif isinstance(action, argparse._AppendAction):
             for item in value:
                 argv += [flag, str(item)]
         else:
@@ -543,6 +555,9 @@ def _serve_front(args: argparse.Namespace, processes: int, n_tokens: int) -> int
     from stream.serving import EXIT_CANNOT_LISTEN, tls_context
 
     ssl_context = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    # The workers inherit the ICE servers (TURN passwords) in their environment, so that
+    # they are not in the process list; worker_argv leaves them out.
+    os.environ[ICE_SERVERS_ENV] = " ".join(args.ice_server or ())
     _announce(args, n_tokens, processes)
     try:
         run_front(
@@ -1431,7 +1446,12 @@ def build_parser() -> argparse.ArgumentParser:
     se = sub.add_parser("send", help="publish a file over WHIP and record the events")
     se.add_argument("file", metavar="FILE")
     se.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
-    se.add_argument("--token", help="bearer token for the server")
+    se.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        help=f"bearer token for the server (default: ${TOKEN_ENV}, which unlike this option "
+        "is not visible in the process list)",
+    )
     se.add_argument(
         "--events",
         help="write every event received to this JSONL file (opened once the call is accepted)",
@@ -1452,7 +1472,12 @@ def build_parser() -> argparse.ArgumentParser:
         "session.ended)",
     )
     li.add_argument("url", help="http(s):// or ws(s)://HOST:PORT/sessions/<id>/events")
-    li.add_argument("--token", help="bearer token: the session's read token or a service token")
+    li.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        help="bearer token: the session's read token or a service token (default: "
+        f"${TOKEN_ENV}, which unlike this option is not visible in the process list)",
+    )
     li.set_defaults(func=cmd_listen)
 
     t = sub.add_parser(

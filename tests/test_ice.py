@@ -15,11 +15,11 @@ from stream.cli import build_parser, worker_argv
 from tests.conftest import ROOT
 
 
-def _ahstream(*args: str) -> subprocess.CompletedProcess[str]:
+def _ahstream(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "stream.cli", *args],
         cwd=ROOT,
-        env={**os.environ, "AHSTREAM_TOKENS": ""},
+        env={**os.environ, "AHSTREAM_TOKENS": "", **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -98,20 +98,45 @@ def test_help_explains_the_option_and_its_default():
         assert "Default: none" in text and "no request to any STUN server" in text
 
 
-def test_workers_get_every_ice_server_of_the_front():
+def test_workers_get_the_ice_servers_of_the_front_outside_their_command_line():
+    """TURN passwords stay out of the workers' process list: worker_argv leaves the URLs
+    out, and the workers read them from the environment the front sets (the front test in
+    test_whip_offers.py checks a real worker's STUN request and command line)."""
     args = build_parser().parse_args(
         ["serve", "--processes", "2", "--max-sessions", "5"]
         + ["--ice-server", "stun:stun.example.org", "--ice-server", "turn:u:p@turn.example.org"]
     )
     assert args.ice_server == ["stun:stun.example.org", "turn:u:p@turn.example.org"]
-    assert worker_argv(args)[3:] == [
-        "--max-sessions",
-        "5",
-        "--ice-server",
-        "stun:stun.example.org",
-        "--ice-server",
-        "turn:u:p@turn.example.org",
+    assert worker_argv(args)[3:] == ["--max-sessions", "5"]
+
+
+def test_the_ice_servers_and_the_token_can_come_from_the_environment(tmp_path):
+    """$AHSTREAM_ICE_SERVERS stands in for --ice-server (checked the same way, named in
+    the error), and $AHSTREAM_TOKEN for the --token of send and listen."""
+    env = {
+        "AHSTREAM_ICE_SERVERS": "stun:a.example.org  turn:alice:hunter2@b.example.org?transport=tls"
+    }
+    proc = _ahstream("serve", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "ahstream serve: AHSTREAM_ICE_SERVERS: turn:b.example.org?transport=tls: "
+        "unsupported transport (turn: udp or tcp; turns: tcp)"
     ]
-    worker = build_parser().parse_args(["serve", *worker_argv(args)[3:]])
-    assert worker.ice_server == args.ice_server
-    assert "--ice-server" not in worker_argv(build_parser().parse_args(["serve"]))
+    proc = _ahstream("serve", "--ice-server", "stun:u@c.example.org", env=env)
+    assert proc.returncode == 2, proc.stderr  # the option wins over the variable:
+    assert proc.stderr.splitlines() == [
+        "ahstream serve: --ice-server: a stun: server takes no USER:PASSWORD@"
+    ]
+    old = os.environ.get("AHSTREAM_TOKEN")
+    os.environ["AHSTREAM_TOKEN"] = "s3cret"
+    try:
+        send = build_parser().parse_args(["send", str(tmp_path / "a.mp4"), "--url", "http://h"])
+        listen = build_parser().parse_args(["listen", "http://127.0.0.1:9/sessions/x/events"])
+        given = build_parser().parse_args(["send", "a.mp4", "--url", "http://h", "--token", "o"])
+    finally:
+        if old is None:
+            del os.environ["AHSTREAM_TOKEN"]
+        else:
+            os.environ["AHSTREAM_TOKEN"] = old
+    assert (send.token, listen.token, given.token) == ("s3cret", "s3cret", "o")
+    assert build_parser().parse_args(["send", "a.mp4", "--url", "http://h"]).token is None

@@ -325,6 +325,9 @@ async def test_the_ice_server_option_reaches_the_workers(front, stun_server):
             assert srflx and f"{MAPPED[0]} {MAPPED[1]} typ srflx" in srflx[0], answer
         busy = [p["pid"] for p in front.health()["processes"] if p["sessions"]]
         assert len(busy) == 2  # both workers answered with it
+        for pid in busy:  # ... which is not on their command lines (TURN passwords)
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert b"stream.cli" in argv and not any(b"stun" in a for a in argv), argv
     finally:
         for location in locations:
             assert await asyncio.to_thread(_delete, front.url, location) == 200
