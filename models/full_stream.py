@@ -125,21 +125,23 @@ class FullProfile:
 
     def describe(self) -> dict[str, Any]:
         """Names of the models for `session.started`."""
-        names = self.encoders.names()
+        from models.hub_encoders import public_name
+
+        names = {k: public_name(v) for k, v in self.encoders.names().items()}
         runs = f"{self.backend}, {self.device}" if self.backend != "tensorrt" else "tensorrt fp16"
         tcn_runs = "torch, cpu" if self.tcn_runner is None else runs
         out = {
             "video": f"{names['video']} (face crops: {self.face_crop}; {runs})",
             "audio": f"{names['audio']} ({runs})",
             "text": f"{names['text']} ({runs})",
-            "tcn": f"causal embedding TCN ({self.weights_dir}, learned inputs: "
+            "tcn": f"causal embedding TCN ({public_name(self.weights_dir)}, learned inputs: "
             f"{', '.join(self.modalities)}; {tcn_runs})",
             "decision": {"source": "tcn", "method": self.method, "threshold": self.threshold},
             "analysis_hz": self.hz,
             "device": self.device,
         }
         if self.engine_dir is not None:
-            out["engine_dir"] = str(self.engine_dir)
+            out["engine_dir"] = public_name(self.engine_dir)
         return out
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "SpeechEncoder",
     "TextEmotionEncoder",
     "masked_mean",
+    "public_name",
     "source_name",
 ]
 
@@ -83,6 +84,14 @@ def source_name(id_or_path: str | Path) -> str:
     working directory; a hub id as given."""
     path = Path(str(id_or_path)).expanduser()
     return str(path.resolve()) if path.exists() else str(id_or_path)
+
+
+def public_name(name: str | Path) -> str:
+    """How `session.started` shows a model source: a local path by its last component
+    (subscribers need not learn the server's file layout), a hub id as given."""
+    text = str(name)
+    local = isinstance(name, Path) or _looks_like_path(text) or Path(text).exists()
+    return (Path(text).expanduser().resolve().name or text) if local else text
 
 
 def _load(loader: Any, id_or_path: str | Path, what: str, **kwargs: Any) -> Any:

