@@ -59,6 +59,8 @@ class TickResult:
     # The face analysis of the tick's frame failed: the tick went on without it (its words,
     # voice and cues are kept; the caller reports the failure and counts the frame dropped).
     face_error: Exception | None = None
+    # A frame was analysed this tick (without error): `face` None then means it has no face.
+    face_checked: bool = False
 
 
 # Frames are scaled down to this width before face analysis (the mesh needs no more).
@@ -201,8 +203,7 @@ class Analyzer:
             except Exception as exc:  # a bad frame must not cost the tick its words and cues
                 face_error = exc
             else:
-                if face is not None:
-                    self._face = face
+                self._face = face  # None: no face in the newest frame, masked from now
             face_s = time.perf_counter() - face_started
         cues.extend(self.cross_cues.update(committed, complete))
         recent_face = self._face
@@ -224,6 +225,7 @@ class Analyzer:
             x=x,
             timings={"face": face_s, "model": time.perf_counter() - started - face_s},
             face_error=face_error,
+            face_checked=frame is not None and face_error is None,
         )
 
     def _analyse_frame(
@@ -271,6 +273,7 @@ class Analyzer:
         face = None
         face_s = 0.0
         face_error: Exception | None = None
+        checked = False
         face_started = time.perf_counter()
         for f in frames:  # every frame since the last tick, the newest last
             if f is None:
@@ -279,8 +282,9 @@ class Analyzer:
                 rgb = frame_rgb(f, self._reformatter)
                 face = self._analyse_frame(f, cues, rgb)
             except Exception as exc:  # as in the lite tick: the frame is skipped
-                face, face_error = None, face_error or exc
+                face, face_error, checked = None, face_error or exc, False
                 continue
+            checked = True
             self.full.add_frame(f.t, rgb, None if face is None else face.landmarks)
         face_s = time.perf_counter() - face_started
         cues.extend(self.cross_cues.update(committed, complete))
@@ -301,6 +305,7 @@ class Analyzer:
             x=np.concatenate([step.video, step.audio, step.text, step.present]),
             timings={"face": face_s, "model": time.perf_counter() - started - face_s},
             face_error=face_error,
+            face_checked=checked,
         )
 
     def prepare_face(self) -> FaceAnalyzer:

@@ -556,6 +556,8 @@ class Session:
         self._evidence = evidence
         if result.face is not None:
             self._last_face_t = t
+        elif result.face_checked:  # the newest frame shows no face: not "face" any more
+            self._last_face_t = None
         self._publish_cues(result.cues)
         dt = 1.0 / self.analysis_hz
         has_audio = "audio" in self._tracks and self.ring.end_time >= audio_t - dt

@@ -1,6 +1,7 @@
 """Faults inside a real `Session` (real models, real speech and a real face): a failing ASR
 step, a session that ends while its face graph is still being made, a live ASR that falls
-behind and skips ahead, failing analysis ticks, and the ASR compute the session reports.
+behind and skips ahead, failing analysis ticks, the ASR compute the session reports, and a
+face that leaves the picture.
 
 Faults are injected in the narrowest place: the session's own ASR object's `step`, the
 moment its analyzer's face warm-up runs, one call of its face analyzer, its fusion TCN's
@@ -567,3 +568,33 @@ async def test_a_tentative_tail_that_goes_away_is_replaced_by_an_empty_one(
             empties += not words and e["text"] == "" and e["t0"] == e["t1"]
     assert len(committed) >= 20
     assert tail == [] and empties >= 1
+
+
+async def test_the_face_is_gone_at_the_first_frame_without_one(models: Any) -> None:
+    """A real face for 2 s, then frames without one (the person left the picture): from the
+    first tick that analyses such a frame, `modalities.face` is false (it used to say "face"
+    for up to 0.5 s more, from the last face's features)."""
+    run = Run(models, "no-face")
+    s = run.session
+    s.add_track("audio")
+    s.add_track("video")
+    s.start()
+    faces = astronaut_frames(2 * FPS)
+    empty = np.full_like(faces[0], 128)  # a grey wall
+    audio = silence(4.0)
+    for i in range(0, len(audio), CHUNK):
+        t = i / RATE
+        s.push_audio(audio[i : i + CHUNK], t)
+        k = int(round(t * FPS))
+        if abs(t - k / FPS) < 0.5 * CHUNK / RATE:
+            img = faces[k] if k < len(faces) else empty
+            s.push_video(VideoFrame(t=k / FPS, image=img, width=320, height=240))
+        await s.wait_caught_up()
+    await run.end("audio", "video")
+
+    frames = [f for f in run.of("frame") if "video_t" in f]
+    with_face = [f for f in frames if f["video_t"] < 2.0 - 1e-6]
+    without = [f for f in frames if f["video_t"] >= 2.0 - 1e-6]
+    assert len(with_face) >= 15 and len(without) >= 15, frames
+    assert sum(f["modalities"]["face"] for f in with_face) >= 0.8 * len(with_face)
+    assert not [f["t"] for f in without if f["modalities"]["face"]]
