@@ -7,7 +7,7 @@ block                  dims  content
 ====================  =====  ==========================================================
 text                     20  `TEXT_FEATURES` from `TextStream` (always present)
 face                     38  `models.face.FaceFeatures.vector()` (NaN -> 0)
-face_mask                 1  1 if the newest analysed frame, at most `FACE_MAX_AGE_S` old, had a face
+face_mask                 1  1 if the newest analysed frame (<= `FACE_MAX_AGE_S` old) had a face
 voice                    16  `models.prosody.VoiceFeatures.vector()`
 voice_mask               16  `VoiceFeatures.mask()` (all 0 without speech)
 ====================  =====  ==========================================================
