@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from stream.record import SessionRecorder
     from stream.session import Session
 
-__all__ = ["AudioIngest", "MediaLimits", "VideoIngest", "drain_track"]
+__all__ = ["AudioIngest", "MediaLimits", "VideoIngest", "drain_track", "push_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ BACKWARD_SLACK_S = 0.1
 # A forward jump beyond ``max_gap_s`` is kept when the arrival clock agrees with it
 # within the larger of these (a paused camera or microphone); otherwise it is re-based.
 ARRIVAL_SLACK_S, ARRIVAL_SLACK_FRACTION = 1.0, 0.2
+# A live track's timestamps may run ahead of its frames' arrival (since its first frame) by
+# this much, plus this fraction of the time since (sender clocks drift by < 0.01 %): more
+# is a sender whose clock runs fast, and its frames are re-based as a timestamp jump. Else a
+# camera stepping 9.9 s per frame makes 250 s of media (2,500 ticks) per second.
+AHEAD_SLACK_S, AHEAD_DRIFT = 2.0, 0.01
 # Audio sample rates accepted (WebRTC uses 8-48 kHz; files up to 192 kHz).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192000
 # Video frames with a side shorter than this carry no face and are refused.
@@ -84,6 +89,7 @@ class _Timeline:
         self.offset = 0.0
         self.jumps = 0
         self._wall: float | None = None  # arrival of the track's previous frame
+        self._anchor: tuple[float, float] | None = None  # (media time, arrival): 1st frame
 
     def place(
         self,
@@ -103,9 +109,12 @@ class _Timeline:
         if wall is not None:
             self._wall = wall
         if expected is None:
+            if wall is not None:
+                self._anchor = (t, wall)
             return t
         jump = t - expected
-        if -BACKWARD_SLACK_S <= jump <= self.max_gap_s or _arrival_agrees(jump, elapsed):
+        plausible = -BACKWARD_SLACK_S <= jump <= self.max_gap_s or _arrival_agrees(jump, elapsed)
+        if plausible and not self._runs_ahead(t, wall):
             return t
         target = expected if resume is None else resume
         self.offset += target - t
@@ -118,6 +127,16 @@ class _Timeline:
                 "the track continues after its last frame",
             )
         return target
+
+
+    def _runs_ahead(self, t: float, wall: float | None) -> bool:
+        """Whether media time ``t`` of a frame that arrived at ``wall`` is further ahead of
+        the track's first frame than the time that has passed since it arrived."""
+        if wall is None or self._anchor is None:
+            return False
+        t0, wall0 = self._anchor
+        passed = wall - wall0
+        return t - t0 > passed + AHEAD_SLACK_S + AHEAD_DRIFT * passed
 
 
 def _arrival_agrees(jump: float, elapsed: float | None) -> bool:
@@ -253,6 +272,23 @@ class VideoIngest:
         self.session.push_video(VideoFrame(t=t, image=frame, width=width, height=height))
 
 
+def push_frame(
+    ingest: AudioIngest | VideoIngest,
+    kind: str,
+    frame: Any,
+    t: float | None,
+    wall: float | None = None,
+) -> bool:
+    """Push one decoded frame (live tracks and files alike); a frame the ingest refuses is
+    an `error` event, never the end of the session. False: it was refused."""
+    try:
+        ingest.push(frame, t, wall)
+    except Exception as exc:  # a corrupt frame must not end the session
+        ingest.session.report_error("bad_media", f"{kind} frame rejected: {exc}")
+        return False
+    return True
+
+
 async def drain_track(
     track: Any,
     kind: str,
@@ -280,9 +316,11 @@ async def drain_track(
                 break
             wall = session.clock.now()  # its arrival: what a gap in its timestamps is checked by
             try:
-                ingest.push(frame, clock.media_time(frame.pts, frame.time_base, wall), wall)
-            except Exception as exc:  # a corrupt frame must not end the session
+                t = clock.media_time(frame.pts, frame.time_base, wall)
+            except Exception as exc:
                 session.report_error("bad_media", f"{kind} frame rejected: {exc}")
+                continue
+            push_frame(ingest, kind, frame, t, wall)
     finally:
         session.track_ended(kind)
         extra = ""

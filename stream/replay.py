@@ -15,7 +15,13 @@ from typing import Any
 
 import av
 
-from stream.ingest import AudioIngest, VideoIngest
+from stream.ingest import (
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    AudioIngest,
+    VideoIngest,
+    push_frame,
+)
 from stream.session import Session
 
 __all__ = ["MediaFileError", "replay_file"]
@@ -37,6 +43,12 @@ def _open(path: Path) -> tuple[Any, Any, Any]:
     if audio is None and video is None:
         container.close()
         raise MediaFileError(f"{path} has no audio or video stream")
+    rate = audio.codec_context.sample_rate if audio is not None else None
+    if rate and not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        container.close()  # the ingest would refuse every frame of it
+        raise MediaFileError(
+            f"{path}: audio at {rate} Hz is not supported ({MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)"
+        )
     return container, audio, video
 
 
@@ -61,9 +73,14 @@ def _next_batch(it: Iterator[tuple[str, Any, float]]) -> list[tuple[str, Any, fl
 
 
 async def replay_file(path: str | Path, session: Session, realtime: bool = False) -> None:
-    """Feed every frame of ``path`` into ``session`` and wait for its final events."""
+    """Feed every frame of ``path`` into ``session`` and wait for its final events
+    (MediaFileError for a file it cannot read; the session is ended then too)."""
     loop = asyncio.get_running_loop()
-    container, audio, video = _open(Path(path))
+    try:
+        container, audio, video = _open(Path(path))
+    except MediaFileError:
+        await session.finish()
+        raise
     streams = [s for s in (audio, video) if s is not None]
     ingests: dict[str, AudioIngest | VideoIngest] = {}
     if audio is not None:
@@ -89,7 +106,7 @@ async def replay_file(path: str | Path, session: Session, realtime: bool = False
                     delay = wall0 + t - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                ingests[kind].push(frame, max(0.0, t))
+                push_frame(ingests[kind], kind, frame, max(0.0, t))
             if not realtime:
                 await session.wait_caught_up()
     finally:

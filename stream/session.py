@@ -239,9 +239,11 @@ class Session:
     def report_error(self, code: str, message: str) -> None:
         """Publish an `error` event (bounded per session) without ending the session."""
         self._errors += 1
-        log.warning("session %s: %s (%s)", self.id, code, message)
         if self._errors <= MAX_ERROR_EVENTS:
+            log.warning("session %s: %s (%s)", self.id, code, message)
             self._publish(Error(self.id, code=code, message=message))
+        elif self._errors % 1000 == 0:  # a stream of corrupt frames must not flood the log
+            log.warning("session %s: %d errors so far (%s)", self.id, self._errors, code)
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -339,6 +341,11 @@ class Session:
             return True
         hop = self.asr.hop_s
         need = int((t - self.text_delay_s) / hop + 1e-6) * hop
+        if self.ring.end_time < self.media_end - TRACK_STALL_S:
+            # The audio stalled (a file whose audio ends early or starts late): the ASR
+            # cannot step past the audio there is, and waiting for more would deadlock with
+            # a file feeder that waits for these ticks (`wait_caught_up`).
+            need = min(need, int(self.ring.end_time / hop + 1e-6) * hop)
         return need <= 0 or self._asr_done_t >= need - 1e-9
 
     async def _infer(self, fn: Any, *args: Any) -> Any:
@@ -366,6 +373,8 @@ class Session:
                     await self._wake_tick.wait()
                 if not self._tick_ready(t):
                     break
+                if self._input_closed and not self._asr_finished and t >= self.media_end - 1e-9:
+                    break  # the media's last tick: below, once the ASR has flushed its words
                 await self._tick(t)
                 if self._analysis_stopped:
                     return  # reported; the final events and the cleanup run below
@@ -375,8 +384,10 @@ class Session:
                 self._progress.set()
             await asyncio.shield(self._asr_task)  # it reports its own failures
             end = self.media_end
-            if end > last_tick + 1e-6 or self._asr_updates:
-                await self._tick(max(end, last_tick), take_all=True)
+            if end > last_tick + 1e-6:
+                await self._tick(end, take_all=True)
+            elif self._asr_updates:  # words flushed after the tick at the media's end
+                await self._tick(last_tick + tick_ms / 1000.0, take_all=True)
         except Exception as exc:  # one session's failure must not reach the others
             log.exception("session %s: worker failed", self.id)
             self.report_error("internal", f"analysis failed ({type(exc).__name__})")

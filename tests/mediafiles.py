@@ -29,8 +29,10 @@ def write_media(
     frames: list[np.ndarray] | None,
     fps: int = 15,
     sample_rate: int = 16000,
+    audio_start_s: float = 0.0,
 ) -> Path:
-    """Mux 16 kHz float audio (AAC) and RGB frames (H.264) into ``path`` (mp4)."""
+    """Mux 16 kHz float audio (AAC) and RGB frames (H.264) into ``path`` (mp4); the audio
+    starts ``audio_start_s`` after the video."""
     container = av.open(str(path), "w")
     vstream = astream = None
     if frames:
@@ -49,7 +51,7 @@ def write_media(
             chunk = pcm[i : i + step]
             frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = sample_rate
-            frame.pts = i
+            frame.pts = i + int(round(audio_start_s * sample_rate))
             frame.time_base = Fraction(1, sample_rate)
             for rf in resampler.resample(frame):
                 for packet in astream.encode(rf):

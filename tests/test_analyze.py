@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from models.wer import wer
 from tests.conftest import ROOT
 
@@ -69,6 +71,12 @@ def test_analyze_is_deterministic(tmp_path, audio_only_wav):
     assert [e["p"] for e in ea if e["type"] == "frame"] == [
         e["p"] for e in eb if e["type"] == "frame"
     ]
+    # One frame per tick: the 7.0 s file ends on the tick grid and the ASR's flush commits
+    # its last words after that; the closing tick used to repeat t = 7.0 (a second frame,
+    # a second aggregator step).
+    times = [e["t"] for e in ea if e["type"] == "frame"]
+    assert times == [round(0.1 * k, 4) for k in range(1, 71)], times[-5:]
+    assert ea[-1]["decision"]["p"] == next(e for e in reversed(ea) if e["type"] == "frame")["p"]
 
 
 def test_analyze_reports_bad_files_clearly(tmp_path):
@@ -78,6 +86,32 @@ def test_analyze_reports_bad_files_clearly(tmp_path):
     junk.write_bytes(b"not a video at all" * 100)
     run = _analyze(junk, "--json")
     assert run.returncode == 1 and "cannot open" in run.stderr
+    assert "Traceback" not in run.stderr  # the session it had started is ended cleanly
+
+
+def test_analyze_refuses_audio_it_cannot_take_and_goes_on_with_the_next_file(
+    tmp_path, audio_only_wav
+):
+    """A valid 4 kHz WAV (below the 8 kHz the ingest takes) used to end `analyze` with a
+    traceback, leaving the next files unanalysed; now it is a one-line error for that
+    file, and the next one is analysed."""
+    import wave
+
+    low = tmp_path / "low.wav"
+    with wave.open(str(low), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(4000)
+        w.writeframes(b"\1\0" * 4000 * 2)
+    run = _analyze(low, audio_only_wav, "--json")
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    assert f"ahstream analyze: {low}: audio at 4000 Hz is not supported (8000-192000 Hz)" in (
+        run.stderr.splitlines()
+    )
+    results = json.loads(run.stdout.strip().splitlines()[-1])["results"]
+    assert "not supported" in results[0]["error"]
+    assert results[1]["decision"] is not None and results[1]["transcript"]
 
 
 def test_analyze_when_the_video_ends_long_before_the_audio(tmp_path, speech):
@@ -96,6 +130,37 @@ def test_analyze_when_the_video_ends_long_before_the_audio(tmp_path, speech):
     assert any(e["modalities"]["video"] for e in frames if e["t"] < 3)
     assert not any(e["modalities"]["video"] for e in frames if e["t"] > 4.5)
     assert _committed(events)
+
+
+@pytest.mark.parametrize(
+    "audio_start_s", [0.0, 12.0], ids=["audio ends early", "audio starts late"]
+)
+def test_analyze_when_the_audio_covers_a_few_seconds_of_a_long_video(
+    tmp_path, speech, audio_start_s
+):
+    """4 s of speech in 20 s of video, at the start or from 12 s: the stalled audio track
+    no longer holds the ticks (which waited for ASR steps past the audio) while the file
+    feeder waited for the ticks. Both hung for good; now every tick runs and the words
+    are on the speech's own media times."""
+    from tests.mediafiles import astronaut_frames, write_media
+
+    clip = write_media(
+        tmp_path / "short_audio.mp4",
+        speech[0][: 16000 * 4],
+        astronaut_frames(200),
+        fps=10,
+        audio_start_s=audio_start_s,
+    )
+    out = tmp_path / "short_audio.jsonl"
+    run = _analyze(clip, "--out", out, "--json", timeout=120)
+    assert run.returncode == 0, run.stderr
+    events = _read(out)
+    frames = [e for e in events if e["type"] == "frame"]
+    assert events[-1]["type"] == "session.ended" and events[-1]["duration"] >= 19.8
+    assert frames[-1]["t"] >= 19.8 and len(frames) >= 195
+    words = [w for e in events if e["type"] == "transcript" and e["final"] for w in e["words"]]
+    assert len(words) >= 5
+    assert all(audio_start_s - 0.5 <= w["t0"] <= audio_start_s + 4.1 for w in words), words
 
 
 def test_a_decision_without_words_says_it_is_the_prior(tmp_path):

@@ -253,6 +253,26 @@ async def test_a_paused_camera_resumes_at_its_time_and_a_restarted_clock_is_reba
     assert run.events[-1]["duration"] == pytest.approx(18.0, abs=0.15)
 
 
+async def test_a_sender_clock_running_fast_does_not_make_media_time_race_ahead(models):
+    """A video sender whose timestamps step 9.9 s per frame (each step under the 10 s
+    --max-gap, so no single one looked like a jump) at 25 frames a second for 2 s: media
+    time used to reach 485 s, with 4,850 ticks queued for a 2 s call. Its time runs ahead
+    of the arrivals, so the frames are re-based (`pts_jump`), and the session ends at the
+    call's own length."""
+    run = Run(models)
+    wall0 = 900.0
+    fast = [
+        (wall0 + k / 25 + VIDEO_LATENCY, "video", video_frame(555 + round(k * 9.9 * 90000)))
+        for k in range(50)
+    ]
+    await publish(run, [*audio_arrivals(0.0, 2.0, 1234, wall0), *fast])
+
+    assert run.errors("pts_jump"), run.of("error")
+    assert run.events[-1]["duration"] < 4.0  # was 485 s
+    assert len(run.of("frame")) < 40
+    assert run.placed == sorted(run.placed) and run.placed[-1] < 4.0
+
+
 async def test_a_video_that_starts_late_starts_at_its_arrival(models):
     """The first decodable video frame arrives 1.5 s after the first audio (its first
     keyframe was lost, or the camera opened late): the video starts at 1.5 s of the call,
