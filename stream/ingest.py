@@ -128,7 +128,6 @@ class _Timeline:
             )
         return target
 
-
     def _runs_ahead(self, t: float, wall: float | None) -> bool:
         """Whether media time ``t`` of a frame that arrived at ``wall`` is further ahead of
         the track's first frame than the time that has passed since it arrived."""
