@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from models.runner import Runner
+from stream.redaction import log_failure
 
 __all__ = [
     "PENDING_POLICY",
@@ -326,7 +327,7 @@ class MicroBatcher:
                         self._busy = False
                         self._cv.notify_all()
         except BaseException as exc:  # a bug here must not leave callers waiting forever
-            log.exception("batcher %s: worker failed; closing", self.name)
+            log_failure(log, exc, "batcher %s: worker failed; closing", self.name)
             with self._cv:
                 self._closed = True
                 stranded = [*group, *self._pending]

@@ -34,6 +34,7 @@ import numpy as np
 
 from stream.buffers import VideoFrame
 from stream.clock import TrackClock
+from stream.redaction import log_failure
 
 if TYPE_CHECKING:
     from stream.record import SessionRecorder
@@ -310,7 +311,7 @@ async def drain_track(
             except MediaStreamError:
                 break
             except Exception as exc:  # the transport or decoder failed: the track is over
-                log.warning("session %s: %s track failed", session.id, kind, exc_info=True)
+                log_failure(log, exc, "session %s: %s track failed", session.id, kind)
                 session.report_error("bad_media", f"{kind} track failed: {type(exc).__name__}")
                 break
             wall = session.clock.now()  # its arrival: what a gap in its timestamps is checked by

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from stream.events import Event, SessionEnded, SessionStarted
+from stream.redaction import log_failure
 
 __all__ = ["Publisher", "Subscription"]
 
@@ -112,8 +113,8 @@ class Publisher:
         for listener in self.listeners:
             try:
                 listener(event)
-            except Exception:
-                log.exception("session %s: an event listener failed", self.session_id)
+            except Exception as exc:
+                log_failure(log, exc, "session %s: an event listener failed", self.session_id)
         for sub in self._subs:
             sub.put(msg, critical)
         if isinstance(event, SessionEnded):

@@ -33,7 +33,6 @@ import asyncio
 import functools
 import logging
 import time
-import traceback
 from collections import deque
 from concurrent.futures import Executor
 from typing import Any
@@ -59,6 +58,7 @@ from stream.events import (
     Video,
 )
 from stream.publisher import Publisher
+from stream.redaction import log_failure
 from stream.vad import VadTimeline
 
 __all__ = ["Session"]
@@ -203,8 +203,8 @@ class Session:
     def _warm_face(self) -> None:
         try:
             self.analyzer.warm_face()
-        except Exception:  # the first tick with a frame retries and reports it
-            log.exception("session %s: face analyzer not ready", self.id)
+        except Exception as exc:  # the first tick with a frame retries and reports it
+            log_failure(log, exc, "session %s: face analyzer not ready", self.id)
 
     def track_ended(self, kind: str) -> None:
         """A track has no more frames; the session ends when all have ended."""
@@ -389,7 +389,7 @@ class Session:
             elif self._asr_updates:  # words flushed after the tick at the media's end
                 await self._tick(last_tick + tick_ms / 1000.0, take_all=True)
         except Exception as exc:  # one session's failure must not reach the others
-            log.exception("session %s: worker failed", self.id)
+            log_failure(log, exc, "session %s: worker failed", self.id)
             self.report_error("internal", f"analysis failed ({type(exc).__name__})")
         finally:
             if self._asr_task is not None and not self._asr_task.done():
@@ -406,7 +406,7 @@ class Session:
         try:
             self._publish_cues(await self._infer(self.analyzer.flush))
         except Exception as exc:
-            log.exception("session %s: analyzer flush failed", self.id)
+            log_failure(log, exc, "session %s: analyzer flush failed", self.id)
             self.report_error("internal", f"analysis failed ({type(exc).__name__})")
         if self._warming is not None:  # a no-op once the analyzer is closed; never raises
             await asyncio.wait({self._warming})
@@ -447,7 +447,7 @@ class Session:
                 k += 1
             await self._asr_step(self.asr.flush, self.ring.end_time)
         except Exception as exc:  # not the decode (see _asr_step): stop the ASR, not the session
-            log.exception("session %s: ASR worker failed", self.id)
+            log_failure(log, exc, "session %s: ASR worker failed", self.id)
             self.report_error("internal", f"speech recognition stopped ({type(exc).__name__})")
         finally:
             self._asr_finished = True
@@ -468,9 +468,7 @@ class Session:
             update = await self._infer_asr(self._timed_asr, fn, s)
         except Exception as exc:
             self._asr_failures += 1
-            name = type(exc).__name__
-            where = "".join(traceback.format_tb(exc.__traceback__))  # frames, not the message
-            log.error("session %s: ASR failed at %.2f s (%s)\n%s", self.id, s, name, where)
+            log_failure(log, exc, "session %s: ASR failed at %.2f s", self.id, s)
             stop = self._asr_failures >= ASR_MAX_FAILURES
             self._asr_stopped = stop
             then = (
@@ -480,7 +478,7 @@ class Session:
             )
             self.report_error(
                 "internal",
-                f"speech recognition failed at {s:.2f} s ({name}); {then}",
+                f"speech recognition failed at {s:.2f} s ({type(exc).__name__}); {then}",
             )
             self._on_asr(s, None)  # the step is done: file ticks need not wait for it
             return not stop
@@ -683,8 +681,7 @@ class Session:
         self._tick_failures[kind] += 1
         n = self._tick_failures[kind]
         name = type(exc).__name__
-        where = "".join(traceback.format_tb(exc.__traceback__))  # frames, not the message
-        log.error("session %s: analysis failed at %.2f s (%s)\n%s", self.id, t, name, where)
+        log_failure(log, exc, "session %s: analysis failed at %.2f s", self.id, t)
         stop = n >= TICK_MAX_FAILURES
         if kind == "video":
             then = "the tick went on without its video frame"

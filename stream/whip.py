@@ -24,6 +24,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from stream.auth import READ_TOKEN_HEADER
 from stream.ingest import MediaLimits, drain_track
 from stream.record import SessionRecorder
+from stream.redaction import log_failure
 from stream.rtpreceiver import tune_receivers
 from stream.serving import read_body
 from stream.session import Session
@@ -70,8 +71,9 @@ class LiveSession:
         self._watchdog.add_done_callback(self._watchdog_done)
 
     def _watchdog_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("session %s: watchdog failed", self.session.id, exc_info=task.exception())
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            log_failure(log, exc, "session %s: watchdog failed", self.session.id)
             self.close("internal error")
 
     def add_track(self, track: Any) -> None:

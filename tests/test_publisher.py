@@ -171,7 +171,22 @@ async def test_a_failing_listener_does_not_keep_events_from_subscribers(caplog):
         "session.started",
         "session.ended",
     ]
-    assert "an event listener failed" in caplog.text
+    assert "an event listener failed (OSError)" in caplog.text
+    assert "test_publisher.py" in caplog.text  # where it was raised ...
+
+
+async def test_a_failure_is_logged_without_its_message(caplog):
+    """... but not its text, which may quote what it was working on: here a transcript
+    (health data, never in the log). The same helper logs every failure of a session."""
+
+    def quoting(event):
+        raise ValueError(f"cannot handle {event.text!r}") from KeyError(event.text.upper())
+
+    pub = Publisher("s1")
+    pub.listeners.append(quoting)
+    pub.publish(Transcript("s1", t0=0.0, t1=1.0, text="I want to stop but", final=True))
+    assert "an event listener failed (ValueError)" in caplog.text
+    assert "want to stop" not in caplog.text.lower(), caplog.text
 
 
 async def _drain_now(sub):
