@@ -129,8 +129,8 @@ def read_split(path: str | Path) -> list[BahItem]:
     items: list[BahItem] = []
     # utf-8-sig: tolerate a byte-order mark written by some editors.
     seen: dict[str, int] = {}
-    with p.open("r", encoding="utf-8-sig") as f:
-        try:
+    try:
+        with p.open("r", encoding="utf-8-sig") as f:
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -142,6 +142,8 @@ def read_split(path: str | Path) -> list[BahItem]:
                     )
                 seen[item.video_id] = lineno
                 items.append(item)
-        except UnicodeDecodeError as e:
-            raise BahFormatError(f"{p}: not UTF-8 text ({e.reason})") from None
+    except UnicodeDecodeError as e:
+        raise BahFormatError(f"{p}: not UTF-8 text ({e.reason})") from None
+    except OSError as e:  # permissions, an I/O error, a directory
+        raise BahFormatError(f"{p}: cannot read ({e.strerror or e})") from None
     return items

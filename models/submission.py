@@ -67,6 +67,8 @@ def read_submission(path: str | Path) -> dict[str, Prediction]:
         text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise SubmissionError(f"{path}: not UTF-8 text ({e.reason})") from None
+    except OSError as e:  # permissions, an I/O error, a directory
+        raise SubmissionError(f"{path}: cannot read ({e.strerror or e})") from None
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
