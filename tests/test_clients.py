@@ -97,6 +97,12 @@ def _cli(*args: Any) -> list[str]:
     return [sys.executable, "-m", "stream.cli", *map(str, args)]
 
 
+def _interruptible() -> None:
+    """Ctrl-C as at a terminal: a test run started in the background (`pytest &` in a
+    script) ignores SIGINT, and its children would inherit that and never see it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_refused_subscription_is_one_line_and_ends_the_session(
     srv, ended_session, audio_only_wav, tmp_path, monkeypatch, capsys
 ):
@@ -163,6 +169,7 @@ def test_ctrl_c_during_send_ends_the_session(srv, audio_only_wav, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_interruptible,
     )
     try:
         started = _until(lambda: events.exists() and events.read_text().strip(), 90)
@@ -239,6 +246,7 @@ def test_ctrl_c_during_listen(srv, tmp_path):
                 stdout=out,
                 stderr=subprocess.PIPE,
                 text=True,
+                preexec_fn=_interruptible,
             )
             try:
                 assert _until(lambda: printed.read_text().strip(), 90), "listen printed nothing"
