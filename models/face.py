@@ -33,9 +33,14 @@ median and MAD of the first ``BASELINE_WARMUP_S`` seconds of face, then an expon
 mean/variance with time constant ``BASELINE_TAU_S`` fed values clipped to 3 SD (a long smile
 does not become the baseline quickly). Z-scores use a per-feature
 floor on the SD so a very still person does not produce huge z values. Pose and gaze angles
-(degrees), p_happy and valence are given as differences from the baseline instead. Until
-``BASELINE_MIN_FRAMES`` frames are seen, deviations and z-scores are 0 and
-``baseline_ready`` is 0.
+(degrees), the seven expression probabilities and valence are given as differences from the
+baseline instead. ``BASELINE_FEATURES`` lists what has a baseline-relative value: yaw, pitch,
+roll, gaze_yaw, gaze_pitch, every p_* and valence as ``*_dev``; ear, blink_rate, smile,
+mouth_width, brow_height, lip_thickness, mouth_open as ``*_z``. Until ``BASELINE_MIN_FRAMES``
+frames are seen, deviations and z-scores are 0 and ``baseline_ready`` is 0; a feature that
+has been left out of the baseline so far (the EAR while the eyes were closed, the gaze while
+they were narrowed, blink_rate before ``BLINK_RATE_MIN_S``) also stays at 0 until it has
+that many observations of its own.
 """
 
 from __future__ import annotations
@@ -114,20 +119,27 @@ BASELINE_MAX_DT_S = 1.0
 #: Values are clipped to mean +- this many SD before they update the baseline.
 BASELINE_CLIP_SD = 3.0
 
+#: Blink rate SD floor (blinks per minute): over the full 30 s window one blink more or less
+#: moves the rate by 2 per minute, so 3 keeps a single extra blink under 1 SD for a person who
+#: blinked very regularly (or not at all) during the warm-up; resting rates are ~15-20 per
+#: minute with a spread of several blinks per minute, which usually exceeds the floor.
+BLINK_RATE_SD_FLOOR = 3.0
 #: Features with a running baseline, their SD floors (units of the feature) and whether the
 #: baseline-relative value is a deviation (angles in degrees, probabilities) or a z-score.
 BASELINE_FEATURES: tuple[tuple[str, float, str], ...] = (
     ("yaw", 2.0, "dev"),
     ("pitch", 2.0, "dev"),
+    ("roll", 2.0, "dev"),
     ("gaze_yaw", 3.0, "dev"),
     ("gaze_pitch", 3.0, "dev"),
     ("ear", 0.02, "z"),
+    ("blink_rate", BLINK_RATE_SD_FLOOR, "z"),
     ("smile", 0.02, "z"),
     ("mouth_width", 0.03, "z"),
     ("brow_height", 0.02, "z"),
     ("lip_thickness", 0.02, "z"),
     ("mouth_open", 0.03, "z"),
-    ("p_happy", 0.05, "dev"),
+    *((f"p_{e}", 0.05, "dev") for e in EMOTIONS),
     ("valence", 0.05, "dev"),
 )
 
@@ -157,7 +169,7 @@ _REL_NAMES = tuple(f"{n}_{kind}" for n, _, kind in BASELINE_FEATURES)
 #: lengths (smile, mouth_width, brow_height, lip_thickness, mouth_open) in IODs; face_size = IOD
 #: over the frame width; ear unitless; eyes_closed/blink 0/1; blink_rate per minute;
 #: p_* probabilities; valence in [-0.8, 1]; *_dev differences from the baseline (degrees for
-#: angles, probability for p_happy, valence units); *_z z-scores;
+#: angles, probability for p_*_dev, valence units); *_z z-scores;
 #: baseline_ready 0/1.
 FEATURE_NAMES: tuple[str, ...] = (
     _RAW_NAMES + _PROB_NAMES + ("valence",) + _REL_NAMES + ("baseline_ready",)
@@ -188,7 +200,7 @@ class FaceFeatures:
         """Features given by name (the others 0; p_neutral 1 if no p_* is given); for tests
         and replays without landmarks."""
         v = dict.fromkeys(FEATURE_NAMES, 0.0)
-        if not any(k.startswith("p_") and k != "p_happy_dev" for k in values):
+        if not any(k in _PROB_NAMES for k in values):
             v["p_neutral"] = 1.0
         unknown = set(values) - set(v)
         if unknown:
@@ -204,7 +216,9 @@ class RunningBaseline:
     For the first ``warmup_s`` seconds of updates it is the median and 1.4826 x MAD of all
     values so far (robust: a smile during the first seconds does not become the baseline
     unless it lasts most of the time); afterwards an exponential mean/variance with time
-    constant ``tau_s`` seeded from them, fed values clipped to mean +- 3 SD.
+    constant ``tau_s`` seeded from them, fed values clipped to mean +- 3 SD. A feature left
+    out of every update so far (``mask``) starts from its first value, and its deviation and
+    z-score stay 0 until it has ``min_frames`` observations of its own.
     """
 
     def __init__(
@@ -219,6 +233,7 @@ class RunningBaseline:
         self.mean = np.zeros_like(self.floors)
         self.var = np.zeros_like(self.floors)
         self.count = 0
+        self.counts = np.zeros(self.floors.shape, dtype=np.int64)  # observations per feature
         self.seen_s = 0.0
         self._last_t: float | None = None
         self._warm: list[np.ndarray] | None = []
@@ -233,12 +248,12 @@ class RunningBaseline:
         return np.maximum(np.sqrt(self.var), self.floors)
 
     def deviation(self, x: np.ndarray) -> np.ndarray:
-        """x minus the baseline mean (0 until ready)."""
-        return x - self.mean if self.ready else np.zeros_like(self.mean)
+        """x minus the baseline mean (0 until the feature has ``min_frames`` observations)."""
+        return np.where(self.counts >= self.min_frames, x - self.mean, 0.0)
 
     def z(self, x: np.ndarray) -> np.ndarray:
-        """(x - mean) / SD (0 until ready)."""
-        return (x - self.mean) / self.std() if self.ready else np.zeros_like(self.mean)
+        """(x - mean) / SD (0 until the feature has ``min_frames`` observations)."""
+        return np.where(self.counts >= self.min_frames, (x - self.mean) / self.std(), 0.0)
 
     def update(self, t: float, x: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Add one observation at media time t (only the features where ``mask`` is true)."""
@@ -249,6 +264,9 @@ class RunningBaseline:
         self._last_t = t
         self.seen_s += dt
         self.count += 1
+        upd = ~np.isnan(x)
+        first = upd & (self.counts == 0)
+        self.counts += upd
         if self._warm is not None:
             self._warm.append(x)
             buf = np.stack(self._warm)
@@ -261,12 +279,14 @@ class RunningBaseline:
             if self.seen_s >= self.warmup_s:
                 self._warm = None
             return
+        if first.any():  # first seen after the warm-up: start from it, not from 0
+            self.mean = np.where(first, x, self.mean)
+            self.var = np.where(first, 0.0, self.var)
         sd = self.std()
         x = np.clip(x, self.mean - BASELINE_CLIP_SD * sd, self.mean + BASELINE_CLIP_SD * sd)
         alpha = max(1.0 - math.exp(-dt / self.tau_s), 1e-4)
         diff = x - self.mean
         incr = alpha * diff
-        upd = ~np.isnan(x)
         self.mean = np.where(upd, self.mean + incr, self.mean)
         self.var = np.where(upd, (1.0 - alpha) * (self.var + diff * incr), self.var)
 
@@ -462,6 +482,7 @@ class FaceAnalyzer:
         self._base_idx = [n for n, _, _ in BASELINE_FEATURES]
         self._i_ear = self._base_idx.index("ear")
         self._i_gaze = [self._base_idx.index("gaze_yaw"), self._base_idx.index("gaze_pitch")]
+        self._i_blink_rate = self._base_idx.index("blink_rate")
         self.baseline = RunningBaseline(np.array([f for _, f, _ in BASELINE_FEATURES]))
         self._closed_since: float | None = None
         self._blinks: deque[float] = deque()
@@ -560,9 +581,11 @@ class FaceAnalyzer:
         for i, (n, _, kind) in enumerate(BASELINE_FEATURES):
             v[f"{n}_{kind}"] = float(dev[i] if kind == "dev" else z[i])
         v["baseline_ready"] = float(base.ready)
-        # Closed eyes would pull the EAR baseline, unreliable irises the gaze baselines.
+        # Closed eyes would pull the EAR baseline, unreliable irises the gaze baselines, the
+        # placeholder 0 before BLINK_RATE_MIN_S the blink rate's.
         mask = np.ones(len(x), dtype=bool)
         mask[self._i_ear] = not closed
         mask[self._i_gaze] = gaze_ok
+        mask[self._i_blink_rate] = covered >= BLINK_RATE_MIN_S
         base.update(t, x, mask)
         return FaceFeatures(t=t, values=v, probs=probs, landmarks=np.asarray(pts, np.float32))

@@ -6,11 +6,18 @@ One row per analysis tick (``FusionLayout`` gives the order):
 block                  dims  content
 ====================  =====  ==========================================================
 text                     20  `TEXT_FEATURES` from `TextStream` (always present)
-face                     38  `models.face.FaceFeatures.vector()` (NaN -> 0)
+face                     46  `models.face.FaceFeatures.vector()` (NaN -> 0)
 face_mask                 1  1 if the newest analysed frame (<= `FACE_MAX_AGE_S` old) had a face
-voice                    16  `models.prosody.VoiceFeatures.vector()`
-voice_mask               16  `VoiceFeatures.mask()` (all 0 without speech)
+voice                    18  `models.prosody.VoiceFeatures.vector()`
+voice_mask               18  `VoiceFeatures.mask()` (all 0 without new audio; during silence
+                             only the pause entries, see `models.prosody`)
 ====================  =====  ==========================================================
+
+103 values in all. Face: 17 raw measures (pose, gaze, eyes, blinks, mouth, brows, size),
+7 expression probabilities, valence, 20 values relative to the person's running baseline
+(`models.face.BASELINE_FEATURES`) and the baseline flag. Voice: level, pitch, pitch
+variability and slope, voicing, speech fraction, pause and silence lengths, speech rates,
+with z-scores against the speaker's baselines (`models.prosody.FEATURE_NAMES`).
 
 The pairwise conflict features (|difference| of learned projections of the
 text, face and voice blocks, masked when either side is missing) need learned

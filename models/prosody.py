@@ -13,12 +13,20 @@ committed since the last call, and the session's VAD timeline. Per hop it:
   with z-scores against adaptive per-speaker baselines (`RunningBaseline`: a
   cumulative mean/variance that becomes an exponential one after `BASELINE_TAU_S`
   of speech; no z-score before `BASELINE_WARMUP_S` of speech, `RATE_WARMUP_S` of
-  words for the rates).
+  words for the rates);
+- keeps a baseline of the speaker's completed pause lengths (log seconds): a pause
+  completes when speech resumes after it, and counts if it lasted `PAUSE_MIN_S` to
+  `PAUSE_MAX_S`. It is updated once per pause, so its warm-up (`PAUSE_WARMUP_N`) and
+  time constant (`PAUSE_TAU_N`) count pauses, not seconds.
 
-`update` returns None when there was no speech in the last `CURRENT_S` seconds:
-the voice modality is then *masked*, not zero. Individual entries can also be
-unavailable (unvoiced window: no F0; too few words: no rate; baseline still
-warming up: no z): `VoiceFeatures.mask()` says which; `vector()` fills them with 0.
+`update` returns a `VoiceFeatures` for every hop once any audio frame has been
+analysed (None before that). ``VoiceFeatures.speaking`` says whether the last
+`CURRENT_S` seconds had speech. Without speech the speech-dependent entries (level,
+pitch, voicing, rates) are NaN, i.e. *masked*, not zero, and only the pause entries
+(speech_fraction, pause_s, pause_z, silence_s, silence_z) are real, so a silence is
+seen growing. Individual entries can also be unavailable while speaking (unvoiced
+window: no F0; too few words: no rate; baseline still warming up: no z):
+`VoiceFeatures.mask()` says which; `vector()` fills them with 0.
 
 Feature vector (`FEATURE_NAMES`, float32):
 
@@ -35,13 +43,25 @@ Feature vector (`FEATURE_NAMES`, float32):
  7    voicing_ratio    voiced / speech frames over the last 1.0 s
  8    voicing_z        z-score of voicing_ratio
  9    speech_fraction  speech / all frames over the last 1.0 s
- 10   pause_s          length of the most recent pause between two speech runs (last 5 s; 0: none)
- 11   silence_s        time since speech last ended (0 while speaking; capped at 5 s)
- 12   word_rate        ASR words per second of talking time over the latest 4 s of words
- 13   word_rate_z      z-score of word_rate
- 14   syl_rate         syllables (spelling estimate) per second of talking time, same words
- 15   syl_rate_z       z-score of syl_rate
+ 10   pause_s          length of the most recent gap between two speech runs, if it ended in
+                       the last 5 s (0: none; capped at 5 s)
+ 11   pause_z          z-score of log(pause_s) vs the speaker's earlier pauses (the baseline
+                       as it was when this pause completed; NaN: no pause, one under 0.15 s or
+                       over 5 s, or fewer than 5 pauses so far)
+ 12   silence_s        time since speech last ended (0 while speaking; capped at 5 s)
+ 13   silence_z        z-score of log(silence_s) vs the pause baseline: the ongoing silence
+                       against the speaker's pauses (NaN under 0.15 s, before any speech, or
+                       fewer than 5 pauses so far)
+ 14   word_rate        ASR words per second of talking time over the latest 4 s of words
+ 15   word_rate_z      z-score of word_rate
+ 16   syl_rate         syllables (spelling estimate) per second of talking time, same words
+ 17   syl_rate_z       z-score of syl_rate
 ====  ===============  ===================================================================
+
+Entries 0-8 and 14-17 need speech in the last 0.5 s (``speaking``); 9-13 are real on
+every hop (pause_z and silence_z once the pause baseline is ready). Pauses are gaps
+between speech runs; with a VAD its hold-over is inside the runs, so a pause reads
+about 0.25 s shorter than the silence heard and shorter silences do not split a run.
 
 Talking time for the rates is the span of the words minus the part of every
 inter-word gap beyond `RATE_MAX_GAP_S`, so pauses do not read as slow speech.
@@ -127,6 +147,20 @@ RATE_WARMUP_S = 6.0
 RATE_REL_STD_FLOOR = 0.2
 BASELINE_TAU_S = 60.0  # cumulative mean for the first minute of speech, then an EMA of 1 min
 BASELINE_CLIP_Z = 3.0  # after warm-up, outliers update the baseline as if at +-3 std
+# Pauses: a gap between speech runs counts as a pause of the speaker from 0.15 s (shorter
+# gaps are within a phrase) up to 5 s (longer is a turn: the other side spoke, as
+# `models.voice_cues.MAX_HESITATION_PAUSE_S`; also the longest silence_s reported).
+PAUSE_MIN_S = 0.15
+PAUSE_MAX_S = HISTORY_S
+# The pause baseline counts pauses, not seconds: z-scores after 5 pauses, a cumulative
+# mean for the first 50 pauses, then an EMA over ~50 pauses. Through the VAD, read speech
+# has about one pause every 8 s (the LibriVox test clip: 3 in 25 s; spontaneous, hesitant
+# speech has more), so the z-scores may take a minute of talking to appear.
+PAUSE_WARMUP_N = 5
+PAUSE_TAU_N = 50
+# SD floor of log pause length: a speaker whose pauses are all alike (synthetic speech)
+# gets z = 1 for a pause 28 % longer (e^0.25) than usual, z = 2.8 for a twice as long one.
+PAUSE_LOG_STD_FLOOR = 0.25
 
 FEATURE_NAMES: tuple[str, ...] = (
     "energy_db",
@@ -140,7 +174,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "voicing_z",
     "speech_fraction",
     "pause_s",
+    "pause_z",
     "silence_s",
+    "silence_z",
     "word_rate",
     "word_rate_z",
     "syl_rate",
@@ -244,7 +280,11 @@ def estimate_f0(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class RunningBaseline:
-    """Adaptive mean/variance of one feature: cumulative, then exponential after ``tau_s``."""
+    """Adaptive mean/variance of one feature: cumulative, then exponential after ``tau_s``.
+
+    ``weight``, ``warmup_s`` and ``tau_s`` are in the unit of ``update``'s ``dt``: seconds
+    for the level, pitch, voicing and rate baselines, pauses for the pause baseline (dt 1).
+    """
 
     def __init__(
         self,
@@ -257,7 +297,7 @@ class RunningBaseline:
         self.rel_floor = rel_floor
         self.warmup_s = warmup_s
         self.tau_s = tau_s
-        self.weight = 0.0  # seconds of data seen
+        self.weight = 0.0  # seconds of data seen (pauses, for the pause baseline)
         self.mean = 0.0
         self.var = 0.0
 
@@ -295,11 +335,13 @@ class RunningBaseline:
 class VoiceFeatures:
     """Voice features at media time ``t``; ``values`` is float32 with NaN where unavailable.
     ``rate_span``: media times (first word t0, last word t1) of the words the rates were
-    measured on (None without a rate)."""
+    measured on (None without a rate). ``speaking``: the last `CURRENT_S` had speech; if
+    not, only the pause entries are real (the others NaN, ``rate_span`` None)."""
 
     t: float
     values: np.ndarray
     rate_span: tuple[float, float] | None = None
+    speaking: bool = True
 
     def get(self, name: str) -> float:
         """One feature by name (NaN if unavailable)."""
@@ -355,6 +397,14 @@ class ProsodyTracker:
             self.baselines[name] = RunningBaseline(
                 _STD_FLOOR[name], warmup_s=RATE_WARMUP_S, rel_floor=RATE_REL_STD_FLOOR
             )
+        # log pause length, one update per completed pause (weight counts pauses)
+        self.baselines["pause"] = RunningBaseline(
+            PAUSE_LOG_STD_FLOOR, warmup_s=PAUSE_WARMUP_N, tau_s=PAUSE_TAU_N
+        )
+        self._n_frames = 0  # frames analysed since the start
+        self._speech_end: int | None = None  # frame number just past the last speech frame
+        # the latest completed gap between speech runs: (length s, media time it ended, z)
+        self._pause: tuple[float, float, float] | None = None
 
     @property
     def t(self) -> float:
@@ -386,7 +436,8 @@ class ProsodyTracker:
         vad: SpeechTimeline | None = None,
         words_until: float | None = None,
     ) -> VoiceFeatures | None:
-        """Feed the next contiguous samples; features at their end time, None if no speech.
+        """Feed the next contiguous samples; features at their end time (see
+        ``VoiceFeatures.speaking``), None while no audio frame has been analysed yet.
         ``words``: newly committed words; ``words_until``: the media time up to which the
         committed words are complete (default: the end of the samples)."""
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
@@ -406,6 +457,7 @@ class ProsodyTracker:
             starts = self._next + STEP_LEN * np.arange(n_new)
             times = (starts + FRAME_LEN / 2) / SAMPLE_RATE
             speech = self._speech_flags(times, db, vad)
+            self._track_pauses(times, speech)
             self._append(times, db, np.asarray(hz_to_semitones(f0)), voiced & speech, speech)
             self._next += n_new * STEP_LEN
         # keep only what the next frame needs
@@ -434,6 +486,22 @@ class ProsodyTracker:
             decided = flags[~late]
             flags[late] = bool(decided[-1]) if decided.size else prev
         return flags
+
+    def _track_pauses(self, times: np.ndarray, speech: np.ndarray) -> None:
+        """Complete the pauses that the new frames' speech flags end (before `_append`)."""
+        prev = bool(self._speech[-1]) if self._speech.size else False
+        for s, e in _runs(speech):
+            if (s > 0 or not prev) and self._speech_end is not None:
+                gap_s = (self._n_frames + s - self._speech_end) * STEP_S
+                z = math.nan
+                if PAUSE_MIN_S - 1e-9 <= gap_s <= PAUSE_MAX_S + 1e-9:
+                    # vs the earlier pauses, then into the baseline: one update per pause
+                    base = self.baselines["pause"]
+                    z = base.z(math.log(gap_s))
+                    base.update(math.log(gap_s), 1.0)
+                self._pause = (min(gap_s, PAUSE_MAX_S), float(times[s]), z)
+            self._speech_end = self._n_frames + e
+        self._n_frames += speech.size
 
     def _append(
         self,
@@ -472,19 +540,29 @@ class ProsodyTracker:
 
     def _features(self, hop_s: float, new_words: bool) -> VoiceFeatures | None:
         t = self._t
-        v = np.full(N_FEATURES, np.nan)
         speech = self._speech
-        # pauses: from the whole history, always (also while masked)
-        runs = _runs(speech)
-        pause = 0.0
-        if len(runs) >= 2:
-            pause = (runs[-1][0] - runs[-2][1]) * STEP_S
-        silence = 0.0
-        if speech.size and not speech[-1]:
-            silence = (speech.size - runs[-1][1]) * STEP_S if runs else speech.size * STEP_S
-            silence = min(silence, HISTORY_S)
-        wr, sr, span = self._rates()
+        if not speech.size:
+            return None  # no audio frame analysed yet
+        v = np.full(N_FEATURES, np.nan)
         b = self.baselines
+        # pauses: on every hop, with or without speech now
+        pause, pause_z = 0.0, math.nan
+        if self._pause is not None and t - self._pause[1] < HISTORY_S:
+            pause, _, pause_z = self._pause
+        silence = 0.0
+        if not speech[-1]:
+            since = self._n_frames - (self._speech_end or 0)
+            silence = min(since * STEP_S, HISTORY_S)
+        silence_z = math.nan
+        if self._speech_end is not None and silence >= PAUSE_MIN_S - 1e-9:
+            silence_z = b["pause"].z(math.log(silence))
+        vs = self._last(VOICING_S)
+        v[_IDX["speech_fraction"]] = float(speech[vs].mean())
+        v[_IDX["pause_s"]] = pause
+        v[_IDX["pause_z"]] = pause_z
+        v[_IDX["silence_s"]] = silence
+        v[_IDX["silence_z"]] = silence_z
+        wr, sr, span = self._rates()
         wr_z, sr_z = b["word_rate"].z(wr), b["syl_rate"].z(sr)
         if new_words and self._words:
             # one rate observation per batch of new words, weighted by the speech it adds
@@ -499,7 +577,8 @@ class ProsodyTracker:
         # VAD hangover can cover digital silence: frames under the noise floor are not speech
         sp_cur = speech[cur] & (self._db[cur] > SILENCE_DB)
         if not sp_cur.any():
-            return None
+            # no speech now: level, pitch, voicing and rates masked (and no baseline update)
+            return VoiceFeatures(t=t, values=v.astype(np.float32), speaking=False)
         db_cur = self._db[cur][sp_cur]
         energy_db = math.nan
         if db_cur.size >= MIN_LEVEL_FRAMES:
@@ -521,10 +600,8 @@ class ProsodyTracker:
             f0_var = f0_var[np.abs(f0_var - np.median(f0_var)) <= F0_OUTLIER_ST]
             if f0_var.size >= 10:
                 f0_std = float(np.std(f0_var))
-        vs = self._last(VOICING_S)
         n_sp = int(speech[vs].sum())
         voicing = float(self._voiced[vs].sum()) / n_sp if n_sp >= 5 else math.nan
-        speech_frac = float(speech[vs].mean())
 
         current = {
             "energy_db": energy_db,
@@ -537,9 +614,6 @@ class ProsodyTracker:
             v[_IDX[name] + 1] = b[name].z(x)
             b[name].update(x, hop_s)
         v[_IDX["f0_slope_st"]] = slope
-        v[_IDX["speech_fraction"]] = speech_frac
-        v[_IDX["pause_s"]] = pause
-        v[_IDX["silence_s"]] = silence
         v[_IDX["word_rate"]] = wr
         v[_IDX["word_rate_z"]] = wr_z
         v[_IDX["syl_rate"]] = sr

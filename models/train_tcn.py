@@ -68,7 +68,7 @@ __all__ = [
     "main",
 ]
 
-TCN_VERSION = "1.1.0"  # 1.1: text model 1.1.0; thresholds on out-of-fold train + val
+TCN_VERSION = "1.2.0"  # 1.2: face 46 and voice 18 features (fusion row 103); 1.1: thresholds pooled
 METHODS = ("last", "mean", "max_ma1s")
 EARLY_FRACTIONS = (0.25, 0.5, 0.75)
 HZ = 10.0

@@ -2,7 +2,8 @@
 
 `VoiceCueDetector` (one per session) is called once per analysis tick, in media
 order, with the tick time, that tick's `VoiceFeatures` from the session's
-`ProsodyTracker` (None when there was no speech) and the session's VAD timeline.
+`ProsodyTracker` (None without new audio; ``speaking`` false when the last 0.5 s had no
+speech: only its pause entries are real then) and the session's VAD timeline.
 It returns the `CueHit`s (modality ``"voice"``) that became certain at that tick;
 each hit is reported once.
 
@@ -26,7 +27,8 @@ Rules:
   first tick. They do not depend on the ASR's commit lag.
 - ``volume_change``: energy z-score beyond +-`VOLUME_Z` (same sign) on every
   speech tick for at least `VOLUME_SUSTAIN_S`; detail says louder/softer and by how
-  many dB against the speaker's baseline. Strength (|mean z| - 1.5) / 2.5.
+  many dB against the speaker's baseline. Strength (|mean z| - 1.5) / 2.5. A tick
+  without speech (no features, or not ``speaking``) ends the episode.
 
 After a rate or volume episode is reported, the same cue is re-armed only when its
 z-score has come back within +-`REARM_Z` (no flicker around the threshold).
@@ -183,7 +185,8 @@ class VoiceCueDetector:
 
     def _rate_cues(self, t: float, f: VoiceFeatures | None) -> list[CueHit]:
         z = math.nan
-        span = None if f is None else f.rate_span
+        # no rate without speech now (the silent vector has none either)
+        span = None if f is None or not f.speaking else f.rate_span
         if f is not None and span is not None:
             z = f.get("syl_rate_z")
             if not math.isfinite(z):
@@ -203,7 +206,7 @@ class VoiceCueDetector:
         return [CueHit(cue, t0, span[1], round(strength, 3), MODALITY, detail)]
 
     def _volume_cues(self, t: float, f: VoiceFeatures | None) -> list[CueHit]:
-        if f is None:  # no speech: a volume episode needs continuous speech
+        if f is None or not f.speaking:  # a volume episode needs continuous speech
             self._volume.reset()
             return []
         z = f.get("energy_z")

@@ -19,6 +19,7 @@ from models.cues import CueHit
 from models.prosody import (
     FEATURE_NAMES,
     N_FEATURES,
+    PAUSE_WARMUP_N,
     ProsodyTracker,
     VoiceFeatures,
     count_syllables,
@@ -31,6 +32,9 @@ from stream.vad import VadTimeline
 
 SR = 16000
 HOP = 1600  # 0.1 s, the session's analysis hop
+# The entries a vector has without speech now (``VoiceFeatures.speaking`` false).
+PAUSE_ENTRIES = ("speech_fraction", "pause_s", "pause_z", "silence_s", "silence_z")
+SPEECH_ENTRIES = tuple(n for n in FEATURE_NAMES if n not in PAUSE_ENTRIES)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -98,6 +102,22 @@ def run_voice(
         feats.append(f)
         hits.extend(det.update(t, f, vad))
     return feats, hits, tracker
+
+
+def spoken(feats: list[VoiceFeatures | None]) -> list[VoiceFeatures]:
+    """The vectors of ticks with speech now."""
+    return [f for f in feats if f is not None and f.speaking]
+
+
+def assert_silent(f: VoiceFeatures | None) -> None:
+    """A tick without speech: speech entries masked (NaN, mask 0, 0 in the vector), no rate."""
+    assert f is not None and not f.speaking and f.rate_span is None
+    m, v = f.mask(), f.vector()
+    for n in SPEECH_ENTRIES:
+        i = FEATURE_NAMES.index(n)
+        assert np.isnan(f.get(n)) and m[i] == 0.0 and v[i] == 0.0, n
+    for n in ("speech_fraction", "pause_s", "silence_s"):
+        assert m[FEATURE_NAMES.index(n)] == 1.0, n
 
 
 def pause_hits(segs: list[tuple[float, float]], until: float) -> list[CueHit]:
@@ -340,11 +360,11 @@ def test_syllable_counts() -> None:
 
 def test_harmonic_tone_pitch_and_vector() -> None:
     feats, hits, tracker = run_voice(harmonic(150.0, 5.0), use_vad=False)
-    f0 = [semitones_to_hz(f.get("f0_st")) for f in feats[10:] if f is not None]
+    f0 = [semitones_to_hz(f.get("f0_st")) for f in spoken(feats[10:])]
     assert len(f0) >= 35
     assert np.median(f0) == pytest.approx(150.0, abs=5.0)
     last = feats[-1]
-    assert last is not None and last.t == pytest.approx(5.0)
+    assert last is not None and last.speaking and last.t == pytest.approx(5.0)
     assert last.get("voicing_ratio") > 0.95
     assert last.get("f0_std_st") < 0.2
     assert last.get("energy_db") == pytest.approx(-26.0, abs=0.5)
@@ -372,15 +392,25 @@ def test_chirp_rising_pitch() -> None:
 
 
 def test_silence_is_masked_not_zero() -> None:
+    assert ProsodyTracker().update(silence(0.02)) is None  # not one 40 ms frame yet
     audio = np.concatenate([silence(2.0), silence(2.0, noise_db=-70)])
     feats, hits, _ = run_voice(audio)
-    assert all(f is None for f in feats)
+    for f in feats:
+        assert_silent(f)  # the noise's onset makes a VAD blip, but no speech above the floor
+    for f in feats[:20]:
+        assert f.get("speech_fraction") == 0.0 and f.get("pause_s") == 0.0
+        assert f.get("silence_s") == pytest.approx(f.t, abs=0.05)
+        assert np.isnan(f.get("silence_z"))  # no speech yet: no pause of the speaker
     assert not hits
     # speech then digital silence: VAD hangover frames under the noise floor are not speech
     for use_vad in (False, True):
         audio = np.concatenate([harmonic(140.0, 2.0), silence(2.0)])
         feats, hits, _ = run_voice(audio, use_vad=use_vad)
-        assert feats[15] is not None and all(f is None for f in feats[25:])
+        assert feats[15].speaking and np.isfinite(feats[15].get("energy_db"))
+        for f in feats[25:]:
+            assert_silent(f)
+        silences = [f.get("silence_s") for f in feats[25:]]
+        assert silences == sorted(silences) and silences[-1] > 1.5  # seen growing
     assert not hits
 
 
@@ -471,6 +501,34 @@ def test_rate_cue_times_are_the_speech_not_the_commit() -> None:
     assert any(w.t0 == t0 for w in words) and any(w.t1 == t1 for w in words)
 
 
+def test_silent_ticks_leave_the_volume_and_rate_cues_unchanged() -> None:
+    """Ticks without speech bring a vector (``speaking`` false) where they used to bring
+    None; the rate and volume cues treat both alike. Phrases split by 1 s pauses: the rate
+    episode bridges them (hurried speech from 12 s); loud 0.2 s bursts split by silences
+    are no volume change (each silence ends the episode), a loud second is one."""
+    parts = []
+    for _ in range(8):
+        parts += [harmonic(130.0, 2.4, -30.0), silence(1.0)]
+    for _ in range(3):
+        parts += [harmonic(130.0, 0.2, -18.0), silence(0.8)]
+    parts += [harmonic(130.0, 1.0, -18.0), silence(0.5)]
+    audio = np.concatenate(parts)
+    ws = paced([(2.5, 12.0), (4.5, 24.0)])
+    feats, hits, _ = run_voice(audio, ws)
+    assert sum(not f.speaking for f in feats) >= 40
+    assert [h.cue for h in hits] == ["hurried_speech", "volume_change"], hits
+    assert 11.0 < hits[0].t0 < 13.0
+    loud_from = sum(len(p) for p in parts[:-2]) / SR
+    assert loud_from < hits[1].t0 < hits[1].t1 < loud_from + 1.0
+    # The same ticks with None for every silent vector (the interface before) give the
+    # same hits.
+    vad, det, before = VadTimeline(), VoiceCueDetector(), []
+    for k, f in enumerate(feats):
+        vad.push(audio[k * HOP : (k + 1) * HOP])
+        before += det.update(f.t, f if f.speaking else None, vad)
+    assert before == hits
+
+
 # ------------------------------------------------------------------------------ real speech
 
 BASELINE_TEXT = (
@@ -496,7 +554,7 @@ def test_espeak_slowed_speech_after_baseline(whisper) -> None:
     onset = len(fast) / SR
     assert onset < hits[0].t0 < onset + 8.0
     f = feats[int(hits[0].t1 * 10) - 1]
-    assert f is not None and f.get("syl_rate_z") <= -1.5
+    assert f is not None and f.speaking and f.get("syl_rate_z") <= -1.5
 
 
 def test_espeak_slowed_speech_times_do_not_depend_on_the_commit_lag(whisper) -> None:
@@ -520,12 +578,58 @@ def test_espeak_pause_inside_speech_is_a_long_pause() -> None:
     a = espeak_speech("I would like to stop smoking.", rate_wpm=150)
     b = espeak_speech("Maybe next month.", rate_wpm=150)
     audio = np.concatenate([a, silence(1.6), b, silence(3.0)])
-    _, hits, _ = run_voice(audio)
+    feats, hits, _ = run_voice(audio)
     pauses = cues(hits, "long_pause")
     assert len(pauses) == 1, hits
     gap = pauses[0].t1 - pauses[0].t0
     assert 1.0 <= gap <= 2.2
     assert len(a) / SR - 0.5 < pauses[0].t0 < pauses[0].t1 < len(a) / SR + 1.6 + 0.5
+    # The features see the pause too: the silence grows past 1 s while speech entries are
+    # masked, and once speech resumes pause_s is that gap.
+    during = [f for f in feats if pauses[0].t0 < f.t <= pauses[0].t1]
+    assert max(f.get("silence_s") for f in during) > 1.0
+    for f in during:
+        if f.get("silence_s") > 0.6:
+            assert_silent(f)
+    after = [f for f in feats if pauses[0].t1 + 0.3 < f.t < pauses[0].t1 + 1.0]
+    assert after and all(f.get("pause_s") == pytest.approx(gap, abs=0.06) for f in after)
+
+
+def test_pause_baseline_gives_pause_and_silence_z_scores() -> None:
+    """Phrases of a voiced tone with 0.6-0.7 s pauses, then a 2.5 s one, through the real
+    VAD: the pause z-scores exist once the speaker has made a few pauses, the usual pauses
+    score near 0 and the long one far above; while it lasts, the silence's z-score grows."""
+    parts = []
+    for k in range(8):
+        parts += [harmonic(140.0 + 5 * k, 1.5), silence(0.6 + 0.05 * (k % 3))]
+    parts += [harmonic(140.0, 1.5), silence(2.5), harmonic(150.0, 1.5)]
+    parts += [silence(0.6), harmonic(145.0, 1.5)]
+    ends = np.cumsum([len(p) for p in parts]) / SR
+    resumes = ends[1:-1:2]  # where each phrase after a pause starts
+    long_from = ends[-5]
+    feats, hits, tracker = run_voice(np.concatenate(parts))
+    assert [h.cue for h in hits] == ["long_pause"]
+    assert tracker.baselines["pause"].weight == 10  # one update per pause, not per second
+    # The pause just ended, 0.3 s into each phrase after it: its length and z-score.
+    after = [feats[int(round((t + 0.3) * 10)) - 1] for t in resumes]
+    lengths = [f.get("pause_s") for f in after]
+    zs = [f.get("pause_z") for f in after]
+    assert all(0.25 < p < 0.6 for i, p in enumerate(lengths) if i != 8), lengths
+    assert 1.9 < lengths[8] < 2.6  # the long pause (the VAD's hold-over shortens them all)
+    # NaN until PAUSE_WARMUP_N pauses are in the baseline, then a z-score per pause.
+    assert all(np.isnan(z) for z in zs[:PAUSE_WARMUP_N]), zs
+    assert all(np.isfinite(z) for z in zs[PAUSE_WARMUP_N:]), zs
+    usual = zs[PAUSE_WARMUP_N:8] + zs[9:]
+    assert max(abs(z) for z in usual) < 2.0, zs
+    assert zs[8] > 4.0 and zs[8] > max(usual) + 3.0, zs
+    # silence_z during the long pause: finite, growing with the silence, speech masked
+    during = [f for f in feats if long_from + 0.6 < f.t < long_from + 2.2]
+    for f in during:
+        assert_silent(f)
+    silence_zs = [f.get("silence_z") for f in during]
+    assert np.all(np.isfinite(silence_zs)) and silence_zs == sorted(silence_zs)
+    assert during[-1].get("silence_s") > 1.0 and silence_zs[-1] > 4.0
+    assert silence_zs[0] < silence_zs[-1] - 2.0
 
 
 def test_librivox_pitch_and_no_cues_in_steady_reading(whisper) -> None:
@@ -533,12 +637,12 @@ def test_librivox_pitch_and_no_cues_in_steady_reading(whisper) -> None:
     ws = transcribe(whisper, audio)
     feats, hits, tracker = run_voice(audio, ws)
     assert hits == []  # steady read speech: no pauses >= 1 s, no tempo or volume episodes
-    f0 = np.array([semitones_to_hz(f.get("f0_st")) for f in feats if f is not None])
+    f0 = np.array([semitones_to_hz(f.get("f0_st")) for f in spoken(feats)])
     f0 = f0[np.isfinite(f0)]
     assert 85.0 <= np.median(f0) <= 110.0  # the male reader: ~96 Hz
-    rates = [f.get("word_rate") for f in feats if f is not None and np.isfinite(f.get("word_rate"))]
+    rates = [f.get("word_rate") for f in spoken(feats) if np.isfinite(f.get("word_rate"))]
     assert 2.0 <= np.median(rates) <= 4.0  # read speech: ~3 words/s
-    voicing = [f.get("voicing_ratio") for f in feats if f is not None]
+    voicing = [f.get("voicing_ratio") for f in spoken(feats)]
     assert 0.4 <= np.nanmedian(voicing) <= 0.9
 
 

@@ -119,7 +119,7 @@ def test_export_cli_writes_a_manifest_of_checked_graphs(lite_export):
     assert fer["inputs"][0]["shape"] == ["batch", 1, 64, 64]
     assert {o["name"] for o in fer["outputs"]} == {"logits", "probs"}
     seq = manifest["models"]["tcn_seq"]
-    assert seq["inputs"] == [{"name": "seq", "shape": ["batch", "time", 91], "dtype": "float32"}]
+    assert seq["inputs"] == [{"name": "seq", "shape": ["batch", "time", 103], "dtype": "float32"}]
     step = manifest["models"]["tcn_step"]
     states = step["states"]
     assert len(states) == 2 * len(tcn.config.dilations) * tcn.config.members
@@ -422,9 +422,9 @@ def test_optimisation_profiles_come_from_the_manifest_axes(lite_export):
     out, _ = lite_export
     manifest = json.loads((out / "manifest.json").read_text())
     seq = axis_profiles(manifest["models"]["tcn_seq"]["inputs"])
-    assert seq["seq"] == ((1, 1, 91), (4, 64, 91), (16, 512, 91))
+    assert seq["seq"] == ((1, 1, 103), (4, 64, 103), (16, 512, 103))
     step = axis_profiles(manifest["models"]["tcn_step"]["inputs"], {"batch": (1, 8, 32)})
-    assert step["x"] == ((1, 91), (8, 91), (32, 91))
+    assert step["x"] == ((1, 103), (8, 103), (32, 103))
     with pytest.raises(ValueError, match="no optimisation profile"):
         axis_profiles([{"name": "a", "shape": ["batch", "mystery"]}])
 

@@ -286,15 +286,61 @@ def test_running_baseline_is_robust_then_slow():
 
 
 def test_feature_names_and_vector_order():
-    assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES)) == 38
+    assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES)) == 46
     for n, _, kind in BASELINE_FEATURES:
         assert f"{n}_{kind}" in FEATURE_NAMES
-    f = FaceFeatures.from_values(1.0, yaw=3.0, smile_z=2.0, baseline_ready=1.0)
+    # Every pose angle, every expression probability and the blink rate has a relative value.
+    relative = {"roll_dev", "blink_rate_z", *(f"p_{e}_dev" for e in EMOTIONS)}
+    assert relative <= set(FEATURE_NAMES)
+    assert [n for n, _, _ in BASELINE_FEATURES if n.startswith("p_")] == [
+        f"p_{e}" for e in EMOTIONS
+    ]
+    f = FaceFeatures.from_values(1.0, yaw=3.0, smile_z=2.0, baseline_ready=1.0, p_sad_dev=0.4)
     v = f.vector()
     assert v[FEATURE_NAMES.index("yaw")] == 3.0 and v[FEATURE_NAMES.index("smile_z")] == 2.0
+    assert v[FEATURE_NAMES.index("p_sad_dev")] == pytest.approx(0.4)
+    # a deviation is not a probability: p_neutral still defaults to 1
     assert f.p_neutral == 1.0 and f.probs[EMOTIONS.index("neutral")] == 1.0
     with pytest.raises(KeyError):
         FaceFeatures.from_values(0.0, nonsense=1.0)
+
+
+def _eyes_shut(pts: np.ndarray) -> np.ndarray:
+    """Landmarks with both upper eyelids on the lower ones (eye aspect ratio 0)."""
+    q = pts.copy()
+    for upper, lower in ((160, 144), (158, 153), (387, 373), (385, 380)):
+        q[upper] = q[lower]
+    return q
+
+
+def test_roll_expressions_and_blink_rate_relative_to_the_baseline(expression, astronaut_features):
+    """The astronaut's real landmarks and expression at 10 Hz: a head roll, a sad face and
+    faster blinking each move their baseline-relative value; nothing moves before."""
+    pts, happy = astronaut_features.landmarks, astronaut_features.probs
+    sad = np.zeros(7, np.float32)
+    sad[EMOTIONS.index("sad")], sad[EMOTIONS.index("neutral")] = 0.8, 0.2
+    frames: dict[int, FaceFeatures] = {}
+    with FaceAnalyzer(expression, static_images=True) as fa:
+        for k in range(600):
+            t = k / RATE
+            p = rotate(pts, roll=15.0 if 25 <= t < 27 else 0.0)
+            # a blink every 4 s (15 per minute), every second from 40 s
+            if k % (40 if t < 40 else 10) == 0:
+                p = _eyes_shut(p)
+            frames[k] = fa.update(p, t, sad if 28 <= t < 30 else happy, 512)
+    rest = [frames[k] for k in range(200, 250)]
+    assert all(abs(f.roll_dev) < 0.5 for f in rest)
+    assert all(abs(f.p_sad_dev) < 0.01 and abs(f.p_happy_dev) < 0.01 for f in rest)
+    assert frames[260].roll == pytest.approx(astronaut_features.roll + 15.0, abs=0.5)
+    assert frames[260].roll_dev == pytest.approx(15.0, abs=0.5)  # the roll, baseline removed
+    assert frames[290].p_sad_dev == pytest.approx(0.8, abs=0.01)
+    assert frames[290].p_happy_dev < -0.8 and frames[290].p_neutral_dev > 0.1
+    # blink_rate exists from 10 s (15-18 per minute here); its z-score starts at 0, not at
+    # the rate over its floor, and stays small while the rate is the person's usual one.
+    assert frames[99].blink_rate == 0.0 and frames[100].blink_rate > 12
+    assert all(frames[k].blink_rate_z == 0.0 for k in range(100, 104))
+    assert max(abs(frames[k].blink_rate_z) for k in range(100, 400)) < 1.5
+    assert frames[599].blink_rate > 40 and frames[599].blink_rate_z > 5  # 20 blinks in 20 s
 
 
 # ---------------------------------------------------------------- cue detectors, crafted features

@@ -226,18 +226,19 @@ def test_analyzer_p_same_with_and_without_face_and_voice(lite, monkeypatch):
         Word(w, 0.3 * i, 0.3 * i + 0.25, 1.0)
         for i, w in enumerate("i wish i could stop but i do not know maybe later".split())
     ]
-    # b hears 5 s of a voiced, gliding tone (its real voice path: ring, VAD, prosody) and
-    # sees a face on every tick; a has neither.
+    # b hears 3.5 s of a voiced, gliding tone then 1.5 s of silence (its real voice path:
+    # ring, VAD, prosody) and sees a face on every tick; a has neither.
     sr = 16000
     f0 = np.linspace(100.0, 180.0, 5 * sr)
     phase = 2 * np.pi * np.cumsum(f0) / sr
     audio = sum(0.1 / k * np.sin(k * phase) for k in range(1, 6)).astype(np.float32)
+    audio[int(3.5 * sr) :] = 0.0
     ring, vad = AudioRing(sr), VadTimeline()
     ring.write(audio, 0.0)
     vad.push(audio)
     a = analysis.Analyzer(models)
     b = analysis.Analyzer(models, ring=ring, vad=vad)
-    voiced = 0
+    voiced = silent = 0
     for k in range(50):
         t = 0.1 * (k + 1)
         new = [w for w in words if t - 0.1 < w.t1 + 0.5 <= t]
@@ -245,9 +246,12 @@ def test_analyzer_p_same_with_and_without_face_and_voice(lite, monkeypatch):
         b._face = FaceFeatures.from_values(t, smile=float(rng.normal()), yaw=10.0)
         rb = b.tick(t, new, False, [])
         assert ra.voice is None
-        voiced += rb.voice is not None
+        voiced += rb.voice is not None and rb.voice.speaking
+        silent += rb.voice is not None and not rb.voice.speaking
         assert ra.p == rb.p and ra.p_tcn == rb.p_tcn and ra.p_text == rb.p_text
-    assert voiced >= 40  # b did compute voice features (for its cues) on most ticks
+    # b did compute voice features (for its cues) on the ticks with speech, and the
+    # silence's vectors (pause entries only) on the others
+    assert voiced >= 30 and silent >= 8
 
 
 def test_replace_keeps_config_frozen():
