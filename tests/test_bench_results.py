@@ -57,6 +57,34 @@ def test_results_record_when_and_from_what_they_were_made(tmp_path: Path, monkey
     assert _strict((tmp_path / "kept.json").read_text())["run"] == {"command": "given"}
 
 
+def test_a_checkout_records_its_commit_and_whether_it_was_changed(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A git checkout of the project records HEAD, with ``+dirty`` for uncommitted changes
+    except under benchmarks/results/ (which a series of runs rewrites)."""
+    from benchmarks import output
+
+    repo = tmp_path / "checkout"
+    (repo / "stream").mkdir(parents=True)
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text("[project]\nname = 'ahstream'\n")
+    (repo / "stream" / "session.py").write_text("x = 1\n")
+    (repo / "benchmarks" / "results" / "latency.json").write_text("{}\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=x", "-c", "user.email=x@x.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "code"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    monkeypatch.setattr(output, "REPO", repo)
+    assert len(head) == 12 and output.run_info()["commit"] == head
+    (repo / "benchmarks" / "results" / "latency.json").write_text('{"new": 1}\n')
+    assert output.run_info()["commit"] == head  # a rewritten result is not a code change
+    (repo / "stream" / "session.py").write_text("x = 2\n")
+    assert output.run_info()["commit"] == head + "+dirty"
+
+
 def test_an_installed_copy_claims_no_commit(tmp_path: Path, monkeypatch: Any) -> None:
     from benchmarks import output
 

@@ -313,6 +313,35 @@ def test_not_but_excuse(text: str) -> None:
     assert not cues(word_hits(text), "but_excuse")
 
 
+def test_a_long_session_keeps_a_bounded_word_window_and_the_same_cues() -> None:
+    """5,000 words fed a sentence at a time: the detector keeps only the words its rules
+    can still look back at (<= 64 + CONTEXT_BEFORE + 8 decided ones plus the undecided
+    tail), and finds the same cues, at the same times, as on each sentence alone."""
+    from models.word_cues import CONTEXT_BEFORE, CONTRAST_LOOKAHEAD
+
+    text = "Well, um, I want I want to quit but I don't know, I mean, it's kind of hard."
+    per_sentence = WordCueDetector().update(words(text), final=True)
+    step = len(words(text)) * 0.35 + 2.0
+    det = WordCueDetector()
+    hits: list[CueHit] = []
+    longest = 0
+    for k in range(5000 // len(words(text))):
+        hits += det.update(words(text, t0=k * step), final=True)
+        longest = max(longest, len(det._toks))
+    hits += det.flush()
+    assert longest <= 64 + CONTEXT_BEFORE + 8 + CONTRAST_LOOKAHEAD + len(words(text))
+    n = 5000 // len(words(text))
+    expected = [
+        (h.cue, round(h.t0 + k * step, 6), round(h.t1 + k * step, 6), h.detail, h.strength)
+        for k in range(n)
+        for h in per_sentence
+    ]
+    got = [(h.cue, round(h.t0, 6), round(h.t1, 6), h.detail, h.strength) for h in hits]
+    assert [g[:4] for g in got] == [e[:4] for e in expected]
+    # strengths from durations: the same up to float rounding of the later times
+    assert np.allclose([g[4] for g in got], [e[4] for e in expected], atol=0.002)
+
+
 def test_incremental_feeding_matches_batch_and_waits_for_context() -> None:
     text = "Well, um, I want I want to quit but I don't know, I mean, it's kind of hard."
     ws = words(text)

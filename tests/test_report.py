@@ -69,7 +69,8 @@ def test_analyze_report_png_and_html(analyzed_call):
         assert word in text
     for seg in segments:
         assert f"{seg['t0']:.2f}" in page and f"{seg['peak']:.3f}" in page
-    for cue in cues:
+    assert cues  # the clip has cues (its fillers and hedges at least) ...
+    for cue in cues:  # ... and each is on the page
         assert cue["cue"].replace("_", " ") in text
     # self-contained: the PNG is embedded, nothing is loaded from elsewhere
     embedded = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page).group(1)

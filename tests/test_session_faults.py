@@ -214,6 +214,9 @@ async def test_a_session_ended_right_after_its_video_track_closes_the_face_graph
     warm, close = analyzer.warm_face, analyzer.close
 
     def close_and_tell() -> None:
+        # warm-up first: the close comes once the warm-up has taken its graph
+        if not late:
+            assert warmed.wait(30)
         close()
         closed.set()
 
@@ -237,6 +240,8 @@ async def test_a_session_ended_right_after_its_video_track_closes_the_face_graph
     assert all(graph_closed(a) for a in handed_out)
     if late:
         assert not handed_out  # a closed analyzer takes nothing from the pool
+    else:
+        assert len(handed_out) == 1  # the graph the warm-up took, closed with the session
     with pytest.raises(RuntimeError):
         analyzer.prepare_face()
 

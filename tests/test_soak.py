@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from models.word_cues import CONTEXT_BEFORE, CONTRAST_LOOKAHEAD
 from stream.buffers import VideoFrame
 from stream.publisher import Publisher
 from stream.session import Session
@@ -141,3 +142,5 @@ async def test_one_hour_session_keeps_memory_flat(models):
     assert size["arrivals"] <= 2048
     assert size["history"] <= 5000
     assert size["prosody_words"] <= 200
+    # the word cues keep the words their rules can still look back at, not the session's
+    assert size["word_cue_tokens"] <= 64 + CONTEXT_BEFORE + 8 + CONTRAST_LOOKAHEAD + 20
