@@ -26,6 +26,29 @@ def _read(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _analyzed_to_the_end(clip, duration):
+    """Events and frame events of `analyze` on ``clip``, which must finish (in 2 min) with
+    ``session.ended`` after at least ``duration`` s of media."""
+    out = clip.with_suffix(".jsonl")
+    run = _analyze(clip, "--out", out, "--json", timeout=120)
+    assert run.returncode == 0, run.stderr
+    events = _read(out)
+    assert events[-1]["type"] == "session.ended" and events[-1]["duration"] >= duration
+    return events, [e for e in events if e["type"] == "frame"]
+
+
+def _wav(path, pcm, rate=16000):
+    """A mono 16-bit WAV of ``pcm`` (bytes) at ``rate`` Hz."""
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return path
+
+
 def _committed(events):
     return [w["w"] for e in events if e["type"] == "transcript" and e["final"] for w in e["words"]]
 
@@ -95,14 +118,7 @@ def test_analyze_refuses_audio_it_cannot_take_and_goes_on_with_the_next_file(
     """A valid 4 kHz WAV (below the 8 kHz the ingest takes) used to end `analyze` with a
     traceback, leaving the next files unanalysed; now it is a one-line error for that
     file, and the next one is analysed."""
-    import wave
-
-    low = tmp_path / "low.wav"
-    with wave.open(str(low), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(4000)
-        w.writeframes(b"\1\0" * 4000 * 2)
+    low = _wav(tmp_path / "low.wav", b"\1\0" * 4000 * 2, rate=4000)
     run = _analyze(low, audio_only_wav, "--json")
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr, run.stderr
@@ -120,12 +136,7 @@ def test_analyze_when_the_video_ends_long_before_the_audio(tmp_path, speech):
 
     audio = speech[0][: 16000 * 9]
     clip = write_media(tmp_path / "short_video.mp4", audio, astronaut_frames(30), fps=10)
-    out = tmp_path / "short_video.jsonl"
-    run = _analyze(clip, "--out", out, "--json", timeout=120)
-    assert run.returncode == 0, run.stderr
-    events = _read(out)
-    frames = [e for e in events if e["type"] == "frame"]
-    assert events[-1]["type"] == "session.ended" and events[-1]["duration"] >= 8.9
+    events, frames = _analyzed_to_the_end(clip, 8.9)
     assert frames[-1]["t"] >= 8.8 and len(frames) >= 85
     assert any(e["modalities"]["video"] for e in frames if e["t"] < 3)
     assert not any(e["modalities"]["video"] for e in frames if e["t"] > 4.5)
@@ -151,12 +162,7 @@ def test_analyze_when_the_audio_covers_a_few_seconds_of_a_long_video(
         fps=10,
         audio_start_s=audio_start_s,
     )
-    out = tmp_path / "short_audio.jsonl"
-    run = _analyze(clip, "--out", out, "--json", timeout=120)
-    assert run.returncode == 0, run.stderr
-    events = _read(out)
-    frames = [e for e in events if e["type"] == "frame"]
-    assert events[-1]["type"] == "session.ended" and events[-1]["duration"] >= 19.8
+    events, frames = _analyzed_to_the_end(clip, 19.8)
     assert frames[-1]["t"] >= 19.8 and len(frames) >= 195
     words = [w for e in events if e["type"] == "transcript" and e["final"] for w in e["words"]]
     assert len(words) >= 5
@@ -166,17 +172,10 @@ def test_analyze_when_the_audio_covers_a_few_seconds_of_a_long_video(
 def test_a_decision_without_words_says_it_is_the_prior(tmp_path):
     """Silence after the 'guilty pleasure' prompt (A/H in 95 % of BAH answers): the decision
     is the question's rate, and the final event and the report say no words were heard."""
-    import wave
-
     from clients.report import _decision_text, summarize
     from models.bah import QUESTION_PROMPTS
 
-    wav = tmp_path / "silence.wav"
-    with wave.open(str(wav), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(b"\0\0" * 16000 * 3)
+    wav = _wav(tmp_path / "silence.wav", b"\0\0" * 16000 * 3)
     out = tmp_path / "silence.jsonl"
     run = _analyze(wav, "--out", out, "--json", "--context", QUESTION_PROMPTS[4], timeout=120)
     assert run.returncode == 0, run.stderr
