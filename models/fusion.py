@@ -20,7 +20,8 @@ variability and slope, voicing, speech fraction, pause and silence lengths, spee
 with z-scores against the speaker's baselines (`models.prosody.FEATURE_NAMES`).
 
 The pairwise conflict features (|difference| of learned projections of the
-text, face and voice blocks, masked when either side is missing) need learned
+text, face and voice blocks, masked when either side is missing; the voice is
+missing during a silence, whose row holds only the pause entries) need learned
 weights, so they are computed inside the network (`models.tcn.FusionTCN`).
 
 A modality that is not *active* for a set of weights (the lite weights are
@@ -56,6 +57,7 @@ import numpy as np
 
 from models.face import FEATURE_NAMES as FACE_FEATURES
 from models.prosody import FEATURE_NAMES as VOICE_FEATURES
+from models.prosody import PAUSE_FEATURES
 from models.text_ah import CUE_NAMES, context_question, count_words, lexical_cues, tokenize
 
 __all__ = [
@@ -126,6 +128,14 @@ class FusionLayout:
         """Slice of the per-feature voice masks."""
         start = self.voice.stop
         return slice(start, start + self.voice_dim)
+
+    @property
+    def voice_speech_masks(self) -> list[int]:
+        """Indices of the masks of the voice entries that need speech: the voice counts as
+        present (for the conflict features) when one of them is set, not for the pause
+        entries alone, which a silence also has."""
+        start = self.voice_mask.start
+        return [start + i for i, n in enumerate(VOICE_FEATURES) if n not in PAUSE_FEATURES]
 
     @property
     def dim(self) -> int:

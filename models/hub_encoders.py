@@ -88,10 +88,17 @@ def source_name(id_or_path: str | Path) -> str:
 
 def public_name(name: str | Path) -> str:
     """How `session.started` shows a model source: a local path by its last component
-    (subscribers need not learn the server's file layout), a hub id as given."""
+    (subscribers need not learn the server's file layout; a hub cache snapshot as
+    ``org/name@revision``), a hub id as given."""
     text = str(name)
-    local = isinstance(name, Path) or _looks_like_path(text) or Path(text).exists()
-    return (Path(text).expanduser().resolve().name or text) if local else text
+    if not (isinstance(name, Path) or _looks_like_path(text) or Path(text).exists()):
+        return text
+    path = Path(text).expanduser().resolve()
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        # a hub cache snapshot: the model's id and revision, not a bare commit hash
+        repo = path.parent.parent.name[len("models--") :].replace("--", "/")
+        return f"{repo}@{path.name[:12]}"
+    return path.name or text
 
 
 def _load(loader: Any, id_or_path: str | Path, what: str, **kwargs: Any) -> Any:

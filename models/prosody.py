@@ -88,6 +88,7 @@ from models.whisper import Word
 __all__ = [
     "FEATURE_NAMES",
     "N_FEATURES",
+    "PAUSE_FEATURES",
     "SpeechTimeline",
     "RunningBaseline",
     "VoiceFeatures",
@@ -183,6 +184,15 @@ FEATURE_NAMES: tuple[str, ...] = (
     "syl_rate_z",
 )
 N_FEATURES = len(FEATURE_NAMES)
+#: The entries that are real without speech too (a silence is seen growing); every other
+#: entry needs speech in the last `CURRENT_S` (``VoiceFeatures.speaking``).
+PAUSE_FEATURES: tuple[str, ...] = (
+    "speech_fraction",
+    "pause_s",
+    "pause_z",
+    "silence_s",
+    "silence_z",
+)
 _IDX = {n: i for i, n in enumerate(FEATURE_NAMES)}
 
 # Smallest standard deviation used for a z-score: the natural within-speaker spread

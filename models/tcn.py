@@ -226,7 +226,7 @@ class FusionTCN:
         pres = {
             "text": x[:, _USABLE],
             "face": x[:, L.face_mask],
-            "voice": x[:, L.voice_mask].max(axis=1),
+            "voice": x[:, L.voice_speech_masks].max(axis=1),
         }
         proj = {
             "text": xn[:, L.text] @ m.proj_w["text"].T + m.proj_b["text"],

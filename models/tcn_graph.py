@@ -155,7 +155,7 @@ class _TCNGraph(nn.Module):
         pres = {
             "text": x[..., _USABLE],
             "face": x[..., L.face_mask],
-            "voice": x[..., L.voice_mask].amax(dim=-1),
+            "voice": x[..., L.voice_speech_masks].amax(dim=-1),
         }
         blocks = {"text": L.text, "face": L.face, "voice": L.voice}
         proj = {k: xn[..., s] @ m.proj_w[k].t() + m.proj_b[k] for k, s in blocks.items()}

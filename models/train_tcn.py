@@ -320,7 +320,7 @@ class TorchFusionTCN(nn.Module):
         pres = {
             "text": x[..., TEXT_FEATURES.index("usable")],
             "face": x[..., L.face_mask],
-            "voice": vm.amax(dim=-1),
+            "voice": x[..., L.voice_speech_masks].amax(dim=-1),
         }
         proj = {
             "text": self.proj["text"](xn[..., L.text]),

@@ -57,11 +57,14 @@ BACKWARD_SLACK_S = 0.1
 # A forward jump beyond ``max_gap_s`` is kept when the arrival clock agrees with it
 # within the larger of these (a paused camera or microphone); otherwise it is re-based.
 ARRIVAL_SLACK_S, ARRIVAL_SLACK_FRACTION = 1.0, 0.2
-# A live track's timestamps may run ahead of its frames' arrival (since its first frame) by
-# this much, plus this fraction of the time since (sender clocks drift by < 0.01 %): more
-# is a sender whose clock runs fast, and its frames are re-based as a timestamp jump. Else a
-# camera stepping 9.9 s per frame makes 250 s of media (2,500 ticks) per second.
-AHEAD_SLACK_S, AHEAD_DRIFT = 2.0, 0.01
+# A live frame's media time may exceed the wall time since the session's first media
+# arrived (its media time 0) by at most this much, plus this fraction of that time (sender
+# clocks drift by < 0.01 %). More is a sender whose clock runs fast, and the frame is
+# re-based as a timestamp jump; else a camera stepping 9.9 s per frame makes 250 s of media
+# (2,500 ticks) per second. The slack is a backlog's worth: when the first frames arrive
+# late (a stalled receiver) and the rest of the backlog in a burst, those frames are ahead
+# of the late origin by the length of the stall, and keep their times.
+AHEAD_SLACK_S, AHEAD_DRIFT = 10.0, 0.01
 # Audio sample rates accepted (WebRTC uses 8-48 kHz; files up to 192 kHz).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192000
 # Video frames with a side shorter than this carry no face and are refused.
@@ -90,7 +93,6 @@ class _Timeline:
         self.offset = 0.0
         self.jumps = 0
         self._wall: float | None = None  # arrival of the track's previous frame
-        self._anchor: tuple[float, float] | None = None  # (media time, arrival): 1st frame
 
     def place(
         self,
@@ -110,14 +112,14 @@ class _Timeline:
         if wall is not None:
             self._wall = wall
         if expected is None:
-            if wall is not None:
-                self._anchor = (t, wall)
             return t
         jump = t - expected
         plausible = -BACKWARD_SLACK_S <= jump <= self.max_gap_s or _arrival_agrees(jump, elapsed)
         if plausible and not self._runs_ahead(t, wall):
             return t
         target = expected if resume is None else resume
+        if plausible and target >= t - 1e-6:
+            return t  # ahead, but contiguous with the track: re-basing would not move it
         self.offset += target - t
         self.jumps += 1
         if self.jumps <= MAX_JUMP_REPORTS:
@@ -130,13 +132,12 @@ class _Timeline:
         return target
 
     def _runs_ahead(self, t: float, wall: float | None) -> bool:
-        """Whether media time ``t`` of a frame that arrived at ``wall`` is further ahead of
-        the track's first frame than the time that has passed since it arrived."""
-        if wall is None or self._anchor is None:
+        """Whether media time ``t`` of a live frame that arrived at ``wall`` is later than
+        the wall time since the session's media began allows (`AHEAD_SLACK_S`)."""
+        if wall is None:
             return False
-        t0, wall0 = self._anchor
-        passed = wall - wall0
-        return t - t0 > passed + AHEAD_SLACK_S + AHEAD_DRIFT * passed
+        passed = wall - self.session.clock.start(wall)
+        return t > passed + AHEAD_SLACK_S + AHEAD_DRIFT * max(0.0, passed)
 
 
 def _arrival_agrees(jump: float, elapsed: float | None) -> bool:
@@ -311,7 +312,9 @@ async def drain_track(
             except MediaStreamError:
                 break
             except Exception as exc:  # the transport or decoder failed: the track is over
-                log_failure(log, exc, "session %s: %s track failed", session.id, kind)
+                log_failure(
+                    log, exc, "session %s: %s track failed", session.id, kind, level=logging.WARNING
+                )
                 session.report_error("bad_media", f"{kind} track failed: {type(exc).__name__}")
                 break
             wall = session.clock.now()  # its arrival: what a gap in its timestamps is checked by

@@ -333,6 +333,11 @@ class Session:
             return False
         if self._input_closed and t > self.media_end + 1e-9:
             return False  # no tick beyond the media once it has ended
+        if not self.live and not self._input_closed and t >= self.media_end - 1e-9:
+            # A file's tick at the end of the media so far waits for more media or the end
+            # of the input: if it is the last one, it runs once the ASR has flushed (_run),
+            # whatever the timing, so a file always gives the same frames.
+            return False
         return self.live or self._asr_caught_up(t)
 
     def _asr_caught_up(self, t: float) -> bool:
@@ -373,7 +378,7 @@ class Session:
                     await self._wake_tick.wait()
                 if not self._tick_ready(t):
                     break
-                if self._input_closed and not self._asr_finished and t >= self.media_end - 1e-9:
+                if self._input_closed and t >= self.media_end - 1e-9:
                     break  # the media's last tick: below, once the ASR has flushed its words
                 await self._tick(t)
                 if self._analysis_stopped:
@@ -386,7 +391,10 @@ class Session:
             end = self.media_end
             if end > last_tick + 1e-6:
                 await self._tick(end, take_all=True)
-            elif self._asr_updates:  # words flushed after the tick at the media's end
+            elif self._asr_updates:
+                # A live session's tick at the media's end ran before its input closed: the
+                # words the ASR flushed since get a frame of their own, one interval later
+                # (a file session holds that tick until its input closes, see _tick_ready).
                 await self._tick(last_tick + tick_ms / 1000.0, take_all=True)
         except Exception as exc:  # one session's failure must not reach the others
             log_failure(log, exc, "session %s: worker failed", self.id)

@@ -206,8 +206,10 @@ async def _answer_offer(request: web.Request, server: Server) -> web.StreamRespo
     except Exception as exc:
         try:
             await pc.close()
-        except Exception:  # aiortc cannot close every half-negotiated connection
-            log.info("closing a refused peer connection failed", exc_info=True)
+        except Exception as close_exc:  # aiortc cannot close every half-negotiated connection
+            log_failure(
+                log, close_exc, "closing a refused peer connection failed", level=logging.INFO
+            )
         server.discard(session_id)
         reason = str(exc) or type(exc).__name__
         log.info("rejected WHIP offer: %s", reason)

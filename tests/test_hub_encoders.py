@@ -331,3 +331,20 @@ def test_whisper_names_resolve_without_download(tmp_path: Path) -> None:
             whisper_source(bad)
     with pytest.raises(FileNotFoundError, match="hf download Systran/faster-whisper-large-v3"):
         resolve_whisper_path("large-v3", local_files_only=True, cache_dir=str(tmp_path / "hub"))
+
+
+def test_session_started_names_local_models_without_the_servers_paths(tmp_path):
+    """A local model directory is shown by its last component, a hub cache snapshot as
+    its id and revision, a hub id as given (`session.started`, read by subscribers)."""
+    from models.hub_encoders import public_name
+
+    run = tmp_path / "runs" / "ckpt"
+    run.mkdir(parents=True)
+    snapshot = tmp_path / "hub" / "models--org--tiny-vit" / "snapshots" / ("ab12" * 10)
+    snapshot.mkdir(parents=True)
+    assert public_name(run) == public_name(str(run)) == "ckpt"
+    assert public_name(snapshot) == "org/tiny-vit@" + ("ab12" * 10)[:12]
+    assert public_name("sentence-transformers/all-MiniLM-L6-v2") == (
+        "sentence-transformers/all-MiniLM-L6-v2"
+    )
+    assert str(tmp_path) not in public_name(run) + public_name(snapshot)

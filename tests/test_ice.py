@@ -110,7 +110,7 @@ def test_workers_get_the_ice_servers_of_the_front_outside_their_command_line():
     assert worker_argv(args)[3:] == ["--max-sessions", "5"]
 
 
-def test_the_ice_servers_and_the_token_can_come_from_the_environment(tmp_path):
+def test_the_ice_servers_and_the_token_can_come_from_the_environment(tmp_path, monkeypatch):
     """$AHSTREAM_ICE_SERVERS stands in for --ice-server (checked the same way, named in
     the error), and $AHSTREAM_TOKEN for the --token of send and listen."""
     env = {
@@ -127,16 +127,10 @@ def test_the_ice_servers_and_the_token_can_come_from_the_environment(tmp_path):
     assert proc.stderr.splitlines() == [
         "ahstream serve: --ice-server: a stun: server takes no USER:PASSWORD@"
     ]
-    old = os.environ.get("AHSTREAM_TOKEN")
-    os.environ["AHSTREAM_TOKEN"] = "s3cret"
-    try:
-        send = build_parser().parse_args(["send", str(tmp_path / "a.mp4"), "--url", "http://h"])
-        listen = build_parser().parse_args(["listen", "http://127.0.0.1:9/sessions/x/events"])
-        given = build_parser().parse_args(["send", "a.mp4", "--url", "http://h", "--token", "o"])
-    finally:
-        if old is None:
-            del os.environ["AHSTREAM_TOKEN"]
-        else:
-            os.environ["AHSTREAM_TOKEN"] = old
+    monkeypatch.setenv("AHSTREAM_TOKEN", "s3cret")
+    send = build_parser().parse_args(["send", str(tmp_path / "a.mp4"), "--url", "http://h"])
+    listen = build_parser().parse_args(["listen", "http://127.0.0.1:9/sessions/x/events"])
+    given = build_parser().parse_args(["send", "a.mp4", "--url", "http://h", "--token", "o"])
     assert (send.token, listen.token, given.token) == ("s3cret", "s3cret", "o")
+    monkeypatch.delenv("AHSTREAM_TOKEN")
     assert build_parser().parse_args(["send", "a.mp4", "--url", "http://h"]).token is None

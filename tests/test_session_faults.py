@@ -603,3 +603,43 @@ async def test_the_face_is_gone_at_the_first_frame_without_one(models: Any) -> N
     assert len(with_face) >= 15 and len(without) >= 15, frames
     assert sum(f["modalities"]["face"] for f in with_face) >= 0.8 * len(with_face)
     assert not [f["t"] for f in without if f["modalities"]["face"]]
+
+
+@pytest.mark.parametrize("slow_s", [0.0, 0.4], ids=["idle machine", "loaded machine"])
+async def test_a_file_session_ends_with_one_frame_at_the_media_end_whatever_the_timing(
+    models: Any, slow_s: float
+) -> None:
+    """A file whose audio ends 0.5 s before its video, on the tick grid: the last frame is
+    at the media's end, once, with the words the ASR flushed, whether the last ticks run
+    fast or slowly (they used to end with a repeated 7.0, or with 7.1 when slow)."""
+    run = Run(models, "file-end", live=False)
+    s = run.session
+    tick = s.analyzer.tick
+
+    def slow_tick(t: float, *args: Any, **kw: Any) -> Any:
+        if t > 6.2:
+            time.sleep(slow_s)  # the analysis of the last ticks lags (a loaded machine)
+        return tick(t, *args, **kw)
+
+    s.analyzer.tick = slow_tick
+    speech, _ = librivox_speech()
+    audio = speech[: int(16000 * 6.5)]
+    image = astronaut_frames(1)[0]
+    s.add_track("audio")
+    s.add_track("video")
+    s.start()
+    pushed = 0
+    for k in range(71):  # video to 7.0 s at 10 fps
+        s.push_video(VideoFrame(t=k / 10, image=image, width=320, height=240))
+        while pushed < audio.size and pushed / RATE < k / 10:
+            s.push_audio(audio[pushed : pushed + CHUNK], pushed / RATE)
+            pushed += CHUNK
+        await s.wait_caught_up()
+    await run.end("audio", "video")
+
+    times = [f["t"] for f in run.of("frame")]
+    assert times == [round(0.1 * k, 4) for k in range(1, 71)], times[-4:]
+    assert run.events[-1]["duration"] == 7.0
+    final = run.of("frame")[-1]
+    committed = sum(len(e["words"]) for e in run.of("transcript") if e["final"])
+    assert committed >= 10 and final["words"] == committed  # the flushed words are in it

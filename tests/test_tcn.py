@@ -104,6 +104,35 @@ def test_state_is_per_instance_and_resets():
     assert c.step(x[0]) != tcn.fresh().step(x[0])
 
 
+def test_a_silence_is_no_voice_for_the_conflict_features():
+    """During a silence the voice vector holds only its pause entries: the voice is not
+    "present" for the conflict features then (DESIGN: a conflict needs both sides), while
+    speech makes it present. Checked on the numpy runtime and its torch twin's inputs."""
+    from models.prosody import PAUSE_FEATURES
+
+    rng = np.random.default_rng(5)
+    tcn = _random_tcn(rng, members=1)
+    text = np.zeros(len(TEXT_FEATURES))
+    text[TEXT_FEATURES.index("usable")] = 1.0
+    silent = np.full(len(VOICE_NAMES), np.nan)
+    for name in PAUSE_FEATURES:
+        silent[VOICE_NAMES.index(name)] = 1.5
+    speaking = silent.copy()
+    speaking[VOICE_NAMES.index("energy_db")] = -20.0
+    face = FaceFeatures.from_values(0.0, smile_z=2.0)
+    rows = np.stack(
+        [
+            fusion_input(text, face, VoiceFeatures(0.0, v.astype(np.float32), None, sp), MODALITIES)
+            for v, sp in ((silent, False), (speaking, True))
+        ]
+    )
+    assert rows[0, LAYOUT.voice_mask].sum() == len(PAUSE_FEATURES)  # the pauses are there
+    pairs = tcn._expand(rows, tcn.normalize(rows), tcn.members[0])[
+        :, -3:
+    ]  # face-text, voice-text, face-voice
+    assert pairs.tolist() == [[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+
+
 def test_torch_twin_matches_numpy_runtime():
     torch = pytest.importorskip("torch")
     from models.train_tcn import TorchFusionTCN, to_runtime
