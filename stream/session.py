@@ -152,6 +152,7 @@ class Session:
         self._last_video_t: float | None = None
         self._last_face_t: float | None = None
         self._input_closed = False
+        self._feeder_waits = False  # a file feeder waits for the ticks (wait_caught_up)
         self._wake_asr = asyncio.Event()
         self._wake_tick = asyncio.Event()
         self._progress = asyncio.Event()
@@ -276,13 +277,19 @@ class Session:
 
     async def wait_caught_up(self, max_ahead_s: float = FILE_AHEAD_S) -> None:
         """Wait while the worker is more than ``max_ahead_s`` of media behind the input."""
-        while (
-            self._task is not None
-            and not self._task.done()
-            and self.media_end - self.processed_t > max_ahead_s
-        ):
-            self._progress.clear()
-            await self._progress.wait()
+        try:
+            while (
+                self._task is not None
+                and not self._task.done()
+                and self.media_end - self.processed_t > max_ahead_s
+            ):
+                if not self._feeder_waits:
+                    self._feeder_waits = True
+                    self._notify()  # ticks held for a stalled audio track may go on now
+                self._progress.clear()
+                await self._progress.wait()
+        finally:
+            self._feeder_waits = False
 
     @property
     def done(self) -> bool:
@@ -346,10 +353,12 @@ class Session:
             return True
         hop = self.asr.hop_s
         need = int((t - self.text_delay_s) / hop + 1e-6) * hop
-        if self.ring.end_time < self.media_end - TRACK_STALL_S:
-            # The audio stalled (a file whose audio ends early or starts late): the ASR
-            # cannot step past the audio there is, and waiting for more would deadlock with
-            # a file feeder that waits for these ticks (`wait_caught_up`).
+        if self._feeder_waits and self.ring.end_time < self.media_end - TRACK_STALL_S:
+            # The audio stalled (a file whose audio ends early or starts late) and the file
+            # feeder waits for these ticks (`wait_caught_up`): the ASR cannot step past the
+            # audio there is, and waiting for more would deadlock. Only then: audio that is
+            # merely muxed a few seconds behind the video still holds the ticks until it
+            # comes, so the words are the same whatever the timing.
             need = min(need, int(self.ring.end_time / hop + 1e-6) * hop)
         return need <= 0 or self._asr_done_t >= need - 1e-9
 

@@ -643,3 +643,38 @@ async def test_a_file_session_ends_with_one_frame_at_the_media_end_whatever_the_
     final = run.of("frame")[-1]
     committed = sum(len(e["words"]) for e in run.of("transcript") if e["final"])
     assert committed >= 10 and final["words"] == committed  # the flushed words are in it
+
+
+async def test_a_file_whose_audio_is_muxed_behind_its_video_gives_the_same_frames(
+    models: Any,
+) -> None:
+    """A container whose audio packets come 5 s after the video of the same time (poor
+    interleaving): the ticks wait for that audio as for any other, so every frame has its
+    audio and the same words as a well-interleaved file. (A stalled audio track lets the
+    ticks go on only while the file feeder waits for them, which this lag never causes.)"""
+    speech, _ = librivox_speech()
+    audio = speech[: 16000 * 8]
+    image = astronaut_frames(1)[0]
+
+    async def frames_of(lag_s: float) -> list[tuple[float, int, bool]]:
+        run = Run(models, f"muxed-{lag_s:g}", live=False)
+        s = run.session
+        s.add_track("audio")
+        s.add_track("video")
+        s.start()
+        pushed, k, fed = 0, 0, 0.0
+        while fed < audio.size / RATE + lag_s + 0.25:
+            fed += 0.25  # the demuxer's batches
+            while k / 10 <= min(fed, audio.size / RATE - 0.1):
+                s.push_video(VideoFrame(t=k / 10, image=image, width=320, height=240))
+                k += 1
+            while pushed < audio.size and pushed / RATE < fed - lag_s:
+                s.push_audio(audio[pushed : pushed + CHUNK], pushed / RATE)
+                pushed += CHUNK
+            await s.wait_caught_up()
+        await run.end("audio", "video")
+        return [(f["t"], f["words"], f["modalities"]["audio"]) for f in run.of("frame")]
+
+    interleaved = await frames_of(0.0)
+    assert len(interleaved) == 80 and interleaved[-1][1] >= 15
+    assert await frames_of(5.0) == interleaved
