@@ -134,9 +134,10 @@ class _Timeline:
     def _runs_ahead(self, t: float, wall: float | None) -> bool:
         """Whether media time ``t`` of a live frame that arrived at ``wall`` is later than
         the wall time since the session's media began allows (`AHEAD_SLACK_S`)."""
-        if wall is None:
+        origin = self.session.clock.origin  # set by the session's first media (TrackClock)
+        if wall is None or origin is None:
             return False
-        passed = wall - self.session.clock.start(wall)
+        passed = wall - origin
         return t > passed + AHEAD_SLACK_S + AHEAD_DRIFT * max(0.0, passed)
 
 

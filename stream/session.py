@@ -340,10 +340,15 @@ class Session:
             return False
         if self._input_closed and t > self.media_end + 1e-9:
             return False  # no tick beyond the media once it has ended
-        if not self.live and not self._input_closed and t >= self.media_end - 1e-9:
+        if (
+            not self.live
+            and not (self._input_closed or self._feeder_waits)
+            and t >= self.media_end - 1e-9
+        ):
             # A file's tick at the end of the media so far waits for more media or the end
             # of the input: if it is the last one, it runs once the ASR has flushed (_run),
-            # whatever the timing, so a file always gives the same frames.
+            # whatever the timing, so a file always gives the same frames. (Not while the
+            # feeder waits for the ticks: it would wait for this one for good.)
             return False
         return self.live or self._asr_caught_up(t)
 
