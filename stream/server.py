@@ -17,6 +17,7 @@ from stream.batching import SharedRunners
 from stream.ingest import MediaLimits
 from stream.metrics import ServerMetrics, metrics_endpoint
 from stream.publisher import Publisher
+from stream.redaction import log_failure
 from stream.serving import (
     AccessLogger,
     add_routes,
@@ -127,15 +128,21 @@ class Server:
 
     async def _reap(self, live: LiveSession) -> None:
         sid = live.session.id
-        while not live.session.done:
-            await asyncio.sleep(0.5)
-        await live.close("ended")
-        self.live.pop(sid, None)
-        # Hand the session's freed heap back to the system (about 15 ms, off the loop).
-        await asyncio.get_running_loop().run_in_executor(None, trim_heap)
-        await asyncio.sleep(self.config.linger_s)
-        self.publishers.pop(sid, None)
-        self.auth.forget(sid)
+        try:
+            while not live.session.done:
+                await asyncio.sleep(0.5)
+            try:
+                await live.close("ended")
+            except Exception as exc:  # its connection is gone anyway; the rest must go too
+                log_failure(log, exc, "session %s: closing the ended session failed", sid)
+            self.live.pop(sid, None)
+            # Hand the session's freed heap back to the system (about 15 ms, off the loop).
+            await asyncio.get_running_loop().run_in_executor(None, trim_heap)
+            await asyncio.sleep(self.config.linger_s)
+        finally:  # also when cancelled (shutdown): nothing of the session is kept
+            self.live.pop(sid, None)
+            self.publishers.pop(sid, None)
+            self.auth.forget(sid)
 
     async def shutdown(self) -> None:
         """Finalize every live session (final events flushed) and stop the executor."""

@@ -91,3 +91,42 @@ async def test_session_limit_and_max_duration(talking_face_mp4):
         assert [v for v in events if v["type"] == "video" and v["final"]]
     finally:
         srv.stop()
+
+
+async def test_an_ended_session_whose_close_fails_is_still_forgotten(caplog):
+    """The reaper of an ended session hands its events to late subscribers for the linger
+    time, then forgets it: when closing its peer connection fails, the session, its event
+    history and its read token are dropped all the same (they were kept for good)."""
+    from aiortc import RTCPeerConnection
+
+    from models.profile import load_models
+    from stream.server import Server, ServerConfig
+    from stream.whip import LiveSession
+
+    server = Server(load_models("lite", asr=False, face=False), ServerConfig(linger_s=0.05))
+    try:
+        session = server.new_session("s1")
+        token = server.auth.issue("s1")
+        live = LiveSession(session, RTCPeerConnection(), idle_timeout_s=60.0)
+
+        why = "-".join(["transport", "stuck"])  # not on the raising line of the traceback
+
+        async def failing_close(reason: str) -> None:
+            raise RuntimeError(why)
+
+        live.close = failing_close  # type: ignore[method-assign]
+        session.start()
+        server.register(live)
+        await session.finish("ended")
+        for _ in range(100):
+            if not server._reapers:
+                break
+            await asyncio.sleep(0.05)
+        assert not server._reapers
+        assert "s1" not in server.live and "s1" not in server.publishers
+        assert not server.auth.may_read("s1", token)
+        assert "closing the ended session failed (RuntimeError)" in caplog.text
+        assert "transport-stuck" not in caplog.text  # the type, never the message
+    finally:
+        await server.shutdown()
+        await live.pc.close()
