@@ -99,6 +99,7 @@ def test_lost_audio_packets_leave_silence_at_their_time_in_ring_and_recording(mo
             frame = audio_frame(pts0 + 960 * k, level(k))
             ingest.push(frame, clock.media_time(frame.pts, frame.time_base))
     recorder.close()
+    assert recorder.join(30)  # its thread has finished the files
 
     ring = run.session.ring
     assert ring.end_time == pytest.approx(20.0, abs=0.002)  # was 19.0: 50 packets lost
