@@ -247,7 +247,8 @@ class SessionRecorder:
                     f.close()
             except OSError as exc:
                 log_failure(log, exc, "session %s: closing the recording failed", self.session_id)
-        lost = (self._lost + self._dropped) / SAMPLE_RATE
+        # what a stop left unqueued counts too (the loop no longer touches it then)
+        lost = (self._lost + self._dropped + self._pending_samples) / SAMPLE_RATE
         log.info(
             "session %s: recorded %.1f s of audio under %s%s",
             self.session_id,
