@@ -6,8 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from models.wer import wer
 from tests.conftest import ROOT
 
@@ -143,30 +141,35 @@ def test_analyze_when_the_video_ends_long_before_the_audio(tmp_path, speech):
     assert _committed(events)
 
 
-@pytest.mark.parametrize(
-    "audio_start_s", [0.0, 12.0], ids=["audio ends early", "audio starts late"]
-)
-def test_analyze_when_the_audio_covers_a_few_seconds_of_a_long_video(
-    tmp_path, speech, audio_start_s
-):
-    """4 s of speech in 20 s of video, at the start or from 12 s: the stalled audio track
-    no longer holds the ticks (which waited for ASR steps past the audio) while the file
-    feeder waited for the ticks. Both hung for good; now every tick runs and the words
-    are on the speech's own media times."""
+def test_analyze_when_the_audio_covers_a_few_seconds_of_a_long_video(tmp_path, speech):
+    """4 s of speech in 20 s of video, at the start or from 12 s (two files, one run): the
+    stalled audio track no longer holds the ticks (which waited for ASR steps past the
+    audio) while the file feeder waited for the ticks. Both hung for good; now every tick
+    runs and the words are on the speech's own media times."""
     from tests.mediafiles import astronaut_frames, write_media
 
-    clip = write_media(
-        tmp_path / "short_audio.mp4",
-        speech[0][: 16000 * 4],
-        astronaut_frames(200),
-        fps=10,
-        audio_start_s=audio_start_s,
-    )
-    events, frames = _analyzed_to_the_end(clip, 19.8)
-    assert frames[-1]["t"] >= 19.8 and len(frames) >= 195
-    words = [w for e in events if e["type"] == "transcript" and e["final"] for w in e["words"]]
-    assert len(words) >= 5
-    assert all(audio_start_s - 0.5 <= w["t0"] <= audio_start_s + 4.1 for w in words), words
+    starts = {"early_end": 0.0, "late_start": 12.0}
+    clips = [
+        write_media(
+            tmp_path / f"{name}.mp4",
+            speech[0][: 16000 * 4],
+            astronaut_frames(200),
+            fps=10,
+            audio_start_s=start,
+        )
+        for name, start in starts.items()
+    ]
+    out = tmp_path / "out"
+    run = _analyze(*clips, "--out-dir", out, "--json", timeout=180)
+    assert run.returncode == 0, run.stderr
+    for name, start in starts.items():
+        events = _read(out / f"{name}.jsonl")
+        frames = [e for e in events if e["type"] == "frame"]
+        assert events[-1]["type"] == "session.ended" and events[-1]["duration"] >= 19.8
+        assert frames[-1]["t"] >= 19.8 and len(frames) >= 195
+        words = [w for e in events if e["type"] == "transcript" and e["final"] for w in e["words"]]
+        assert len(words) >= 5
+        assert all(start - 0.5 <= w["t0"] <= start + 4.1 for w in words), (name, words)
 
 
 def test_a_decision_without_words_says_it_is_the_prior(tmp_path):
