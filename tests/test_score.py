@@ -124,26 +124,18 @@ def test_score_refuses_files_that_are_not_utf8_or_repeat_a_video(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/mem")
-def test_score_and_evaluate_report_files_they_cannot_read(tmp_path):
+def test_score_and_evaluate_report_files_they_cannot_read(tmp_path, capsys):
     """An OS error while reading (here /proc/self/mem, a regular file whose first page
     reads as an I/O error; a permission error as another user) is a one-line error that
     names the file, not a traceback."""
+    from stream.cli import main
+
     _write_split(tmp_path / "split.txt", ["a", "b"], [0, 1])
     (tmp_path / "sub.csv").write_text("a,0.5,0.5,1\nb,0.5,0.5,1\n")
     unreadable = "/proc/self/mem"
-    for run in (
-        _score(unreadable, tmp_path / "split.txt"),
-        _score(tmp_path / "sub.csv", unreadable),
-    ):
-        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
-        assert (
-            run.stderr.strip() == f"ahstream score: {unreadable}: cannot read (Input/output error)"
-        )
-    run = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "evaluate", "--split-file", unreadable, "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
-    assert f"ahstream evaluate: {unreadable}: cannot read (Input/output error)" in run.stderr
+    expected = f"{unreadable}: cannot read (Input/output error)"
+    for pred, split in ((unreadable, tmp_path / "split.txt"), (tmp_path / "sub.csv", unreadable)):
+        assert main(["score", "--predictions", str(pred), "--split-file", str(split)]) == 1
+        assert capsys.readouterr().err == f"ahstream score: {expected}\n"
+    assert main(["evaluate", "--split-file", unreadable, "--json"]) == 1
+    assert capsys.readouterr().err.endswith(f"ahstream evaluate: {expected}\n")
