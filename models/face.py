@@ -417,10 +417,13 @@ class FacePool:
         self._ready: list[FaceAnalyzer] = []
         self._lock = threading.Condition()
         self._building = 0
+        self._closed = False  # set by `close`: graphs finished later are released at once
 
     def fill(self) -> None:
         """Start building analyzers in the background until ``size`` are ready."""
         with self._lock:
+            if self._closed:
+                return
             missing = self.size - len(self._ready) - self._building
             self._building += max(0, missing)
         for _ in range(max(0, missing)):
@@ -433,9 +436,12 @@ class FacePool:
         finally:
             with self._lock:
                 self._building -= 1
-                if analyzer is not None:
+                if analyzer is not None and not self._closed:
                     self._ready.append(analyzer)
+                    analyzer = None
                 self._lock.notify_all()
+            if analyzer is not None:  # finished after `close`: nobody will take it
+                analyzer.close()
 
     def take(self) -> FaceAnalyzer:
         """A fresh analyzer (ready-made, or the one being built, if any; else built now),
@@ -451,8 +457,10 @@ class FacePool:
         return analyzer
 
     def close(self) -> None:
-        """Release the graphs not handed out."""
+        """Release the graphs not handed out, and those still being built when they are
+        done. `take` still works afterwards, building an analyzer on the spot."""
         with self._lock:
+            self._closed = True
             ready, self._ready = self._ready, []
         for analyzer in ready:
             analyzer.close()

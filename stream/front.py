@@ -41,6 +41,8 @@ from aiohttp import WSMsgType, web
 
 from stream.serving import (
     EXIT_CANNOT_LISTEN,
+    FRONT,
+    WS_MAX_MSG,
     AccessLogger,
     add_routes,
     new_event_loop,
@@ -333,7 +335,7 @@ class Front:
 # -- handlers ----------------------------------------------------------------------------
 async def whip_post(request: web.Request) -> web.StreamResponse:
     """A new session on the least loaded worker."""
-    front: Front = request.app["front"]
+    front: Front = request.app[FRONT]
     body = await read_body(request, 256 * 1024)
     last: web.Response | None = None
     admitted = front.admitted
@@ -369,7 +371,7 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
 
 async def whip_delete(request: web.Request) -> web.StreamResponse:
     """End a session on its worker."""
-    front: Front = request.app["front"]
+    front: Front = request.app[FRONT]
     w = front.owner(request.match_info["session"])
     return await front.forward(request, w)
 
@@ -380,11 +382,11 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     A plain GET of the URL (the browser page asks it for the status a refused websocket
     hides) goes to the worker as a plain GET: it answers 404, 401, 403 or 400 without
     subscribing anything. No upstream subscription outlives a relay that did not start."""
-    front: Front = request.app["front"]
+    front: Front = request.app[FRONT]
     session_id = request.match_info["session"]
     w = front.owner(session_id)
     assert front.client is not None
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=request.app["ws_max_msg"])
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=request.app[WS_MAX_MSG])
     if not ws.can_prepare(request).ok:
         resp = await front.forward(request, w)
         if resp.status == 404:
@@ -456,7 +458,7 @@ def _status(code: int) -> web.HTTPException:
 
 async def healthz(request: web.Request) -> web.StreamResponse:
     """The workers' health added up (status "degraded" while one is down)."""
-    front: Front = request.app["front"]
+    front: Front = request.app[FRONT]
     healths = await asyncio.gather(*(front.health(w) for w in front.workers))
     up = [h for h in healths if h]
     body = {
@@ -512,7 +514,7 @@ def _escape(value: str) -> str:
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     """The workers' /metrics, summed (the workers check the token)."""
-    front: Front = request.app["front"]
+    front: Front = request.app[FRONT]
     texts: list[str] = []
     for w in front.workers:
         if not w.ready:
@@ -537,7 +539,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 
 async def from_any_worker(request: web.Request) -> web.StreamResponse:
     """The browser page and its files, as any ready worker serves them."""
-    front: Front = request.app["front"]
+    front: Front = request.app[FRONT]
     for w in front.workers:
         if w.ready:
             return await front.forward(request, w)
@@ -555,8 +557,8 @@ async def static(request: web.Request) -> web.StreamResponse:
 def make_front_app(front: Front, ws_max_msg: int = 4096) -> web.Application:
     """The front's aiohttp application (workers are started on startup, stopped on shutdown)."""
     app = web.Application(client_max_size=256 * 1024)
-    app["front"] = front
-    app["ws_max_msg"] = ws_max_msg
+    app[FRONT] = front
+    app[WS_MAX_MSG] = ws_max_msg
     add_routes(
         app,
         {

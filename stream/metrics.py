@@ -40,6 +40,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from stream.events import Error, Event, Frame, SessionEnded, SessionStarted, Status
+from stream.serving import SERVER
 
 if TYPE_CHECKING:
     from stream.server import Server
@@ -191,7 +192,7 @@ class ServerMetrics:
 
 async def metrics_endpoint(request: web.Request) -> web.StreamResponse:
     """`GET /metrics`: Prometheus text format (a service token is required when auth is on)."""
-    server: Server = request.app["server"]
+    server: Server = request.app[SERVER]
     server.auth.require_service(request)
     resp = web.Response(body=server.metrics.exposition())
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST

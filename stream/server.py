@@ -19,6 +19,7 @@ from stream.metrics import ServerMetrics, metrics_endpoint
 from stream.publisher import Publisher
 from stream.redaction import log_failure
 from stream.serving import (
+    SERVER,
     AccessLogger,
     add_routes,
     ice_configuration,
@@ -155,11 +156,13 @@ class Server:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.asr_executor.shutdown(wait=False, cancel_futures=True)
         self.batching.close()
+        if self.models.face_pool is not None:
+            self.models.face_pool.close()  # the face graph built ahead for the next session
 
 
 async def events_ws(request: web.Request) -> web.StreamResponse:
     """Websocket stream of one session's events (critical ones replayed on join)."""
-    server: Server = request.app["server"]
+    server: Server = request.app[SERVER]
     session_id = request.match_info["session"]
     publisher = server.publishers.get(session_id)
     if publisher is None:
@@ -206,7 +209,7 @@ def page_html(record: bool) -> str:
 
 async def index(request: web.Request) -> web.StreamResponse:
     """The browser page (a front serves it from a worker, whose --record it states)."""
-    server: Server = request.app["server"]
+    server: Server = request.app[SERVER]
     page = page_html(bool(server.config.record_dir))
     return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
@@ -228,7 +231,7 @@ async def static(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
-    server: Server = request.app["server"]
+    server: Server = request.app[SERVER]
     body = {
         "status": "ok",
         "profile": server.models.profile,
@@ -241,7 +244,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 def make_app(server: Server) -> web.Application:
     """The aiohttp application for ``server``."""
     app = web.Application(client_max_size=256 * 1024)
-    app["server"] = server
+    app[SERVER] = server
     add_routes(
         app,
         {

@@ -20,9 +20,15 @@ from aiohttp.abc import AbstractAccessLogger
 if TYPE_CHECKING:
     from aiortc import RTCConfiguration, RTCIceServer
 
+    from stream.front import Front
+    from stream.server import Server
+
 __all__ = [
     "EXIT_CANNOT_LISTEN",
+    "FRONT",
     "ROUTES",
+    "SERVER",
+    "WS_MAX_MSG",
     "AccessLogger",
     "add_routes",
     "ice_configuration",
@@ -36,6 +42,12 @@ __all__ = [
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: What a process's web application holds: the server of one process (`stream.server`),
+#: or the front of several and its websocket message limit (`stream.front`).
+SERVER: web.AppKey[Server] = web.AppKey("server")
+FRONT: web.AppKey[Front] = web.AppKey("front")
+WS_MAX_MSG: web.AppKey[int] = web.AppKey("ws_max_msg", int)
 
 #: Exit status of `ahstream serve` that could not listen on its address (the front starts
 #: a worker again on another port then; any other failure to start is not retried).

@@ -26,7 +26,7 @@ from stream.ingest import MediaLimits, drain_track
 from stream.record import SessionRecorder
 from stream.redaction import log_failure
 from stream.rtpreceiver import tune_receivers
-from stream.serving import read_body
+from stream.serving import SERVER, read_body
 from stream.session import Session
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def sent_media_problem(kinds: list[str]) -> str | None:
 
 async def whip_post(request: web.Request) -> web.StreamResponse:
     """Create a session from an SDP offer (a service token is required when auth is on)."""
-    server: Server = request.app["server"]
+    server: Server = request.app[SERVER]
     server.auth.require_service(request)
     if server.active_sessions + server.pending_offers >= server.config.max_sessions:
         raise web.HTTPServiceUnavailable(
@@ -204,6 +204,9 @@ async def _answer_offer(request: web.Request, server: Server) -> web.StreamRespo
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
     except Exception as exc:
+        # Not a session: its close must not run when the connection closes (it was
+        # never started, and would log a close and end a session nobody had).
+        pc.remove_listener("connectionstatechange", on_state)
         try:
             await pc.close()
         except Exception as close_exc:  # aiortc cannot close every half-negotiated connection
@@ -235,7 +238,7 @@ async def _answer_offer(request: web.Request, server: Server) -> web.StreamRespo
 
 async def whip_delete(request: web.Request) -> web.StreamResponse:
     """End a session (service or its read token); its final events still reach subscribers."""
-    server: Server = request.app["server"]
+    server: Server = request.app[SERVER]
     session_id = request.match_info["session"]
     live = server.live.get(session_id)
     if live is None:

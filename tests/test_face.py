@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -666,3 +667,34 @@ def test_serving_models_load_without_torch():
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_face_pool_close_releases_graphs_even_those_still_being_built(monkeypatch):
+    """`Server.shutdown` closes the pool; a graph whose build was under way then is
+    released when it is done, and no replacement is started."""
+    import models.face as face
+
+    built: list[FaceAnalyzer] = []
+
+    class Recorded(face.FaceAnalyzer):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(face, "FaceAnalyzer", Recorded)
+    pool = face.FacePool(None, size=1)
+    pool.fill()
+    pool.close()  # the graph is still being built (it takes about a second)
+    fresh = pool.take()  # waits for that build, then builds one of its own
+    try:
+        assert len(built) == 2 and built[1] is fresh
+        for _ in range(100):  # the builder thread releases it just after handing over
+            if built[0]._mesh._graph is None:
+                break
+            time.sleep(0.02)
+        assert built[0]._mesh._graph is None  # released: nobody could take it
+        assert fresh._mesh._graph is not None
+        pool.fill()
+        assert pool._building == 0 and not pool._ready  # closed: nothing more is built
+    finally:
+        fresh.close()

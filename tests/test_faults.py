@@ -130,3 +130,43 @@ async def test_an_ended_session_whose_close_fails_is_still_forgotten(caplog):
     finally:
         await server.shutdown()
         await live.pc.close()
+
+
+async def test_a_refused_offer_leaves_no_session_behind(caplog):
+    """Closing the peer connection of a refused offer must not run the session's close:
+    it was never started, and the log said "session …: closing (connection closed)" for a
+    session nobody ever had."""
+    import logging
+
+    import aiohttp
+    from aiohttp import web
+    from aiortc import RTCConfiguration, RTCPeerConnection
+    from aiortc.mediastreams import AudioStreamTrack
+
+    from models.profile import load_models
+    from stream.server import Server, ServerConfig, make_app
+
+    caplog.set_level(logging.INFO)
+    sender = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for _ in range(2):  # two audio tracks: refused
+        sender.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    await sender.setLocalDescription(await sender.createOffer())
+    await sender.close()
+    server = Server(load_models("lite", asr=False, face=False), ServerConfig())
+    runner = web.AppRunner(make_app(server))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/whip"
+        headers = {"Content-Type": "application/sdp"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, data=sender.localDescription.sdp, headers=headers) as r:
+                assert r.status == 400, await r.text()
+        await asyncio.sleep(0.5)  # the connection's "closed" state change has run by now
+        assert "rejected WHIP offer" in caplog.text
+        assert "closing (" not in caplog.text, caplog.text
+        assert not server.live and not server.publishers
+    finally:
+        await runner.cleanup()
+        await server.shutdown()

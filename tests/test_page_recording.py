@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from stream.server import ServerConfig, index
+from stream.serving import SERVER
 
 # the server's own app keys are plain strings too (stream/server.py)
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web.NotAppKeyWarning")
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web.NotAppKeyWarning")
 
 async def _page(config: ServerConfig) -> str:
     app = web.Application()
-    app["server"] = SimpleNamespace(config=config)
+    app[SERVER] = SimpleNamespace(config=config)  # type: ignore[assignment]
     app.router.add_get("/", index)
     runner = web.AppRunner(app)
     await runner.setup()
