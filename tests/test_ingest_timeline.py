@@ -338,3 +338,20 @@ def test_max_fps_below_the_camera_rate_drops_frames_and_keeps_the_timeline(model
     assert ingest.over_fps == 250  # were 1
     assert run.session.slot.received == 300
     assert run.session.media_end == pytest.approx(9.8, abs=1e-6)  # was 59.63 s
+
+
+def test_non_finite_audio_samples_are_zeroed_and_the_rest_clipped(models):
+    """A decoder's NaN and infinite float samples become silence (an infinity is no loud
+    sample: it used to be written as full scale), finite ones are clipped to [-1, 1]."""
+    run = Run(models)
+    ingest = AudioIngest(run.session)
+    values = np.array([np.nan, np.inf, -np.inf, 0.5, 3.0, -2.0, -0.25, 0.0], np.float32)
+    pcm = np.tile(values, 40)[None, :]  # 320 samples: 20 ms at 16 kHz
+    frame = av.AudioFrame.from_ndarray(pcm, format="flt", layout="mono")
+    frame.sample_rate = 16000
+    frame.pts, frame.time_base = 0, Fraction(1, 16000)
+    ingest.push(frame, 0.0)
+    got = run.session.ring.read(0, run.session.ring.end_index)
+    assert got.size == 320 and np.isfinite(got).all()
+    want = np.tile(np.array([0, 0, 0, 0.5, 1, -1, -0.25, 0], np.float32), 40)
+    np.testing.assert_allclose(got, want, atol=1e-6)

@@ -61,6 +61,8 @@ def test_server_metrics_account_for_events():
     assert value(s, "ahstream_frame_events_total") == 2
     assert value(s, "ahstream_events_total", type="frame") == 2
     assert value(s, "ahstream_events_total", type="status") == 2
+    assert value(s, "ahstream_events_total", type="session.started") == 1
+    assert value(s, "ahstream_events_total", type="session.ended") == 1
     assert value(s, "ahstream_video_frames_received_total") == 150  # cumulative, not 75 + 150
     assert value(s, "ahstream_video_frames_dropped_total") == 45
     assert value(s, "ahstream_stage_lag_seconds_count", stage="tick") == 2

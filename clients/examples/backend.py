@@ -27,6 +27,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.uri import parse_uri
 
 SCHEMA_VERSION = 1
 #: What a refused subscription means, by HTTP status.
@@ -129,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token", help="the session's read token or a service token")
     args = p.parse_args(argv)
     try:
+        parse_uri(args.url)  # a malformed URL fails here, before any connection
         summary = asyncio.run(follow(args.url, args.token))
     except InvalidURI as exc:
         print(f"backend.py: invalid URL: {redact(exc.uri)}", file=sys.stderr)
+        return 2
+    except ValueError:  # what urllib says of e.g. an unclosed IPv6 bracket
+        print(f"backend.py: invalid URL: {redact(args.url)}", file=sys.stderr)
         return 2
     except FollowError as exc:
         print(f"backend.py: {exc}", file=sys.stderr)
