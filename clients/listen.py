@@ -12,7 +12,7 @@ from typing import TextIO
 
 import aiohttp
 
-from clients.send import ws_url
+from clients.send import REQUEST_TIMEOUT, ws_url
 
 __all__ = ["ListenError", "events_url", "listen", "redact"]
 
@@ -56,7 +56,7 @@ async def listen(url: str, out: TextIO = sys.stdout, token: str | None = None) -
     target = events_url(url)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as http:
             async with http.ws_connect(target, headers=headers, heartbeat=HEARTBEAT_S) as ws:
                 async for msg in ws:
                     if msg.type != aiohttp.WSMsgType.TEXT:

@@ -46,6 +46,10 @@ __all__ = ["SendError", "clean_context", "send_file", "ws_url"]
 CLEANUP_TIMEOUT_S = 5.0
 #: Websocket ping interval: a half-open connection is noticed instead of waited on forever.
 HEARTBEAT_S = 30.0
+#: HTTP requests and websocket handshakes: a server that accepts the connection but never
+#: answers is given up on (aiohttp's default waits 5 minutes). Once a websocket is open,
+#: aiohttp lifts the read limit and the heartbeat watches it instead.
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=30.0)
 #: Back-off before each attempt to reopen a dropped events websocket (then SendError).
 RESUBSCRIBE_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: Refusals of a resubscription that another attempt would not change.
@@ -334,15 +338,16 @@ async def send_file(
     params = {"context": context} if context else None  # as the page sends it
     try:
         await pc.setLocalDescription(await pc.createOffer())
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as http:
             post_url = url.rstrip("/") + "/whip"
             try:
                 async with http.post(
                     post_url, data=pc.localDescription.sdp, headers=headers, params=params
                 ) as resp:
                     answer = await resp.text()
-            except aiohttp.ClientError as exc:
-                raise SendError(f"cannot reach {url}: {exc}") from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                why = str(exc) or f"no answer ({type(exc).__name__})"
+                raise SendError(f"cannot reach {url}: {why}") from exc
             if resp.status != 201:
                 raise SendError(f"server refused the offer: HTTP {resp.status}: {answer.strip()}")
             location = resp.headers.get("Location")

@@ -75,10 +75,12 @@ class Models:
                 "cues": "mediapipe face mesh + FER (cues), prosody (cues)",
                 "backend": self.backend,
             }
+        tcn = self.tcn.metadata
         return {
             "asr": asr,
             "text": f"{self.text.name} v{self.text.version}",
-            "tcn": f"causal fusion TCN (learned inputs: {', '.join(self.tcn.active)})",
+            "tcn": f"{tcn.get('name', 'tcn')} v{tcn.get('version', '?')} (causal fusion, "
+            f"{self.tcn.layout.dim}-value row; learned inputs: {', '.join(self.tcn.active)})",
             "decision": self.tcn.decision(),
             "face": "mediapipe face mesh 478 (0.10.21) + FER2013 mini-Xception (fer, MIT; "
             "onnxruntime)",

@@ -69,6 +69,15 @@ def test_analyze_matches_the_live_run(
     assert len(summary["results"]) == 2
     events = _read(out_dir / "talking_face.jsonl")
     assert events[0]["type"] == "session.started" and events[-1]["type"] == "session.ended"
+    # Which weights made the numbers: both learned models by name and version.
+    meta = {
+        m: json.loads((ROOT / "models" / "weights" / f"{m}.json").read_text())
+        for m in ("text_ah_lite", "tcn_lite")
+    }
+    for run_events in (events, live_call_events):
+        described = run_events[0]["models"]
+        assert described["text"] == f"text_ah_lite v{meta['text_ah_lite']['version']}"
+        assert described["tcn"].startswith(f"tcn_lite v{meta['tcn_lite']['version']} (")
     offline = _committed(events)
     live = _committed(live_call_events)
     assert wer(speech[1], " ".join(offline)) <= 0.15

@@ -587,3 +587,29 @@ async def test_listen_gives_up_on_a_silent_connection(monkeypatch):
         out = io.StringIO()
         ended = await asyncio.wait_for(listen(f"{fake.url}/sessions/abc/events", out=out), 60)
     assert ended is False and json.loads(out.getvalue())["type"] == "session.started"
+
+
+async def test_a_server_that_never_answers_is_given_up_on(audio_only_wav, monkeypatch):
+    """A server that accepts connections and never answers: `send` and `listen` fail with
+    one clear reason once the request timeout passes. `send` waited aiohttp's 5 minutes,
+    then crashed with a TimeoutError traceback."""
+    import socket
+
+    import aiohttp
+
+    silent = socket.socket()  # the kernel completes the handshakes; nobody reads
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    short = aiohttp.ClientTimeout(total=None, sock_connect=2.0, sock_read=1.0)
+    monkeypatch.setattr(clients.send, "REQUEST_TIMEOUT", short)
+    monkeypatch.setattr(clients.listen, "REQUEST_TIMEOUT", short)
+    try:
+        started = time.monotonic()
+        with pytest.raises(SendError, match=r"cannot reach http://127\.0\.0\.1:\d+: Timeout"):
+            await send_file(audio_only_wav, url)
+        with pytest.raises(ListenError, match="Timeout"):
+            await listen(f"{url}/sessions/abc/events", out=io.StringIO())
+        assert time.monotonic() - started < 20
+    finally:
+        silent.close()
