@@ -88,7 +88,9 @@ async def _measured(
 
 def _run(clip: Path, url: str, server: ServerProcess | None) -> tuple[Publication, float | None]:
     """A warm-up session, then the measured one with the server's peak RSS (MB) during it."""
-    asyncio.run(publish(clip, url, duration_s=WARMUP_S))
+    warm_up = asyncio.run(publish(clip, url, duration_s=WARMUP_S))
+    if warm_up.error:  # the measured session would fail the same way
+        return warm_up, None
     return asyncio.run(_measured(clip, url, server))
 
 
@@ -112,6 +114,7 @@ def run_latency_bench(
         "file": Path(path).name,
         # With --url the server may run elsewhere: this is the measuring client's machine.
         "machine": {**machine(), "runs": "server and client" if url is None else "client"},
+        "models": pub.models(),
         "frame_to_event_ms": percentiles([m.latency for m in matched]),
         "stages_ms": {k: percentiles(stages[k]) for k in STAGES},
         "asr_age_s": percentiles(stages["asr_age_s"], scale=1.0),

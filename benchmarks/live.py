@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import aiohttp
 import av
@@ -270,6 +271,12 @@ class Publication:
     def frames(self) -> list[tuple[float, dict[str, Any]]]:
         return [(w, e) for w, e in self.events if e.get("type") == "frame"]
 
+    def models(self) -> dict[str, Any] | None:
+        """The models the server named in `session.started` (which weights made the
+        numbers), None before that event."""
+        started = [e for _, e in self.events if e.get("type") == "session.started"]
+        return started[0].get("models") if started else None
+
     def _closing_tick(self, frames: list[tuple[float, dict[str, Any]]]) -> int | None:
         """Index of the session's closing tick when it ran only because the publisher closed
         the session after the clip ran out (its frame waited for the close)."""
@@ -347,7 +354,16 @@ async def publish(
             answer = await r.text()
             location = r.headers["Location"]
             pub.session_id = r.headers.get("X-Ahstream-Session", location.rsplit("/", 1)[-1])
-        ws = await http.ws_connect(ws_url(url, f"/sessions/{pub.session_id}/events"))
+        # Location may be relative (this server) or absolute (a proxy in front of it).
+        session_url = urljoin(url.rstrip("/") + "/", location)
+        try:
+            ws = await http.ws_connect(ws_url(url, f"/sessions/{pub.session_id}/events"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            status = getattr(exc, "status", None)
+            pub.error = f"events websocket {'refused: HTTP ' + str(status) if status else exc}"
+            async with http.delete(session_url):  # the session must not run on unobserved
+                pass
+            return pub
 
         async def read() -> None:
             async for msg in ws:
@@ -368,7 +384,7 @@ async def publish(
             pass
         await asyncio.sleep(0.5)  # the last frames are in flight
         pub.closed_at = time.monotonic()
-        async with http.delete(url.rstrip("/") + location):
+        async with http.delete(session_url):
             pass
         try:
             await asyncio.wait_for(reader, timeout=end_timeout_s)

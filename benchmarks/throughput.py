@@ -257,6 +257,7 @@ def summarize(
     rounds: list[dict[str, Any]],
     max_sessions: int,
     idle_rss: float | None,
+    models: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The result of the rounds (`_round_summary`) of a ``duration`` s clip.
 
@@ -275,6 +276,7 @@ def summarize(
             "file": file,
             "clip_s": round(duration, 2),
             "machine": machine(),
+            "models": models,  # as the server named them in session.started
             "max_realtime_sessions": max_rt,
             "max_sessions": max_sessions,
             "capped": max_rt >= max_sessions,
@@ -308,12 +310,14 @@ def run_throughput_bench(
     if max_sessions < 1:
         raise ValueError(f"max_sessions must be at least 1, not {max_sessions}")
     rounds: list[dict[str, Any]] = []
+    models = None
     with tempfile.TemporaryDirectory(prefix="ahstream-bench-") as tmp:
         clip = prepare_clip(path, tmp)
         duration, has_video = _clip_facts(clip)
         with ServerProcess("--max-sessions", str(max_sessions + 1)) as server:
             idle_rss = server.settled_rss_mb()  # the workers finish starting after /healthz
-            asyncio.run(publish(clip, server.url, duration_s=3.0))  # warm-up, not measured
+            warm_up = asyncio.run(publish(clip, server.url, duration_s=3.0))  # not measured
+            models = warm_up.models()
             for n in range(1, max_sessions + 1):
                 r = asyncio.run(_round(clip, server.url, n, server))
                 sessions = [
@@ -323,7 +327,7 @@ def run_throughput_bench(
                 rounds.append(_round_summary(n, r, sessions, reference, duration))
                 if not rounds[-1]["realtime"]:
                     break
-    result = summarize(Path(path).name, duration, rounds, max_sessions, idle_rss)
+    result = summarize(Path(path).name, duration, rounds, max_sessions, idle_rss, models)
     save_result(result, out_dir, "throughput", _plot)
     return result
 

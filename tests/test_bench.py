@@ -30,6 +30,8 @@ def test_passthrough_publisher_latencies_are_matched_frames(server, talking_face
     clip = prepare_clip(talking_face_mp4, tmp_path)
     pub = asyncio.run(publish(clip, server.url, duration_s=4.0))
     assert pub.error is None
+    models = pub.models()  # results record the weights that made them
+    assert models and models["tcn"].startswith("tcn_lite v") and models["text"]
     frames = pub.frames()
     assert len(frames) >= 30  # 10 per media second
     # The H.264 packets were passed through (no re-encoding), decoded by the server and
@@ -237,3 +239,45 @@ def test_throughput_plot_keeps_the_frame_limit_off_the_commit_axis(tmp_path, mon
     assert limit_ax is not commit_ax
     assert any("1000" in ln.get_label() for ln in limit_ax.get_lines())
     plt.close(fig)
+
+
+async def test_a_refused_events_websocket_is_a_one_line_bench_error(talking_face_mp4, capsys):
+    """`bench latency --url` against a server (or proxy) that takes the offer, answers with
+    an absolute Location, and refuses the events websocket: a one-line error and exit 1
+    (it was a traceback), and the session it opened is deleted at that Location."""
+    from aiohttp import web
+
+    from stream.cli import main
+
+    deletes: list[str] = []
+
+    async def offer(request: web.Request) -> web.Response:
+        here = f"http://{request.host}"
+        headers = {"Location": f"{here}/proxied/whip/abc", "X-Ahstream-Session": "abc"}
+        return web.Response(status=201, text="v=0\r\n", headers=headers)
+
+    async def events(request: web.Request) -> web.Response:
+        raise web.HTTPForbidden(text="no\n")
+
+    async def delete(request: web.Request) -> web.Response:
+        deletes.append(request.path)
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/whip", offer)
+    app.router.add_get("/sessions/abc/events", events)
+    app.router.add_delete("/proxied/whip/abc", delete)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        argv = ["bench", "latency", str(talking_face_mp4), "--url", url, "--no-save"]
+        code = await asyncio.to_thread(main, argv)
+    finally:
+        await runner.cleanup()
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err == "ahstream bench latency: events websocket refused: HTTP 403\n"
+    assert deletes == ["/proxied/whip/abc"]
