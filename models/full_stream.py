@@ -2,8 +2,9 @@
 
 A trained full-profile weights directory (`models.train_full`) holds the encoders' names,
 the tick settings and the frame-level `models.embedding_tcn.EmbeddingTCN` with its tuned
-threshold. `load_full_profile` loads them; `FullStream` is the per-session tick model
-(no asyncio, called from the session's analysis ticks in media order).
+thresholds (frame level, and of the video decision, `FULL_METHOD`). `load_full_profile`
+loads them; `FullStream` is the per-session tick model (no asyncio, called from the
+session's analysis ticks in media order).
 
 Per tick at media time ``t`` it featurizes what the session has by then with the rules
 `models.bah_features` trains on (its helpers, not copies: `clip_indices`, `newest_frame`,
@@ -81,10 +82,12 @@ CLIP_FPS = 24.0
 BACKENDS: tuple[str, ...] = ("native", "onnxruntime", "tensorrt")
 #: How a live frame becomes a face crop (see the module docstring).
 FACE_CROPS: tuple[str, ...] = ("mesh", "centre")
-#: The video-level aggregation of the TCN's frame probabilities (`stream.aggregate`) against
-#: the frame-level threshold: the maximum of a 1 s moving average (the BAH paper's), i.e. a
-#: video is A/H when it holds an A/H stretch, as BAH's ``global_ah`` is defined. The mean
-#: would dilute a short segment below the frame threshold.
+#: The video-level aggregation of the TCN's frame probabilities (`stream.aggregate`): the
+#: maximum of a 1 s moving average (the BAH paper's), i.e. a video is A/H when it holds an
+#: A/H stretch, as BAH's ``global_ah`` is defined (the mean would dilute a short segment).
+#: Its threshold is tuned on val videos on this aggregate (`models.train_full`), so
+#: `ahstream evaluate` reports the decision served; checkpoints from before that use the
+#: frame-level threshold, with a warning.
 FULL_METHOD = "max_ma1s"
 
 
@@ -107,7 +110,8 @@ class FullProfile:
     encoders: Encoders
     tcn: EmbeddingTCN
     ticks: TickConfig
-    threshold: float  # frame-level, tuned on val
+    threshold: float  # of the video decision (`method`), tuned at video level on val
+    frame_threshold: float  # of the frame probabilities, tuned on val frames
     modalities: tuple[str, ...]
     weights_dir: Path
     meta: dict[str, Any] = field(repr=False)
@@ -165,7 +169,13 @@ def load_full_profile(
     or for unusable weights, ValueError for an unknown ``face_crop``/``backend`` or a
     missing ``engine_dir``, `models.export.ExportError` for an export of other weights,
     `models.tensorrt.TensorRTUnavailable` for "tensorrt" without TensorRT or a GPU."""
-    from models.train_full import TCN_FILE, FullProfileError, read_weights, weights_encoders
+    from models.train_full import (
+        TCN_FILE,
+        FullProfileError,
+        read_weights,
+        served_threshold,
+        weights_encoders,
+    )
 
     if face_crop not in FACE_CROPS:
         raise ValueError(f"unknown face crop {face_crop!r}; available: {', '.join(FACE_CROPS)}")
@@ -209,7 +219,8 @@ def load_full_profile(
         encoders=encoders,
         tcn=tcn,
         ticks=ticks,
-        threshold=float(extra["threshold"]),
+        threshold=served_threshold(extra),
+        frame_threshold=float(extra["threshold"]),
         modalities=tuple(meta.get("modalities", MODALITIES)),
         weights_dir=wd,
         meta=meta,

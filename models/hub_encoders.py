@@ -21,12 +21,15 @@ built from ``export_onnx``) plus the numpy pre/post-processing around it:
   the base model's GroupNorm feature layer takes its statistics over valid frames only
   (HuggingFace's forward takes them over the padding too) and attention ignores padding.
 - ``TextEmotionEncoder`` — RoBERTa fine-tuned on GoEmotions (default
-  ``SamLowe/roberta-base-go_emotions``). ``encode(texts) -> [B, dim]`` is the last layer's
-  state at the first token (``<s>``, what the classifier reads); ``emotions(texts) ->
-  [B, 28]`` the sigmoid probabilities named by ``labels`` (``config.id2label``).
+  ``SamLowe/roberta-base-go_emotions``; any BERT-style ``AutoModelForSequenceClassification``
+  works, e.g. BERT or DistilBERT). ``encode(texts) -> [B, dim]`` is the last layer's
+  state at the first token (``<s>``/``[CLS]``); ``emotions(texts) -> [B, labels]`` the
+  sigmoids of the model's own logits, named by ``labels`` (``config.id2label``).
 
 All three: ``Cls.from_pretrained(id_or_path, device="cpu", local_files_only=False)``,
 ``.name``, ``.dim``, ``.runner``, ``.use_runner(runner)``, ``.export_onnx(path, opset=17)``.
+``from_pretrained`` refuses files of another architecture (`HubModelMismatchError`, e.g. a
+wav2vec2 checkpoint for HuBERT) instead of running randomly initialised weights.
 Nothing here serves a probability: these are feature extractors for heads trained on BAH.
 """
 
@@ -51,6 +54,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "FaceClipEncoder",
+    "HubModelMismatchError",
     "HubModelNotFoundError",
     "MaskedAttentionPool",
     "SpeechEncoder",
@@ -71,6 +75,16 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 class HubModelNotFoundError(FileNotFoundError):
     """A model directory does not exist, or a hub id is neither cached nor downloadable."""
+
+
+class HubModelMismatchError(HubModelNotFoundError):
+    """A model's files hold another architecture: weights the encoder needs are not there
+    (transformers would silently initialise them at random)."""
+
+
+#: Weights a checkpoint may leave out: the encoders never use them (HuBERT's mask embedding
+#: is for masked pre-training only).
+_UNUSED_WEIGHTS = ("masked_spec_embed",)
 
 
 def _looks_like_path(s: str) -> bool:
@@ -121,6 +135,32 @@ def _load(loader: Any, id_or_path: str | Path, what: str, **kwargs: Any) -> Any:
             f"({exc.__class__.__name__}: {first}). On a machine that reaches the hub run "
             f"`hf download {src} --local-dir DIR` and pass DIR here."
         ) from exc
+
+
+def _load_model(
+    loader: Any, id_or_path: str | Path, what: str, expected: str, **kwargs: Any
+) -> nn.Module:
+    """`_load` of a model, refusing (HubModelMismatchError) files that are not an
+    ``expected`` checkpoint: weights it needs missing, or a configuration of another kind."""
+    src = str(id_or_path)
+    try:
+        model, info = _load(loader, id_or_path, what, output_loading_info=True, **kwargs)
+    except (ValueError, RuntimeError) as exc:  # a configuration an Auto class has no model
+        # for, or weights of other shapes (e.g. a ViT's 2-D patch embedding for VideoMAE)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise HubModelMismatchError(f"{what}: {src} is not a {expected} model ({first})") from exc
+    missing = sorted(
+        k for k in info.get("missing_keys", ()) if k.rsplit(".", 1)[-1] not in _UNUSED_WEIGHTS
+    )
+    if missing:
+        declared = getattr(model.config, "architectures", None) or [model.config.model_type]
+        raise HubModelMismatchError(
+            f"{what}: {src} is not a {expected} checkpoint (its files declare "
+            f"{', '.join(map(str, declared))}): {len(missing)} of the weights it needs are "
+            f"missing, e.g. {', '.join(missing[:3])}. Pass a {expected} model such as "
+            f"{_default_id(what)}."
+        )
+    return model
 
 
 def _do_normalize(id_or_path: str | Path, local_files_only: bool) -> bool | None:
@@ -296,10 +336,17 @@ class FaceClipEncoder(_HubEncoder):
         device: str = "cpu",
         local_files_only: bool = False,
     ) -> FaceClipEncoder:
-        """Load ``VideoMAEModel`` weights from a hub id or a local directory."""
+        """Load ``VideoMAEModel`` weights from a hub id or a local directory
+        (HubModelMismatchError for another architecture's files)."""
         from transformers import VideoMAEModel
 
-        model = _load(VideoMAEModel, id_or_path, cls.__name__, local_files_only=local_files_only)
+        model = _load_model(
+            VideoMAEModel,
+            id_or_path,
+            cls.__name__,
+            "VideoMAE (VideoMAEModel)",
+            local_files_only=local_files_only,
+        )
         return cls(model.to(device).eval(), source_name(id_or_path), device)
 
     def preprocess(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -368,6 +415,13 @@ def _masked_group_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.GroupNorm) 
     return y
 
 
+class _MaskedGroupNorm(nn.Module):
+    """`_masked_group_norm` as a module, so that its exported nodes carry its scope."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+        return _masked_group_norm(x, mask, norm)
+
+
 class _SpeechGraph(nn.Module):
     """input_values [B, S], attention_mask [B, S] (int64, 1 = sample) -> embedding [B, D]
     (masked mean), last_hidden_state [B, F, D], frame_mask [B, F] (float32)."""
@@ -375,6 +429,10 @@ class _SpeechGraph(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        # Its sums run over every frame of the first conv layer (3,200 per second: 96,000 in
+        # 30 s), far past FP16's 65,504: the ``fp32_`` name makes its ONNX nodes
+        # ``/fp32_group_norm/...``, which TensorRT keeps in FP32 (`models.tensorrt`).
+        self.fp32_group_norm = _MaskedGroupNorm()
         cfg = model.config
         self.kernels = [int(k) for k in cfg.conv_kernel]
         self.strides = [int(s) for s in cfg.conv_stride]
@@ -395,7 +453,7 @@ class _SpeechGraph(nn.Module):
                 x = layer.conv(x)
                 steps = torch.arange(x.shape[-1], device=x.device).unsqueeze(0)
                 x = layer.activation(
-                    _masked_group_norm(x, steps < lengths.unsqueeze(1), layer.layer_norm)
+                    self.fp32_group_norm(x, steps < lengths.unsqueeze(1), layer.layer_norm)
                 )
             else:
                 x = layer(x)  # per-frame norm or none: padding cannot leak into valid frames
@@ -447,7 +505,8 @@ class SpeechEncoder(_HubEncoder):
         local_files_only: bool = False,
         normalize: bool | None = None,
     ) -> SpeechEncoder:
-        """Load ``HubertModel`` weights from a hub id or a local directory.
+        """Load ``HubertModel`` weights from a hub id or a local directory
+        (HubModelMismatchError for another architecture's files, e.g. wav2vec2's).
 
         ``normalize`` (zero-mean unit-variance clips) None means the ``do_normalize`` of the
         model's preprocessor config, from the same place as the weights; a model without one
@@ -458,7 +517,13 @@ class SpeechEncoder(_HubEncoder):
         """
         from transformers import HubertModel
 
-        model = _load(HubertModel, id_or_path, cls.__name__, local_files_only=local_files_only)
+        model = _load_model(
+            HubertModel,
+            id_or_path,
+            cls.__name__,
+            "HuBERT (HubertModel)",
+            local_files_only=local_files_only,
+        )
         if normalize is None:
             normalize = _do_normalize(id_or_path, local_files_only)
             if normalize is None:
@@ -539,8 +604,8 @@ class SpeechEncoder(_HubEncoder):
 
 
 class _TextGraph(nn.Module):
-    """input_ids, attention_mask [B, L] int64 -> embedding [B, D] (last layer at <s>),
-    probs [B, labels] (sigmoid of the classifier's logits)."""
+    """input_ids, attention_mask [B, L] int64 -> embedding [B, D] (last layer at the first
+    token), probs [B, labels] (sigmoid of the classifier's logits)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -549,14 +614,17 @@ class _TextGraph(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        body = getattr(self.model, self.model.base_model_prefix)
-        seq = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logits = self.model.classifier(seq)
-        return seq[:, 0], torch.sigmoid(logits)
+        # The model's own forward: each family pools for its head its own way (RoBERTa's
+        # head reads token 0, BERT's reads the pooler, DistilBERT's a pre-classifier).
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+        )
+        return out.hidden_states[-1][:, 0], torch.sigmoid(out.logits)
 
 
 class TextEmotionEncoder(_HubEncoder):
-    """RoBERTa-GoEmotions over text -> embedding (last layer at <s>) and emotion probabilities."""
+    """A sequence classifier (RoBERTa-GoEmotions) over text -> embedding (last layer at the
+    first token) and emotion probabilities."""
 
     input_names = ("input_ids", "attention_mask")
     output_names = ("embedding", "probs")
@@ -578,13 +646,15 @@ class TextEmotionEncoder(_HubEncoder):
         device: str = "cpu",
         local_files_only: bool = False,
     ) -> TextEmotionEncoder:
-        """Load the tokenizer and ``AutoModelForSequenceClassification`` weights."""
+        """Load the tokenizer and ``AutoModelForSequenceClassification`` weights
+        (HubModelMismatchError when the classification head or the body is missing)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        model = _load(
+        model = _load_model(
             AutoModelForSequenceClassification,
             id_or_path,
             cls.__name__,
+            "text classification (AutoModelForSequenceClassification)",
             local_files_only=local_files_only,
         )
         tok = _load(AutoTokenizer, id_or_path, cls.__name__, local_files_only=local_files_only)

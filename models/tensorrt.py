@@ -4,16 +4,21 @@
 without it, or without a CUDA GPU, every entry point raises `TensorRTUnavailable` saying
 which is missing.
 
-- Engines are built with FP16 on, and every LayerNormalization node, and the reductions,
-  ``Pow``/``Sqrt``/``Div`` of a LayerNorm written out as primitive ops, kept in FP32 with
-  layer precision constraints (`fp32_node_names` finds them in the ONNX graph).
+- Engines are built with FP16 on, and every LayerNormalization node, the reductions,
+  ``Pow``/``Sqrt``/``Div`` of a LayerNorm written out as primitive ops, and the float ops of
+  any module whose attribute name starts with ``fp32_`` (e.g. HuBERT's masked GroupNorm,
+  `models.hub_encoders`: sums over 96,000 frames) kept in FP32 with layer precision
+  constraints (`fp32_node_names` finds them in the ONNX graph).
 - Optimisation profiles come from the graph's dynamic axes: min/opt/max per axis name
   (`DEFAULT_PROFILE`: batch 1/4/16, time 1/64/512, and so on).
 - Engines are cached as ``<cache_dir>/<key>.engine`` where the key hashes the ONNX bytes,
   the GPU name and the TensorRT version (`engine_cache_key`): a new driver stack, another
   card or another export builds a new engine.
 - `load_or_build` runs the engine and ONNX Runtime on sample inputs and refuses an engine
-  that disagrees by more than ``atol`` (`EngineMismatch`).
+  an output of which differs by more than ``atol + rtol * max |reference|`` of that output
+  (`EngineMismatch`, `tolerance_problems`; `FP16_ATOL`, `FP16_RTOL`).
+- An input outside the engine's optimisation profile is a ValueError naming its shape and
+  the profile's range, before anything runs.
 """
 
 from __future__ import annotations
@@ -36,12 +41,17 @@ from models.runner import OrtRunner, max_abs_diff
 __all__ = [
     "TensorRTUnavailable",
     "EngineMismatch",
+    "EngineBuildError",
     "DEFAULT_PROFILE",
     "FP16_ATOL",
+    "FP16_RTOL",
+    "FP32_SCOPE_PREFIX",
     "import_tensorrt",
     "gpu_name",
     "engine_cache_key",
     "fp32_node_names",
+    "tolerance_problems",
+    "shape_problem",
     "axis_profiles",
     "build_engine",
     "TensorRTRunner",
@@ -56,11 +66,24 @@ DEFAULT_PROFILE: dict[str, tuple[int, int, int]] = {
     "samples": (400, 16000 * 4, 16000 * 30),  # HuBERT input (25 ms .. 30 s at 16 kHz)
     "length": (1, 64, 512),  # text tokens
 }
-FP16_ATOL = 1e-2  # engine vs ONNX Runtime on sample inputs (FP16 arithmetic)
+#: Engine vs ONNX Runtime on the sample inputs, per output: max |diff| <= FP16_ATOL +
+#: FP16_RTOL * max |reference|. FP16 keeps 11 significant bits (relative step 2^-11, about
+#: 5e-4); rounding through a 12-layer encoder (norms in FP32) leaves errors of about 1e-3 of
+#: an output's scale, so 2 % of the scale passes sound engines with room while still catching
+#: broken ones (overflow, a wrong layout or precision: errors of the order of the scale
+#: itself). The absolute part covers outputs that are all near zero (e.g. probabilities).
+#: A bound on the absolute error alone would refuse sound engines whose hidden states run
+#: into the tens.
+FP16_ATOL = 1e-2
+FP16_RTOL = 2e-2
 
 # Ops that make up a LayerNorm written out as primitives (older exports, opset < 17 style):
 # mean/variance reductions, the square, the epsilon add's square root and the division.
 _LN_PRIMITIVES = ("ReduceMean", "Pow", "Sqrt", "Div", "Sub", "Add", "Mul")
+#: A module attribute named ``fp32_<name>`` exports its nodes as ``.../fp32_<name>/<Op>``
+#: (torch's module scopes): its float ops are kept in FP32.
+FP32_SCOPE_PREFIX = "fp32_"
+_FLOAT_OPS = ("ReduceSum", "ReduceMean", "Pow", "Sqrt")
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -69,6 +92,59 @@ class TensorRTUnavailable(RuntimeError):
 
 class EngineMismatch(RuntimeError):
     """A built or cached engine disagrees with ONNX Runtime on the sample inputs."""
+
+
+class EngineBuildError(RuntimeError):
+    """The engine of a graph of an export could not be built, loaded or checked (the message
+    names the graph)."""
+
+
+def tolerance_problems(
+    got: Mapping[str, np.ndarray],
+    ref: Mapping[str, np.ndarray],
+    atol: float = FP16_ATOL,
+    rtol: float = FP16_RTOL,
+) -> list[str]:
+    """The outputs of ``got`` (an engine) that differ from ``ref`` (ONNX Runtime) by more
+    than ``atol + rtol * max |ref|`` of that output, or are not finite, each described;
+    empty when all agree. Outputs missing from ``got`` count as problems."""
+    problems = []
+    for name, r in ref.items():
+        if name not in got:
+            problems.append(f"{name}: missing")
+            continue
+        g = np.asarray(got[name], np.float64)
+        r = np.asarray(r, np.float64)
+        if g.shape != r.shape:
+            problems.append(f"{name}: shape {g.shape} != {r.shape}")
+            continue
+        if g.size == 0:
+            continue
+        if not np.isfinite(g).all():
+            problems.append(f"{name}: not finite")
+            continue
+        diff = float(np.abs(g - r).max())
+        bound = atol + rtol * float(np.abs(r).max())
+        if not diff <= bound:
+            problems.append(f"{name}: max |diff| {diff:.3g} > {bound:.3g}")
+    return problems
+
+
+def shape_problem(
+    name: str, shape: Sequence[int], low: Sequence[int], high: Sequence[int]
+) -> str | None:
+    """Why input ``name`` of ``shape`` is outside an optimisation profile's range
+    [``low``, ``high``] (None: inside)."""
+    shape = tuple(int(d) for d in shape)
+    low, high = tuple(int(d) for d in low), tuple(int(d) for d in high)
+    if len(shape) == len(low) == len(high) and all(
+        a <= d <= b for d, a, b in zip(shape, low, high, strict=True)
+    ):
+        return None
+    return (
+        f"input {name} of shape {shape} is outside the engine's optimisation profile "
+        f"(min {low}, max {high})"
+    )
 
 
 def import_tensorrt() -> Any:
@@ -103,16 +179,44 @@ def engine_cache_key(onnx_bytes: bytes, gpu: str, trt_version: str) -> str:
     return h.hexdigest()[:32]
 
 
+def _float_outputs(model: Any) -> set[str] | None:
+    """Names of the float (FP32/FP16) tensors of an ONNX model by shape inference; None
+    when inference fails."""
+    import onnx
+
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - any failure: fall back to the op types
+        return None
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    values = [*graph.value_info, *graph.input, *graph.output]
+    return {v.name for v in values if v.type.tensor_type.elem_type in floats}
+
+
 def fp32_node_names(onnx_model: Any) -> list[str]:
     """Names of the nodes of an ONNX model (``onnx.ModelProto`` or path) to keep in FP32:
-    every LayerNormalization, and the primitive ops of a decomposed LayerNorm (a ReduceMean
+    every LayerNormalization, the primitive ops of a decomposed LayerNorm (a ReduceMean
     over a ``x - mean`` whose square is averaged again, with the Pow/Sqrt/Div/Add/Mul/Sub
-    that take part). Unnamed nodes get their ONNX output name."""
+    that take part), and the float-valued ops (no Cast or Constant) in a scope named
+    ``fp32_*`` (`FP32_SCOPE_PREFIX`). Unnamed nodes get their ONNX output name."""
     import onnx
 
     model = onnx.load(str(onnx_model)) if isinstance(onnx_model, str | Path) else onnx_model
     nodes = list(model.graph.node)
     keep: list[str] = []
+    scoped = [
+        n
+        for n in nodes
+        if any(part.startswith(FP32_SCOPE_PREFIX) for part in n.name.split("/")[:-1])
+        and n.op_type not in ("Cast", "Constant")
+    ]
+    if scoped:
+        # only float ops: the scope's shape arithmetic (int64) has no precision to keep;
+        # without types, the ops that are float in any norm (sums, squares, roots)
+        floats = _float_outputs(model)
+        for n in scoped:
+            if n.output[0] in floats if floats is not None else n.op_type in _FLOAT_OPS:
+                keep.append(n.name)
     producer = {o: n for n in nodes for o in n.output}
     consumers: dict[str, list[Any]] = {}
     for n in nodes:
@@ -179,8 +283,8 @@ def build_engine(
     profile: Mapping[str, tuple[int, int, int]] | None = None,
     workspace_mb: int = 2048,
 ) -> bytes:
-    """Build a serialized FP16 engine of ``onnx_path`` (LayerNorm in FP32) with one
-    optimisation profile over the inputs' dynamic axes."""
+    """Build a serialized FP16 engine of ``onnx_path`` (norms in FP32: `fp32_node_names`)
+    with one optimisation profile over the inputs' dynamic axes."""
     trt = import_tensorrt()
     gpu_name()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -207,6 +311,9 @@ def build_engine(
         # suffix; normalisation layers are kept in FP32 whatever their name.
         base = layer.name.split(" ")[0]
         is_norm = "NORMALIZATION" in str(layer.type)
+        floats = (trt.float32, trt.float16)
+        if not all(layer.get_output(j).dtype in floats for j in range(layer.num_outputs)):
+            continue  # shape arithmetic (int) has no precision to keep
         if is_norm or base in keep or any(layer.name.startswith(k + "_") for k in keep):
             layer.precision = trt.float32
             for j in range(layer.num_outputs):
@@ -257,11 +364,18 @@ class TensorRTRunner:
 
     def _run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
+        for n in self.input_names:
+            shape = tuple(int(d) for d in np.shape(inputs[n]))
+            low, _, high = self.engine.get_tensor_profile_shape(n, 0)
+            problem = shape_problem(n, shape, low, high)
+            if problem is None and not self.context.set_input_shape(n, shape):
+                problem = f"TensorRT refused input {n} of shape {shape}"
+            if problem is not None:
+                raise ValueError(f"{self.name}: {problem}")
         keep = []
         for n in self.input_names:
             t = torch.from_numpy(np.ascontiguousarray(inputs[n])).cuda()
             keep.append(t)
-            self.context.set_input_shape(n, tuple(t.shape))
             self.context.set_tensor_address(n, t.data_ptr())
         outs = {}
         for n in self.output_names:
@@ -283,11 +397,13 @@ def load_or_build(
     atol: float = FP16_ATOL,
     inputs: Sequence[Mapping[str, Any]] | None = None,
     profile: Mapping[str, tuple[int, int, int]] | None = None,
+    rtol: float = FP16_RTOL,
 ) -> TensorRTRunner:
     """The engine of ``onnx_path`` from ``cache_dir`` (built and cached when absent), after
     checking it against ONNX Runtime on ``sample_inputs``; EngineMismatch (and no cached
-    file kept) when they differ by more than ``atol``. ``inputs`` are manifest-style input
-    specs (default: read from the graph)."""
+    file kept) when an output differs by more than ``atol + rtol * max |reference|``
+    (`tolerance_problems`). ``inputs`` are manifest-style input specs (default: read from
+    the graph)."""
     trt = import_tensorrt()
     gpu = gpu_name()
     onnx_path = Path(onnx_path)
@@ -304,16 +420,18 @@ def load_or_build(
     engine = build_engine(onnx_path, inputs, profile) if built else path.read_bytes()
     runner = TensorRTRunner(engine, onnx_path.stem)
     runner.engine_path = path
-    diff = max_abs_diff(
-        runner.run(sample_inputs), OrtRunner(data, onnx_path.stem).run(sample_inputs)
-    )
-    if not np.isfinite(diff) or diff > atol:
+    got = runner.run(sample_inputs)
+    ref = OrtRunner(data, onnx_path.stem).run(sample_inputs)
+    problems = tolerance_problems(got, ref, atol, rtol)
+    if problems:
         if not built:
             path.unlink(missing_ok=True)  # a stale or corrupt cache entry: rebuild next time
         raise EngineMismatch(
-            f"{onnx_path.name}: TensorRT engine differs from ONNX Runtime by {diff:.3g} > {atol} "
-            f"on the sample inputs; refusing it"
+            f"{onnx_path.name}: TensorRT engine differs from ONNX Runtime on the sample inputs "
+            f"(allowed: {atol:g} + {rtol:g} x the output's largest |value|): "
+            f"{'; '.join(problems)}; refusing it"
         )
+    diff = max_abs_diff(got, ref)
     if built:
         # atomically: the workers of one server may build the same engine at once, and a
         # reader must never see a half-written file
@@ -363,10 +481,14 @@ def sample_feeds(inputs: Sequence[Mapping[str, Any]], seed: int = 0) -> dict[str
 
 
 def build_export(
-    export_dir: str | Path, cache_dir: str | Path | None = None, atol: float = FP16_ATOL
+    export_dir: str | Path,
+    cache_dir: str | Path | None = None,
+    atol: float = FP16_ATOL,
+    rtol: float = FP16_RTOL,
 ) -> dict[str, str]:
     """Build (or take from the cache) and check an engine for every graph of an
-    `ahstream export` directory; engine path by model name."""
+    `ahstream export` directory; engine path by model name. A graph whose engine does not
+    build, load or match raises EngineBuildError naming it."""
     import_tensorrt()
     gpu_name()
     from models.export import read_manifest
@@ -376,6 +498,14 @@ def build_export(
     cache = Path(cache_dir) if cache_dir else d / "engines"
     out = {}
     for name, m in manifest["models"].items():
-        runner = load_or_build(d / m["file"], cache, sample_feeds(m["inputs"]), atol, m["inputs"])
+        feeds = sample_feeds(m["inputs"])
+        try:
+            runner = load_or_build(d / m["file"], cache, feeds, atol, m["inputs"], rtol=rtol)
+        except TensorRTUnavailable:
+            raise
+        except RuntimeError as exc:  # EngineMismatch, a parse/build/deserialise failure
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            where = "" if m["file"] in text else f"{m['file']}: "
+            raise EngineBuildError(f"graph {name}: {where}{text}") from exc
         out[name] = str(runner.engine_path)
     return out

@@ -18,19 +18,25 @@ trains, seeded:
   in training, tuning and `evaluate_full`;
 - the frame-level `EmbeddingTCN` on the tick sequences, with soft tick labels from the
   frame annotations (the A/H fraction of the frames each tick is the first to see), then
-  tunes its threshold on the val frames (``split-frames/val.txt`` where present).
+  tunes its threshold on the val frames (``split-frames/val.txt`` where present), and the
+  threshold of the service's video decision (`SERVED_METHOD`: the maximum of the 1 s moving
+  average of its tick probabilities, as `stream.aggregate.VideoAggregator` aggregates
+  them live) on the val videos; both are stored in the TCN's checkpoint
+  (``threshold``, ``video_threshold``).
 
 It writes a weights directory (`WEIGHTS_FILES`): the head, the TCN, and
 ``full_profile.json`` with the encoders (and whether the speech encoder normalised its
 input, ``audio_normalize``), tick settings, thresholds and val metrics.
-`evaluate_full` scores a split with it: video-level and frame-level macro F1 and AP
-(`models.metrics`, the official definitions) and, if asked, a challenge submission file
-(``video_id,p0,p1,pred``, `models.submission`'s format).
+`evaluate_full` scores a split with it: video-level (the head's) and frame-level macro F1
+and AP (`models.metrics`, the official definitions), the service's video decision
+(``decision``) and, if asked, a challenge submission file (``video_id,p0,p1,pred``,
+`models.submission`'s format, from the head).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -61,11 +67,15 @@ from models.conflict_head import (
 )
 from models.embedding_tcn import EmbeddingTCN, EmbeddingTCNConfig
 from models.embedding_tcn import load as load_tcn
+from models.full_stream import FULL_METHOD
 from models.hub_encoders import DEFAULT_SPEECH_ID, DEFAULT_TEXT_ID, DEFAULT_VIDEO_ID
 from models.metrics import best_threshold, evaluate_scores
 
+log = logging.getLogger("ahstream")
+
 __all__ = [
     "DEFAULT_MODELS",
+    "SERVED_METHOD",
     "WEIGHTS_FILES",
     "FullProfileError",
     "FullTrainConfig",
@@ -73,8 +83,14 @@ __all__ = [
     "train_full",
     "evaluate_full",
     "frame_scores",
+    "served_threshold",
+    "video_decision_scores",
     "write_submission",
 ]
+
+#: How the service aggregates the TCN's tick probabilities into its video decision
+#: (`stream.aggregate`): the maximum of a 1 s moving average.
+SERVED_METHOD = FULL_METHOD
 
 #: Hub ids of the papers' encoders (issue 4): VideoMAE-Base, HuBERT-Base-LS960, RoBERTa-GoEmotions.
 DEFAULT_MODELS: dict[str, str] = {
@@ -300,6 +316,28 @@ def _tick_probs(tcn: EmbeddingTCN, feats: Sequence[VideoFeatures]) -> list[np.nd
     return out
 
 
+def video_decision_scores(tick_p: Sequence[np.ndarray], hz: float) -> np.ndarray:
+    """The service's video-level p of each video: its tick probabilities aggregated by
+    `SERVED_METHOD` at ``hz`` ticks per second, at the end of the video (what the live
+    `stream.aggregate.VideoAggregator` holds when the session ends)."""
+    from models.train_tcn import aggregate  # the offline twin of VideoAggregator
+
+    return np.array([aggregate(p, SERVED_METHOD, hz)[-1] if p.size else 0.0 for p in tick_p])
+
+
+def served_threshold(tcn_extra: dict[str, Any]) -> float:
+    """The threshold of the service's video decision in a TCN checkpoint's extras; for
+    checkpoints written before it was tuned, the frame-level one (with a warning)."""
+    if "video_threshold" in tcn_extra:
+        return float(tcn_extra["video_threshold"])
+    log.warning(
+        "the TCN checkpoint has no video-level threshold (trained by an older ahstream): the "
+        "video decision uses its frame-level threshold %.3f; retrain to tune one",
+        float(tcn_extra["threshold"]),
+    )
+    return float(tcn_extra["threshold"])
+
+
 def _inner(video_id: str) -> str:
     """``<pid>/Visite_1/<file>.mp4`` of a video or frame-split id (layout prefixes dropped)."""
     for prefix in ("Videos/", "cropped-aligned-faces/"):
@@ -517,6 +555,10 @@ def train_full(
         raise FullProfileError("no val video has frame annotations: cannot tune the TCN")
     frame_thr, _ = best_threshold(y_fr, p_fr)
     frame_metrics = evaluate_scores(y_fr, p_fr, frame_thr)
+    # The service's video decision: tuned at video level on what it aggregates.
+    p_served = video_decision_scores(_tick_probs(tcn, val), cfg.ticks.hz)
+    served_thr, _ = best_threshold(y_val, p_served)
+    served_metrics = evaluate_scores(y_val, p_served, served_thr)
 
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(
@@ -527,7 +569,13 @@ def train_full(
         stats=head_stats,
         video_level=cfg.video_level,
     )
-    tcn.save(out / TCN_FILE, threshold=frame_thr, hz=cfg.ticks.hz)
+    tcn.save(
+        out / TCN_FILE,
+        threshold=frame_thr,
+        hz=cfg.ticks.hz,
+        video_threshold=served_thr,
+        video_method=SERVED_METHOD,
+    )
     summary: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "profile": "full",
@@ -543,7 +591,9 @@ def train_full(
             "mode": cfg.video_level,
         },
         "frame_level": {"threshold": frame_thr},
-        "val": {"video": video_metrics, "frame": frame_metrics},
+        # what the service decides a video by (the head's numbers above are offline)
+        "decision": {"source": "tcn", "method": SERVED_METHOD, "threshold": served_thr},
+        "val": {"video": video_metrics, "frame": frame_metrics, "decision": served_metrics},
         "train": {"videos": len(train), "config": cfg.as_dict()},
         "bah_root": str(layout.root),
         "feature_cache": str(cache_path.resolve()),
@@ -608,6 +658,11 @@ def weights_encoders(
     return encoders
 
 
+def _video_labels(feats: Sequence[VideoFeatures]) -> np.ndarray:
+    """The video labels of ``feats`` (int64)."""
+    return np.array([f.label for f in feats], np.int64)
+
+
 def evaluate_full(
     bah_root: str | Path,
     split: str,
@@ -621,9 +676,12 @@ def evaluate_full(
     """Score a split with trained full-profile weights: video- and frame-level metrics.
 
     The encoders are the ones recorded in the weights (or ``encoders`` if given: their
-    widths must match). The video-level keys (n, macro_f1, f1_pos, f1_neg, ap, threshold)
-    are at the top level; ``frame`` holds the frame-level ones. ``submission`` writes the
-    challenge CSV of the split. The feature cache defaults to the one training used.
+    widths must match). The head's video-level keys (n, macro_f1, f1_pos, f1_neg, ap,
+    threshold) are at the top level; ``frame`` holds the frame-level ones and ``decision``
+    those of the service's video decision (the TCN's `SERVED_METHOD` aggregate against its
+    video-level threshold: what `ahstream serve`/`analyze` decide). ``submission`` writes
+    the challenge CSV of the split (the head's). The feature cache defaults to the one
+    training used.
     """
     meta = read_weights(weights_dir)
     layout = BahLayout(bah_root)
@@ -644,16 +702,25 @@ def evaluate_full(
     p = _video_probs(full_l, text_l, rows["owner"], len(feats), alpha, _has_text(rows))
     result: dict[str, Any] = {
         "split": split,
-        **evaluate_scores(np.array([f.label for f in feats], np.int64), p, threshold),
+        **evaluate_scores(_video_labels(feats), p, threshold),
         "alpha": alpha,
     }
 
     tcn, tcn_extra = load_tcn(wd / TCN_FILE)
-    y_fr, p_fr = frame_scores(feats, _tick_probs(tcn, feats), _frame_split(layout, split))
+    tick_p = _tick_probs(tcn, feats)
+    y_fr, p_fr = frame_scores(feats, tick_p, _frame_split(layout, split))
     frame_thr = float(tcn_extra["threshold"])
     result["frame"] = (
         evaluate_scores(y_fr, p_fr, frame_thr) if y_fr.size else {"n": 0, "threshold": frame_thr}
     )
+    # The service's video decision, as it decides: the TCN's aggregated tick probabilities
+    # against the threshold serving uses (`models.full_stream.load_full_profile`).
+    p_served = video_decision_scores(tick_p, float(meta["ticks"]["hz"]))
+    result["decision"] = {
+        **evaluate_scores(_video_labels(feats), p_served, served_threshold(tcn_extra)),
+        "source": "tcn",
+        "method": SERVED_METHOD,
+    }
     result["submission"] = (
         str(write_submission(submission, [f.video_id for f in feats], p, threshold))
         if submission

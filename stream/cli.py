@@ -180,8 +180,21 @@ def _full_options_problem(args: argparse.Namespace) -> str | None:
         except ValueError as exc:
             return f"--backend onnxruntime --device cuda: {exc}"
     if args.backend == "tensorrt":
-        from models.tensorrt import TensorRTUnavailable, gpu_name, import_tensorrt
+        from models.tensorrt import (
+            DEFAULT_PROFILE,
+            TensorRTUnavailable,
+            gpu_name,
+            import_tensorrt,
+        )
 
+        engine_batch = DEFAULT_PROFILE["batch"][2]
+        batch_max = getattr(args, "batch_max", None)  # serve's cross-session batches
+        if batch_max is not None and batch_max > engine_batch:
+            return (
+                f"--batch-max {batch_max}: the TensorRT engines take at most {engine_batch} "
+                f"items per run (their optimisation profile); use --batch-max {engine_batch} "
+                "or less"
+            )
         try:
             import_tensorrt()
             gpu_name()
@@ -236,6 +249,16 @@ def _add_backend_args(parser: argparse.ArgumentParser) -> None:
         help="full: Whisper for the transcript, a faster-whisper size name (small, large-v3, "
         "...; fetched into the hub cache if not there), a hub id or a local CTranslate2 "
         "directory (default: the bundled tiny.en); float16 on cuda, int8 on cpu",
+    )
+
+
+def _add_full_device_arg(parser: argparse.ArgumentParser) -> None:
+    """--device of full-profile `train` and `evaluate`: the choices of serve/analyze."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="full: where the encoders run (default auto: cuda when torch sees a GPU, else cpu)",
     )
 
 
@@ -930,6 +953,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _full_device(command: str, device: str) -> str | None:
+    """--device of full-profile train/evaluate resolved as serve/analyze do ("cpu" or
+    "cuda"); None after a one-line message when it cannot be used here."""
+    from models.profile import resolve_device
+
+    try:
+        return resolve_device(device)
+    except ValueError as exc:
+        print(f"ahstream {command}: --device: {exc}", file=sys.stderr)
+        return None
+
+
 def _full_profile_call(command: str, call: Any) -> tuple[int, dict[str, Any] | None]:
     """Run a full-profile train/evaluate call; errors become (exit code, None) and a message."""
     from models.bah_layout import BahLayoutError
@@ -943,6 +978,11 @@ def _full_profile_call(command: str, call: Any) -> tuple[int, dict[str, Any] | N
     except BahLayoutError as exc:  # a malformed file of the layout
         print(f"ahstream {command}: {exc}", file=sys.stderr)
         return 1, None
+    except RuntimeError as exc:  # e.g. torch failing on the device (no driver, out of memory)
+        log.debug("%s failed", command, exc_info=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"ahstream {command}: {first}", file=sys.stderr)
+        return 1, None
 
 
 def _train_full(args: argparse.Namespace) -> int:
@@ -954,6 +994,9 @@ def _train_full(args: argparse.Namespace) -> int:
         return 2
     if not Path(args.bah_root).is_dir():
         print(f"ahstream train: {args.bah_root}: not a BAH dataset root", file=sys.stderr)
+        return 2
+    device = _full_device("train", args.device)
+    if device is None:
         return 2
     from models.bah_features import TickConfig
     from models.train_full import FullTrainConfig, train_full
@@ -971,7 +1014,7 @@ def _train_full(args: argparse.Namespace) -> int:
             config=config,
             cache_dir=args.cache_dir,
             progress=not args.json,
-            device=args.device,
+            device=device,
         ),
     )
     if result is not None:
@@ -991,6 +1034,9 @@ def _evaluate_full(args: argparse.Namespace) -> int:
     if problem:
         print(f"ahstream evaluate: {problem}", file=sys.stderr)
         return 2
+    device = _full_device("evaluate", args.device)
+    if device is None:
+        return 2
     from models.train_full import evaluate_full
 
     code, result = _full_profile_call(
@@ -1002,7 +1048,7 @@ def _evaluate_full(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             submission=args.submission,
             progress=not args.json,
-            device=args.device,
+            device=device,
         ),
     )
     if result is None:
@@ -1010,9 +1056,14 @@ def _evaluate_full(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        fr = result["frame"]
+        fr, served = result["frame"], result["decision"]
         print(
-            f"{args.split} video level: {_metrics_line(result)} threshold={result['threshold']:.3f}"
+            f"{args.split} video level (head, offline): {_metrics_line(result)} "
+            f"threshold={result['threshold']:.3f}"
+        )
+        print(
+            f"{args.split} video decision (served: TCN {served['method']}): "
+            f"{_metrics_line(served)} threshold={served['threshold']:.3f}"
         )
         if fr.get("n"):
             print(f"{args.split} frame level: {_metrics_line(fr)} threshold={fr['threshold']:.3f}")
@@ -1137,11 +1188,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         "models": {k: m["parity"]["max_abs_diff"] for k, m in manifest["models"].items()},
     }
     if args.backend == "tensorrt":
-        from models.tensorrt import TensorRTUnavailable, build_export
+        from models.tensorrt import EngineBuildError, TensorRTUnavailable, build_export
 
         try:
-            summary["engines"] = build_export(args.out, args.cache_dir, atol=args.trt_atol)
-        except TensorRTUnavailable as exc:
+            summary["engines"] = build_export(
+                args.out, args.cache_dir, atol=args.trt_atol, rtol=args.trt_rtol
+            )
+        except (TensorRTUnavailable, EngineBuildError) as exc:  # the latter names the graph
             print(
                 f"ahstream export: {exc} (the ONNX export in {args.out} is complete)",
                 file=sys.stderr,
@@ -1216,8 +1269,14 @@ def _add_export_parser(sub: Any) -> None:
         "--trt-atol",
         type=float,
         default=1e-2,
-        help="tensorrt: largest engine-vs-ONNX Runtime |diff| on the sample inputs, FP16 "
-        "(default %(default)g)",
+        help="tensorrt: engine vs ONNX Runtime on the sample inputs, FP16: each output's "
+        "largest |diff| may be ATOL + RTOL x its largest |value| (default %(default)g)",
+    )
+    x.add_argument(
+        "--trt-rtol",
+        type=float,
+        default=2e-2,
+        help="tensorrt: see --trt-atol (default %(default)g)",
     )
     x.add_argument(
         "--json",
@@ -1511,9 +1570,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="full: embedding cache (default OUT_DIR/feature-cache; reused across runs)",
     )
-    t.add_argument(
-        "--device", default="cpu", help="full: torch device of the encoders (default %(default)s)"
-    )
+    _add_full_device_arg(t)
     t.add_argument(
         "--tick-hz",
         type=float,
@@ -1556,9 +1613,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="full: embedding cache (default: the one `train` used)",
     )
-    ev.add_argument(
-        "--device", default="cpu", help="full: torch device of the encoders (default %(default)s)"
-    )
+    _add_full_device_arg(ev)
     ev.add_argument(
         "--context-from-question",
         action="store_true",

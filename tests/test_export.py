@@ -32,6 +32,7 @@ from models.runner import OrtRunner, export_onnx_module
 from models.tcn import FusionTCN
 from models.tcn_onnx import OnnxFusionTCN
 from models.tensorrt import (
+    EngineMismatch,
     TensorRTUnavailable,
     axis_profiles,
     engine_cache_key,
@@ -418,6 +419,33 @@ def test_layernorm_nodes_are_the_ones_kept_in_fp32(tmp_path):
     assert not {"MatMul", "Gemm"} & {ops[k] for k in kept}  # the linear layer may run in FP16
 
 
+def test_hubert_masked_group_norm_is_kept_in_fp32(tmp_path):
+    """The speech encoder's masked GroupNorm sums over every frame of the first conv layer
+    (96,000 in 30 s, past FP16's 65,504): its reductions, square root and divisions stay in
+    FP32; the shape arithmetic of its scope (int64) and the rest of the network do not."""
+    import onnx
+
+    from models.hub_encoders import SpeechEncoder
+    from tests.tiny_models import make_tiny_encoders
+
+    paths = make_tiny_encoders(tmp_path / "tiny")
+    graph = onnx.load(str(SpeechEncoder.from_pretrained(paths["audio"]).export_onnx(
+        tmp_path / "audio.onnx")))  # fmt: skip
+    kept = set(fp32_node_names(graph))
+    norm = [n for n in graph.graph.node if "group_norm" in n.name]
+    ops = {}
+    for n in norm:
+        ops.setdefault(n.op_type, []).append(n.name)
+    assert len(ops["ReduceSum"]) == 3 and len(ops["Sqrt"]) == 1  # mask count, sum, squares
+    for op in ("ReduceSum", "Sqrt", "Pow", "Sub", "Mul", "Add"):
+        assert set(ops[op]) <= kept, op
+    divisions = set(ops["Div"]) & kept
+    assert len(divisions) == 3  # mean, variance, normalisation (not the int64 c // g)
+    assert not {n.name for n in norm if n.op_type in ("Shape", "Gather", "Concat")} & kept
+    convs = {n.name for n in graph.graph.node if n.op_type in ("Conv", "MatMul")}
+    assert convs and not convs & kept  # the heavy ops may run in FP16
+
+
 def test_optimisation_profiles_come_from_the_manifest_axes(lite_export):
     out, _ = lite_export
     manifest = json.loads((out / "manifest.json").read_text())
@@ -442,6 +470,153 @@ def test_engine_check_inputs_follow_the_profile_and_keep_modalities_present():
     assert feeds["input_ids"].shape == (4, 64) and feeds["input_ids"].dtype == np.int64
     assert (feeds["attention_mask"] == 1).all() and (feeds["present"] == 1).all()
     assert feeds["video"].shape == (4, 6) and np.ptp(feeds["video"]) > 0
+
+
+class _Scaled(torch.nn.Module):
+    """Hidden states in the tens (like an encoder's) and probabilities in [0, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(4, 6)
+
+    def forward(self, x):
+        h = 40.0 * self.lin(x)
+        return h, torch.sigmoid(h[:, :2] / 40.0)
+
+
+def _fake_tensorrt(monkeypatch, error=None):
+    """models.tensorrt without a GPU: its engine is ONNX Runtime plus ``error`` (output name
+    -> what to add); building and caching run as on a GPU."""
+    import types
+
+    import models.tensorrt as trt_module
+
+    class FakeEngineRunner:
+        def __init__(self, engine, name):
+            self.name, self.engine_path = name, None
+            self.onnx = Path(engine.decode())
+
+        def run(self, inputs):
+            out = OrtRunner(self.onnx).run(inputs)
+            return {k: v + (error or {}).get(k, 0.0) for k, v in out.items()}
+
+    monkeypatch.setattr(trt_module, "import_tensorrt", lambda: types.SimpleNamespace(
+        __version__="10.0-fake"))  # fmt: skip
+    monkeypatch.setattr(trt_module, "gpu_name", lambda: "Fake GPU")
+    monkeypatch.setattr(trt_module, "build_engine", lambda path, *a, **k: str(path).encode())
+    monkeypatch.setattr(trt_module, "TensorRTRunner", FakeEngineRunner)
+
+
+def test_the_engine_check_is_relative_to_each_outputs_scale(tmp_path, monkeypatch):
+    """FP16 rounding grows with an output's scale: an error of 0.2 on hidden states of
+    magnitude ~100 is sound (0.2 % of the scale), the same error on probabilities is not."""
+    x = {"x": np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)}
+    graph = export_onnx_module(_Scaled(), x, ["hidden", "probs"], tmp_path / "scaled.onnx")
+    ref = OrtRunner(graph).run(x)
+    assert np.abs(ref["hidden"]).max() > 30
+    _fake_tensorrt(monkeypatch, {"hidden": 0.2})
+    runner = load_or_build(graph, tmp_path / "engines", x)
+    assert runner.engine_path is not None and runner.engine_path.is_file()  # kept
+    _fake_tensorrt(monkeypatch, {"probs": 0.2})
+    with pytest.raises(EngineMismatch, match=r"scaled.onnx: .*probs: max \|diff\| 0.2 > "):
+        load_or_build(graph, tmp_path / "engines2", x)
+    assert not list((tmp_path / "engines2").glob("*.engine"))
+
+    from models.tensorrt import FP16_ATOL, FP16_RTOL, tolerance_problems
+
+    ref = {"h": np.array([100.0, -3.0]), "p": np.array([0.5, 0.1])}
+    assert tolerance_problems({"h": ref["h"] + 1.5, "p": ref["p"]}, ref) == []
+    assert tolerance_problems({"h": ref["h"] + 2.5, "p": ref["p"]}, ref) == [
+        f"h: max |diff| 2.5 > {FP16_ATOL + FP16_RTOL * 100:.3g}"
+    ]
+    assert tolerance_problems({"h": ref["h"], "p": ref["p"] + 0.03}, ref)[0].startswith("p:")
+    assert tolerance_problems({"h": ref["h"] * np.nan, "p": ref["p"]}, ref) == ["h: not finite"]
+    assert tolerance_problems({"p": ref["p"]}, ref) == ["h: missing"]
+
+
+def test_export_names_the_graph_whose_engine_fails(lite_export, tmp_path, monkeypatch, capsys):
+    """`export --backend tensorrt`: an engine that does not match, or does not build, is one
+    line naming its graph (the ONNX export stays complete), not a traceback."""
+    import models.tensorrt as trt_module
+
+    _fake_tensorrt(monkeypatch)
+
+    def failing(exc):
+        def load_or_build(path, *args, **kwargs):
+            if Path(path).name == "tcn_step.onnx":
+                raise exc
+            return trt_module.TensorRTRunner(str(path).encode(), Path(path).stem)
+
+        return load_or_build
+
+    argv = ["export", "--backend", "tensorrt", "--out", str(tmp_path / "x"), "--json"]
+    for exc, text in (
+        (EngineMismatch("tcn_step.onnx: TensorRT engine differs (p: max |diff| 1 > 0.03)"),
+         "graph tcn_step: tcn_step.onnx: TensorRT engine differs"),
+        (RuntimeError("TensorRT could not build an engine\nlong builder log"),
+         "graph tcn_step: tcn_step.onnx: TensorRT could not build an engine"),
+    ):  # fmt: skip
+        monkeypatch.setattr(trt_module, "load_or_build", failing(exc))
+        capsys.readouterr()
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith(f"ahstream export: {text}"), err
+        assert err.endswith("is complete)") and (tmp_path / "x" / "manifest.json").is_file()
+
+
+def test_an_input_outside_the_engine_profile_is_refused_clearly():
+    """TensorRT refuses a shape outside the optimisation profile by returning False (the run
+    would then use stale shapes): the runner says which input, its shape and the range,
+    before anything goes to the GPU."""
+    import threading
+    import types
+
+    from models.tensorrt import TensorRTRunner
+
+    runner = object.__new__(TensorRTRunner)
+    runner.name, runner.input_names, runner.output_names = "tcn_step", ("x",), ("p",)
+    runner._lock = threading.Lock()
+    runner._torch = torch
+    runner.engine = types.SimpleNamespace(
+        get_tensor_profile_shape=lambda name, i: ((1, 103), (4, 103), (16, 103))
+    )
+    accepted = []
+    runner.context = types.SimpleNamespace(set_input_shape=lambda n, s: accepted.append(s) or False)
+    with pytest.raises(ValueError, match=r"tcn_step: input x of shape \(17, 103\) is outside .*"
+                       r"max \(16, 103\)"):  # fmt: skip
+        runner.run({"x": np.zeros((17, 103), np.float32)})
+    with pytest.raises(ValueError, match=r"tcn_step: TensorRT refused input x of shape \(3, 103\)"):
+        runner.run({"x": np.zeros((3, 103), np.float32)})
+    assert accepted == [(3, 103)]
+
+    from models.tensorrt import shape_problem
+
+    assert shape_problem("x", (16, 103), (1, 103), (16, 103)) is None
+    assert shape_problem("x", (17, 103), (1, 103), (16, 103)) == (
+        "input x of shape (17, 103) is outside the engine's optimisation profile "
+        "(min (1, 103), max (16, 103))"
+    )
+    assert shape_problem("x", (2,), (1, 103), (16, 103)) is not None  # another rank
+
+
+def test_serve_refuses_batches_larger_than_the_engines_take(tmp_path, capsys):
+    """The engines' optimisation profile takes at most 16 items per run: `serve --backend
+    tensorrt --batch-max 32` would form batches they refuse."""
+    from models.tensorrt import DEFAULT_PROFILE
+
+    assert DEFAULT_PROFILE["batch"][2] == 16
+    argv = ["serve", "--profile", "full", "--weights-dir", str(tmp_path), "--backend",
+            "tensorrt", "--engine-dir", str(tmp_path)]  # fmt: skip
+    assert main([*argv, "--batch-max", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "ahstream serve: --batch-max 32: the TensorRT engines take at most 16 items per run "
+        "(their optimisation profile); use --batch-max 16 or less"
+    )
+    if not _has_gpu_trt():  # 16 passes that check, and fails on the missing GPU
+        assert main([*argv, "--batch-max", "16"]) == 2
+        assert "--batch-max" not in capsys.readouterr().err
 
 
 @pytest.mark.skipif(_has_gpu_trt(), reason="TensorRT and a GPU are present here")

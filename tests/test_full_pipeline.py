@@ -158,6 +158,72 @@ def test_evaluate_val_and_test_and_score_the_submission(
         assert scored["ap"] == pytest.approx(res["ap"], abs=1e-9)
 
 
+def test_the_served_video_decision_is_tuned_on_val_and_is_what_evaluate_reports(
+    full_trained: dict[str, Any],
+    bah_fx: BahFixture,
+    tiny_encoders: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The service decides a video by the TCN's max_ma1s aggregate against a threshold tuned
+    on the val videos' aggregates and stored with the TCN; evaluate reports that decision,
+    video by video as the live aggregator makes it. A checkpoint without it decides with
+    the frame-level threshold, as before, and says so."""
+    import logging
+
+    from models.metrics import best_threshold, evaluate_scores
+    from stream.aggregate import VideoAggregator
+
+    out, summary = full_trained["out"], full_trained["summary"]
+    tcn, extra = load_tcn(out / "embedding_tcn.pt")
+    assert extra["video_method"] == "max_ma1s"
+    served = {"source": "tcn", "method": "max_ma1s", "threshold": extra["video_threshold"]}
+    assert summary["decision"] == served
+    profile = load_full_profile(out)
+    assert (profile.threshold, profile.frame_threshold, profile.method) == (
+        extra["video_threshold"], extra["threshold"], "max_ma1s")  # fmt: skip
+    assert profile.describe()["decision"] == served
+
+    hz = float(summary["ticks"]["hz"])
+    enc = load_encoders(*(str(tiny_encoders[k]) for k in ("video", "audio", "text")))
+    layout = BahLayout(bah_fx.root)
+    ex = FeatureExtractor(
+        layout, enc, FeatureCache(out / "feature-cache"), TickConfig(**summary["ticks"])
+    )
+    for split in ("val", "test"):
+        labels, p_live = [], []
+        for video in layout.split(split):
+            f = ex.features(video)
+            stream = TCNStream(tcn)
+            agg = VideoAggregator(extra["video_threshold"], "max_ma1s", hz)
+            for k in range(len(f.times)):
+                agg.add(stream.step(f.video[k], f.audio[k], f.text[k], f.present[k]))
+            labels.append(video.label)
+            p_live.append(agg.p)
+        code, res = _run(capsys, "evaluate", "--bah-root", str(bah_fx.root), "--split", split,
+                         "--weights-dir", str(out), "--json")  # fmt: skip
+        assert code == 0 and res is not None
+        expected = evaluate_scores(labels, p_live, extra["video_threshold"])
+        assert res["decision"] == pytest.approx({**expected, **served}, abs=1e-6)
+        if split == "val":  # tuned there, on these aggregates
+            assert best_threshold(labels, p_live)[0] == pytest.approx(extra["video_threshold"])
+            assert summary["val"]["decision"] == pytest.approx(expected, abs=1e-6)
+
+    old = tmp_path / "old"
+    shutil.copytree(out, old, ignore=shutil.ignore_patterns("feature-cache"))
+    legacy = {k: v for k, v in extra.items() if k not in ("video_threshold", "video_method")}
+    tcn.save(old / "embedding_tcn.pt", **legacy)
+    with caplog.at_level(logging.WARNING, logger="ahstream"):
+        assert load_full_profile(old).threshold == extra["threshold"]
+        res = evaluate_full(bah_fx.root, "val", old)
+    assert res["decision"]["threshold"] == extra["threshold"]
+    warned = [
+        r.getMessage() for r in caplog.records if "no video-level threshold" in r.getMessage()
+    ]
+    assert len(warned) == 2 and "frame-level threshold" in warned[0]
+
+
 def _late_transcript(path: Path) -> None:
     """Rewrite a fixture transcript so that the first words start at 1.0 s (committed 1.4 s)."""
     chunks = [
@@ -350,6 +416,44 @@ def test_clear_errors(
     # The lite commands still ask for their own inputs.
     assert main(["evaluate"]) == 2 and "--split-file" in capsys.readouterr().err
     assert main(["train"]) == 2 and "--split-dir" in capsys.readouterr().err
+
+
+def test_train_and_evaluate_refuse_an_unusable_device_in_one_line(
+    full_trained: dict[str, Any],
+    bah_fx: BahFixture,
+    tiny_encoders: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--device as serve/analyze take it: cuda without a GPU and unknown names are exit
+    code 2 and a message, never a traceback; a device failure while running is one line."""
+    import models.train_full
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    train = _train_argv(bah_fx, tiny_encoders, tmp_path / "w")[:-1]  # (without --json)
+    evaluate = ["evaluate", "--bah-root", str(bah_fx.root), "--weights-dir",
+                str(full_trained["out"])]  # fmt: skip
+    for argv in (train, evaluate):
+        capsys.readouterr()
+        assert main([*argv, "--device", "cuda"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            f"ahstream {argv[0]}: --device: device 'cuda': torch sees no CUDA GPU here "
+            "(use --device cpu)"
+        )
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--device", "gpu"])
+        assert exit_info.value.code == 2
+        assert "invalid choice: 'gpu'" in capsys.readouterr().err
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("CUDA error: no kernel image is available\nmore detail")
+
+    monkeypatch.setattr(models.train_full, "train_full", fail)
+    capsys.readouterr()
+    assert main([*train, "--device", "auto"]) == 1
+    assert capsys.readouterr().err == "ahstream train: CUDA error: no kernel image is available\n"
 
 
 # --- features: what each tick sees ----------------------------------------------------------

@@ -108,8 +108,9 @@ def test_frames_publish_the_tcn_step_which_equals_the_offline_forward(
         )
         final = [e for e in events if e["type"] == "video" and e["final"]][-1]
         assert final["method"] == "max_ma1s"
-        assert final["threshold"] == pytest.approx(extra["threshold"], abs=1e-6)
-        agg = VideoAggregator(extra["threshold"], "max_ma1s", started["analysis_hz"])
+        # the video-level threshold tuned on the aggregate (not the frame-level one)
+        assert final["threshold"] == pytest.approx(extra["video_threshold"], abs=1e-6)
+        agg = VideoAggregator(extra["video_threshold"], "max_ma1s", started["analysis_hz"])
         for q in live:
             agg.add(float(q))
         assert final["p"] == pytest.approx(agg.p, abs=1e-6) and final["label"] == agg.label
@@ -142,7 +143,7 @@ def test_live_ticks_see_what_training_saw_and_decide_like_offline(
         x = [torch.from_numpy(a[None]) for a in (f.video, f.audio, f.text, f.present)]
         with torch.no_grad():
             p_off = torch.sigmoid(tcn(*x))[0].numpy()
-        agg = VideoAggregator(extra["threshold"], "max_ma1s", float(summary["ticks"]["hz"]))
+        agg = VideoAggregator(extra["video_threshold"], "max_ma1s", float(summary["ticks"]["hz"]))
         for q in p_off:
             agg.add(float(q))
         labels["offline"].append(agg.label)

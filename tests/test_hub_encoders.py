@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from models.hub_encoders import (
 )
 from models.runner import OrtRunner, TorchRunner, max_abs_diff
 from models.whisper import resolve_whisper_path, whisper_source
-from tests.tiny_models import GOEMOTIONS_LABELS, make_tiny_encoders
+from tests.tiny_models import GOEMOTIONS_LABELS, make_tiny_encoders, make_tiny_text_classifier
 
 torch.set_num_threads(1)
 RNG = np.random.default_rng(7)
@@ -88,6 +87,54 @@ def test_a_relative_model_directory_is_recorded_as_an_absolute_path(
     assert SpeechEncoder.from_pretrained(paths["audio"]).name == str(paths["audio"].resolve())
     assert TextEmotionEncoder.from_pretrained(paths["text"]).name == str(paths["text"].resolve())
     assert source_name("org/model") == "org/model"  # a hub id stays as given
+
+
+def test_another_architectures_files_are_refused_not_randomly_initialised(
+    paths: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wav2vec2 checkpoint as the speech model (its weights sit under ``wav2vec2.``, none
+    of HuBERT's load), another encoder's files as the video or text model: a clear error
+    naming the model and the architecture expected, also as the CLI's one-line message."""
+    from transformers import ViTConfig, ViTModel, Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from stream.cli import main
+
+    torch.manual_seed(0)
+    w2v = tmp_path / "w2v"
+    cfg = Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16, 16),
+        conv_stride=(5, 4, 4),
+        conv_kernel=(10, 4, 4),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        vocab_size=8,
+    )
+    Wav2Vec2ForCTC(cfg).save_pretrained(w2v)
+    # (HubModelMismatchError is a HubModelNotFoundError: the CLI's one-line errors)
+    with pytest.raises(HubModelNotFoundError, match=r"not a HuBERT.*Wav2Vec2ForCTC.*missing"):
+        SpeechEncoder.from_pretrained(w2v, normalize=True)
+    with pytest.raises(HubModelNotFoundError, match=r"FaceClipEncoder: .*hubert is not a VideoMAE"):
+        FaceClipEncoder.from_pretrained(paths["audio"])
+    vit = tmp_path / "vit"
+    vit_cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64)  # fmt: skip
+    ViTModel(vit_cfg).save_pretrained(vit)
+    with pytest.raises(HubModelNotFoundError, match=r"vit is not a VideoMAE"):
+        FaceClipEncoder.from_pretrained(vit)
+    with pytest.raises(HubModelNotFoundError, match=r"TextEmotionEncoder: .*not a text classif"):
+        TextEmotionEncoder.from_pretrained(paths["video"])
+    out = tmp_path / "export"
+    argv = ["export", "--profile", "full", "--audio-model", str(w2v), "--out", str(out)]
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # (before it: transformers' progress bars)
+    assert "Traceback" not in err and last.startswith("ahstream export: SpeechEncoder: ")
+    assert "not a HuBERT (HubertModel) checkpoint" in last
 
 
 def test_uncached_hub_id_fails_clearly_offline() -> None:
@@ -210,10 +257,13 @@ def test_speech_normalisation_comes_from_the_model_files(
         assert SpeechEncoder.from_pretrained("~/raw", normalize=True).normalize is True
         assert SpeechEncoder.from_pretrained(paths["audio"]).normalize is True  # tiny: config
     (tmp_path / "raw" / "preprocessor_config.json").unlink()
-    config = json.loads((tmp_path / "raw" / "config.json").read_text())
+    from transformers import HubertConfig, HubertModel
+
+    config = HubertConfig.from_pretrained(tmp_path / "raw")
     for norm, expected in (("group", False), ("layer", True)):
-        config["feat_extract_norm"] = norm
-        (tmp_path / "raw" / "config.json").write_text(json.dumps(config))
+        # weights of that architecture: a LayerNorm extractor has a norm in every conv layer
+        config.feat_extract_norm = norm
+        HubertModel(config).save_pretrained(tmp_path / "raw")
         with pytest.warns(UserWarning, match=f"no preprocessor_config.json.*{norm} norm"):
             assert SpeechEncoder.from_pretrained("~/raw").normalize is expected
     with warnings.catch_warnings():
@@ -257,6 +307,31 @@ def test_text_embedding_and_emotions(text: TextEmotionEncoder, paths: dict[str, 
     # Padding (the short texts in a batch) changes nothing.
     np.testing.assert_allclose(text.encode(TEXTS[1:2]), emb[1:2], atol=1e-5)
     np.testing.assert_allclose(text.emotions(TEXTS[2:]), probs[2:], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert", "distilbert"])
+def test_text_families_give_the_hf_models_probabilities(
+    kind: str, paths: dict[str, Path], tmp_path: Path
+) -> None:
+    """Each family's head pools its own way (RoBERTa's reads token 0 itself, BERT's the
+    pooler, DistilBERT's a pre-classifier): probs are [B, labels] and equal HF's forward,
+    in torch and in the ONNX export."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = paths["text"] if kind == "roberta" else make_tiny_text_classifier(tmp_path, kind)
+    enc = TextEmotionEncoder.from_pretrained(path)
+    emb, probs = enc.encode_with_emotions(TEXTS)
+    assert emb.shape == (3, 32) and probs.shape == (3, len(GOEMOTIONS_LABELS))
+    ref_model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    inputs = enc.preprocess(TEXTS)
+    with torch.no_grad():
+        out = ref_model(
+            **{k: torch.from_numpy(v) for k, v in inputs.items()}, output_hidden_states=True
+        )
+    np.testing.assert_allclose(probs, torch.sigmoid(out.logits).numpy(), atol=1e-5)
+    np.testing.assert_allclose(emb, out.hidden_states[-1][:, 0].numpy(), atol=1e-5)
+    ort = OrtRunner(enc.export_onnx(tmp_path / f"{kind}.onnx"), threads=1)
+    assert max_abs_diff(enc.runner.run(inputs), ort.run(inputs)) <= 1e-4
 
 
 # ---------------------------------------------------------------- ONNX and runners

@@ -11,7 +11,8 @@ loads from the hub (``models.hub_encoders``), with tiny configs and seeded rando
   GoEmotions' and a byte-level BPE tokenizer trained here on a few sentences.
 
 Each is loadable by path with ``from_pretrained``. They exist to test code paths; their
-outputs mean nothing.
+outputs mean nothing. `make_tiny_text_classifier(path, kind)` writes the other text families
+(``bert``, ``distilbert``) with a WordPiece tokenizer.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-__all__ = ["GOEMOTIONS_LABELS", "make_tiny_encoders"]
+__all__ = ["GOEMOTIONS_LABELS", "make_tiny_encoders", "make_tiny_text_classifier"]
 
 #: The 28 GoEmotions labels, in the order of SamLowe/roberta-base-go_emotions' id2label.
 GOEMOTIONS_LABELS = (
@@ -135,3 +136,61 @@ def make_tiny_encoders(
         torch.manual_seed(seed + i)
         build(paths[kind])
     return paths
+
+
+def make_tiny_text_classifier(path: Path, kind: str = "bert", seed: int = 0) -> Path:
+    """Write a tiny random ``BertForSequenceClassification`` (``kind="bert"``) or
+    ``DistilBertForSequenceClassification`` (``"distilbert"``) with GoEmotions' 28 labels and
+    a WordPiece tokenizer over the test sentences at ``path``; returns ``path``."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertTokenizerFast,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        DistilBertTokenizerFast,
+    )
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    words = sorted({w.strip(".,'").lower() for s in _SENTENCES for w in s.split()} - {""})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "'", *words]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    labels = {
+        "num_labels": len(GOEMOTIONS_LABELS),
+        "id2label": dict(enumerate(GOEMOTIONS_LABELS)),
+        "label2id": {n: i for i, n in enumerate(GOEMOTIONS_LABELS)},
+        "problem_type": "multi_label_classification",
+    }
+    torch.manual_seed(seed)
+    if kind == "bert":
+        tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+        cfg = BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            **labels,
+        )
+        model = BertForSequenceClassification(cfg)
+    elif kind == "distilbert":
+        tok = DistilBertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+        cfg = DistilBertConfig(
+            vocab_size=len(vocab),
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            hidden_dim=64,
+            max_position_embeddings=64,
+            **labels,
+        )
+        model = DistilBertForSequenceClassification(cfg)
+    else:
+        raise ValueError(f"unknown tiny text classifier {kind!r}: bert or distilbert")
+    tok.model_max_length = 64
+    tok.save_pretrained(path)
+    model.eval().save_pretrained(path)
+    return path
