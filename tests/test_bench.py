@@ -23,6 +23,7 @@ from benchmarks.live import (
 )
 from benchmarks.output import finite, pyplot
 from benchmarks.throughput import _round_summary, session_report
+from tests.conftest import app_on_loopback
 from tests.mediafiles import write_media
 
 
@@ -267,16 +268,9 @@ async def test_a_refused_events_websocket_is_a_one_line_bench_error(talking_face
     app.router.add_post("/whip", offer)
     app.router.add_get("/sessions/abc/events", events)
     app.router.add_delete("/proxied/whip/abc", delete)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    async with app_on_loopback(app) as url:
         argv = ["bench", "latency", str(talking_face_mp4), "--url", url, "--no-save"]
         code = await asyncio.to_thread(main, argv)
-    finally:
-        await runner.cleanup()
     err = capsys.readouterr().err
     assert code == 1, err
     assert err == "ahstream bench latency: events websocket refused: HTTP 403\n"

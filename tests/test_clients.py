@@ -29,7 +29,7 @@ from clients.listen import ListenError, listen
 from clients.send import SendError, send_file, ws_url
 from stream.cli import main
 from stream.serving import ice_configuration
-from tests.conftest import ROOT, ServeProcess, http_request
+from tests.conftest import ROOT, ServeProcess, app_on_loopback, http_request
 
 TOKEN = "svc-token-clients-Hk4"
 SECRET = "SECRET-wrong-token-7Qz"
@@ -363,18 +363,13 @@ async def fake_server(**behaviour: Any) -> AsyncIterator[FakeServer]:
     app.router.add_post("/whip", fake.whip)
     app.router.add_delete("/resources/{id}", fake.delete)
     app.router.add_get("/sessions/{id}/events", fake.subscribe)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        yield fake
-    finally:
-        fake.stopping.set()
-        for pc in fake.pcs:
-            await pc.close()
-        await runner.cleanup()
+    async with app_on_loopback(app) as fake.url:
+        try:
+            yield fake
+        finally:
+            fake.stopping.set()
+            for pc in fake.pcs:
+                await pc.close()
 
 
 async def test_send_names_its_session_and_fails_when_it_ends_without_a_decision(tmp_path):
@@ -530,16 +525,10 @@ async def test_backend_example_refusals_and_failures_are_one_line():
     app = web.Application()
     app.router.add_get("/sessions/{id}/events", refuse)
     app.router.add_get("/array/{id}/events", array)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with app_on_loopback(app) as url:
+        port = int(url.rsplit(":", 1)[1])
         refused = await _backend(f"ws://127.0.0.1:{port}/sessions/abc/events", "--token", "T0K")
         not_object = await _backend(f"ws://127.0.0.1:{port}/array/abc/events")
-    finally:
-        await runner.cleanup()
     # the same port, closed now: nothing listens there
     down = await _backend(f"ws://127.0.0.1:{port}/sessions/abc/events?token=T0K")
     async with fake_server(events="close") as fake:

@@ -11,7 +11,7 @@ import sys
 import time
 
 from clients.listen import listen
-from tests.conftest import ROOT, ServeProcess
+from tests.conftest import ROOT, ServeProcess, app_on_loopback
 
 
 async def test_sigterm_finalizes_live_sessions(talking_face_mp4, tmp_path):
@@ -139,7 +139,6 @@ async def test_a_refused_offer_leaves_no_session_behind(caplog):
     import logging
 
     import aiohttp
-    from aiohttp import web
     from aiortc import RTCConfiguration, RTCPeerConnection
     from aiortc.mediastreams import AudioStreamTrack
 
@@ -153,20 +152,16 @@ async def test_a_refused_offer_leaves_no_session_behind(caplog):
     await sender.setLocalDescription(await sender.createOffer())
     await sender.close()
     server = Server(load_models("lite", asr=False, face=False), ServerConfig())
-    runner = web.AppRunner(make_app(server))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
     try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/whip"
-        headers = {"Content-Type": "application/sdp"}
-        async with aiohttp.ClientSession() as http:
-            async with http.post(url, data=sender.localDescription.sdp, headers=headers) as r:
-                assert r.status == 400, await r.text()
-        await asyncio.sleep(0.5)  # the connection's "closed" state change has run by now
+        async with app_on_loopback(make_app(server)) as url:
+            headers = {"Content-Type": "application/sdp"}
+            sdp = sender.localDescription.sdp
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{url}/whip", data=sdp, headers=headers) as r:
+                    assert r.status == 400, await r.text()
+            await asyncio.sleep(0.5)  # the connection's "closed" state change has run by now
         assert "rejected WHIP offer" in caplog.text
         assert "closing (" not in caplog.text, caplog.text
         assert not server.live and not server.publishers
     finally:
-        await runner.cleanup()
         await server.shutdown()

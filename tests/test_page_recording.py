@@ -18,26 +18,17 @@ from aiohttp import web
 
 from stream.server import ServerConfig, index
 from stream.serving import SERVER
-
-# the server's own app keys are plain strings too (stream/server.py)
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web.NotAppKeyWarning")
+from tests.conftest import app_on_loopback
 
 
 async def _page(config: ServerConfig) -> str:
     app = web.Application()
     app[SERVER] = SimpleNamespace(config=config)  # type: ignore[assignment]
     app.router.add_get("/", index)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
-        async with aiohttp.ClientSession() as http, http.get(url) as r:
+    async with app_on_loopback(app) as url, aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/") as r:
             assert r.status == 200 and r.content_type == "text/html"
             return await r.text()
-    finally:
-        await runner.cleanup()
 
 
 def _note(page: str) -> tuple[str, str]:
