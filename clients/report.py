@@ -113,6 +113,14 @@ def summarize(events: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+#: Why a report can have no probability curve: the file holds no `frame` event.
+NO_FRAMES = (
+    "no frame events in this file: a listener that joined after the call "
+    "receives only the replayed events (start, cues, segments, errors, final transcript "
+    "and decision)"
+)
+
+
 def _decision_text(decision: dict[str, Any] | None) -> str:
     if not decision:
         return "no final decision"
@@ -162,6 +170,18 @@ def _render_png(s: dict[str, Any], path: Path, title: str) -> None:
             ax.axvspan(seg["t0"], seg["t1"], color=_AH_COLOUR, alpha=0.15, lw=0)
     frames = s["frames"]
     handles: list[Any] = []
+    if not frames:
+        ax_p.text(
+            0.5,
+            0.85,  # above the threshold line
+            NO_FRAMES,
+            transform=ax_p.transAxes,
+            ha="center",
+            va="center",
+            wrap=True,
+            color="#555555",
+            fontsize=9,
+        )
     if frames:
         ts = [f["t"] for f in frames]
         ps = [f["p"] for f in frames]
@@ -308,6 +328,8 @@ def _render_html(s: dict[str, Any], png: Path, path: Path, title: str) -> None:
         facts.append(("context", s["context"]))
     if s["reason"]:
         facts.append(("ended", s["reason"]))
+    if not s["frames"]:
+        facts.append(("frame events", NO_FRAMES))
     st = s["status"]
     if st is not None:
         if st.get("rtf") is not None:

@@ -166,7 +166,12 @@ def test_render_report_shows_every_modality_and_escapes_text(tmp_path):
 def test_render_report_without_decision(tmp_path):
     events = [e for e in _session([]) if e["type"] != "frame"]
     _, page = render_report(events, tmp_path, "empty")
-    assert 'id="decision">no final decision<' in page.read_text(encoding="utf-8")
+    text = page.read_text(encoding="utf-8")
+    assert 'id="decision">no final decision<' in text
+    # no curve, and the page says why (a late listener's file has only the replay)
+    assert "no frame events in this file: a listener that joined after the call" in text
+    _, page = render_report(_session([]), tmp_path, "with_frames")
+    assert "no frame events" not in page.read_text(encoding="utf-8")
     running = {"v": 1, "type": "video", "session": "x1", "t": 3.0, "p": 0.3, "label": 0}
     _, page = render_report(
         _session([{**running, "threshold": 0.6, "final": False}]), tmp_path, "r"
