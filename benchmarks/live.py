@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import json
 import math
 import os
@@ -361,8 +362,9 @@ async def publish(
         except (aiohttp.ClientError, TimeoutError) as exc:
             status = getattr(exc, "status", None)
             pub.error = f"events websocket {'refused: HTTP ' + str(status) if status else exc}"
-            async with http.delete(session_url):  # the session must not run on unobserved
-                pass
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.delete(session_url):  # the session must not run on unobserved
+                    pass
             return pub
 
         async def read() -> None:

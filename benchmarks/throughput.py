@@ -317,6 +317,8 @@ def run_throughput_bench(
         with ServerProcess("--max-sessions", str(max_sessions + 1)) as server:
             idle_rss = server.settled_rss_mb()  # the workers finish starting after /healthz
             warm_up = asyncio.run(publish(clip, server.url, duration_s=3.0))  # not measured
+            if warm_up.error:  # every round would fail the same way
+                raise RuntimeError(warm_up.error)
             models = warm_up.models()
             for n in range(1, max_sessions + 1):
                 r = asyncio.run(_round(clip, server.url, n, server))

@@ -600,7 +600,10 @@ def _export_embedding_tcn(
         step_diff = max(step_diff, float(np.max(np.abs(o["logit"] - ref[:, k]))))
         state = {s.input: o[s.output] for s in specs}
     sources = {tcn_file.name: sha256_file(tcn_file)}
-    keep = {k: extra[k] for k in ("threshold", "hz") if k in extra}
+    # the frame-level threshold, the rate, and the served video decision (method, threshold)
+    keep = {
+        k: extra[k] for k in ("threshold", "hz", "video_threshold", "video_method") if k in extra
+    }
     states = [
         {"input": s.input, "output": s.output, "channels": s.channels, "rows": s.rows}
         for s in specs

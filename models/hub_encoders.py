@@ -138,10 +138,17 @@ def _load(loader: Any, id_or_path: str | Path, what: str, **kwargs: Any) -> Any:
 
 
 def _load_model(
-    loader: Any, id_or_path: str | Path, what: str, expected: str, **kwargs: Any
+    loader: Any,
+    id_or_path: str | Path,
+    what: str,
+    expected: str,
+    head: tuple[str, ...] = (),
+    **kwargs: Any,
 ) -> nn.Module:
     """`_load` of a model, refusing (HubModelMismatchError) files that are not an
-    ``expected`` checkpoint: weights it needs missing, or a configuration of another kind."""
+    ``expected`` checkpoint: weights it needs missing, or a configuration of another kind.
+    Missing weights of the modules named in ``head`` (e.g. a classifier the features do not
+    use) are only a warning: a plain encoder's files lack them."""
     src = str(id_or_path)
     try:
         model, info = _load(loader, id_or_path, what, output_loading_info=True, **kwargs)
@@ -152,6 +159,15 @@ def _load_model(
     missing = sorted(
         k for k in info.get("missing_keys", ()) if k.rsplit(".", 1)[-1] not in _UNUSED_WEIGHTS
     )
+    without_head = [k for k in missing if k.split(".", 1)[0] not in head]
+    if missing and not without_head:
+        warnings.warn(
+            f"{what}: {src} has no {'/'.join(head)} head ({', '.join(missing[:3])} missing):"
+            " its embeddings are used as they are; the head's outputs are untrained and must"
+            " not be read",
+            stacklevel=3,
+        )
+        return model
     if missing:
         declared = getattr(model.config, "architectures", None) or [model.config.model_type]
         raise HubModelMismatchError(
@@ -647,7 +663,9 @@ class TextEmotionEncoder(_HubEncoder):
         local_files_only: bool = False,
     ) -> TextEmotionEncoder:
         """Load the tokenizer and ``AutoModelForSequenceClassification`` weights
-        (HubModelMismatchError when the classification head or the body is missing)."""
+        (HubModelMismatchError when weights of the body are missing). A plain encoder
+        without a classification head (e.g. ``roberta-base``) loads with a warning: its
+        embedding is what the full profile uses; its ``emotions`` are untrained."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         model = _load_model(
@@ -655,6 +673,7 @@ class TextEmotionEncoder(_HubEncoder):
             id_or_path,
             cls.__name__,
             "text classification (AutoModelForSequenceClassification)",
+            head=("classifier", "pre_classifier"),
             local_files_only=local_files_only,
         )
         tok = _load(AutoTokenizer, id_or_path, cls.__name__, local_files_only=local_files_only)

@@ -111,8 +111,10 @@ class Analyzer:
 
     The full profile (``models.full`` set) publishes the p of its embedding TCN
     (`models.full_stream.FullStream`: face clip, audio window, committed
-    transcript), with the checkpoint's frame-level threshold; the cue detectors
-    run as in the lite profile. Its ticks must fall at the checkpoint's rate.
+    transcript); its video decision has the threshold tuned on that aggregate
+    (``threshold``), its A/H segments the frame-level one (``segment_threshold``);
+    the cue detectors run as in the lite profile. Its ticks must fall at the
+    checkpoint's rate.
     """
 
     def __init__(
@@ -133,6 +135,8 @@ class Analyzer:
 
             self.full = FullStream(full)
             self.source, self.method, self.threshold = "full", full.method, full.threshold
+            # segments follow the frame p: the threshold tuned on val frames
+            self.segment_threshold: float = full.frame_threshold
         else:
             self.tcn: FusionTCN = models.tcn.fresh()
             self.text_stream = TextStream(self.text_model, context)
@@ -144,6 +148,8 @@ class Analyzer:
                 self.threshold = float(rule["threshold_context" if with_context else "threshold"])
             else:
                 self.threshold = self.text_model.threshold_for(context)
+            # the published p is a video-level estimate at every tick (final-value rule)
+            self.segment_threshold = self.threshold
         self.words: list[Any] = []  # committed words so far
         self._face: FaceFeatures | None = None  # newest face features
         self.word_cues = WordCueDetector()

@@ -144,7 +144,7 @@ class Session:
         self.aggregator = VideoAggregator(
             self.analyzer.threshold, self.analyzer.method, analysis_hz
         )
-        self.segments = SegmentTracker.around(self.analyzer.threshold, hz=analysis_hz)
+        self.segments = SegmentTracker.around(self.analyzer.segment_threshold, hz=analysis_hz)
         self._video_every = video_every_s
         self._status_every = status_every_s
         self._tracks: dict[str, bool] = {}  # kind -> ended

@@ -184,6 +184,17 @@ def test_the_served_video_decision_is_tuned_on_val_and_is_what_evaluate_reports(
     assert (profile.threshold, profile.frame_threshold, profile.method) == (
         extra["video_threshold"], extra["threshold"], "max_ma1s")  # fmt: skip
     assert profile.describe()["decision"] == served
+    # A session decides the video by the served threshold; its segments follow the frame p,
+    # so they open and close around the frame-level one.
+    from models.profile import load_models
+    from stream.publisher import Publisher
+    from stream.session import Session
+
+    models = load_models("full", weights_dir=str(out), asr=False, face=False)
+    session = Session("s", models, Publisher("s"), analysis_hz=float(summary["ticks"]["hz"]))
+    assert session.aggregator.threshold == extra["video_threshold"]
+    segments = session.segments
+    assert (segments.enter + segments.exit) / 2 == pytest.approx(extra["threshold"])
 
     hz = float(summary["ticks"]["hz"])
     enc = load_encoders(*(str(tiny_encoders[k]) for k in ("video", "audio", "text")))

@@ -49,10 +49,13 @@ def analyzed(
     """`ahstream analyze POS NEG --profile full` in process, every TCN step recorded."""
     out = tmp_path_factory.mktemp("analyzed-full")
     steps: dict[int, list[tuple[np.ndarray, ...]]] = defaultdict(list)
+    streams: list[Any] = []  # kept alive: a freed stream's id could be the next one's
     original = embedding_tcn.TCNStream.step
 
     def spy(self: Any, v: Any, a: Any, t: Any, present: Any) -> float:
         p = original(self, v, a, t, present)
+        if id(self) not in steps:
+            streams.append(self)
         steps[id(self)].append((np.array(v), np.array(a), np.array(t), np.array(present), p))
         return p
 
@@ -327,6 +330,13 @@ def test_analyze_full_with_onnxruntime_gives_the_native_frame_probabilities(
     assert {"embedding_tcn", "embedding_tcn_step", "video_encoder", "text_encoder"} <= set(
         manifest["models"]
     )
+    # what the service decides by goes with the graphs (an export's user can reproduce it)
+    _, extra = load_tcn(full_trained["out"] / "embedding_tcn.pt")
+    for graph in ("embedding_tcn", "embedding_tcn_step"):
+        entry = manifest["models"][graph]
+        assert entry["video_method"] == "max_ma1s"
+        assert entry["video_threshold"] == extra["video_threshold"]
+        assert entry["threshold"] == extra["threshold"]
     events = _analyze_exported("onnxruntime", analyzed, full_trained, bah_fx, full_export)
     native = analyzed["events"][0]
     assert native[0]["models"]["backend"] == "native"

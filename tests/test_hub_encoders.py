@@ -89,6 +89,33 @@ def test_a_relative_model_directory_is_recorded_as_an_absolute_path(
     assert source_name("org/model") == "org/model"  # a hub id stays as given
 
 
+def test_a_plain_text_encoder_is_used_for_its_embedding_with_a_warning(
+    paths: dict[str, Path], tmp_path: Path
+) -> None:
+    """A text model without a classification head (``roberta-base`` and the like) is what a
+    full-profile checkpoint may have been trained with: only its embedding is used. It loads
+    (with a warning that its emotion head is untrained), and the embedding is its own."""
+    import shutil
+
+    from transformers import AutoConfig, RobertaModel
+
+    plain = tmp_path / "roberta-plain"
+    torch.manual_seed(1)
+    body = RobertaModel(AutoConfig.from_pretrained(paths["text"]), add_pooling_layer=False)
+    body.eval().save_pretrained(plain)
+    for f in paths["text"].iterdir():  # the tokenizer files
+        if "token" in f.name or f.suffix in (".txt",) or f.name in ("merges.txt", "vocab.json"):
+            shutil.copy(f, plain / f.name)
+    with pytest.warns(UserWarning, match="has no classifier/pre_classifier head"):
+        enc = TextEmotionEncoder.from_pretrained(plain)
+    texts = ["i want to but i do not know", "yes"]
+    x = enc.preprocess(texts)
+    with torch.no_grad():
+        ids, mask = (torch.from_numpy(x[k]) for k in ("input_ids", "attention_mask"))
+        want = body(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0].numpy()
+    np.testing.assert_allclose(enc.encode(texts), want, atol=1e-5)
+
+
 def test_another_architectures_files_are_refused_not_randomly_initialised(
     paths: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

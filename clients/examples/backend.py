@@ -131,12 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         parse_uri(args.url)  # a malformed URL fails here, before any connection
+    except (InvalidURI, ValueError):  # ValueError: urllib's, e.g. an unclosed IPv6 bracket
+        print(f"backend.py: invalid URL: {redact(args.url)}", file=sys.stderr)
+        return 2
+    try:
         summary = asyncio.run(follow(args.url, args.token))
     except InvalidURI as exc:
         print(f"backend.py: invalid URL: {redact(exc.uri)}", file=sys.stderr)
-        return 2
-    except ValueError:  # what urllib says of e.g. an unclosed IPv6 bracket
-        print(f"backend.py: invalid URL: {redact(args.url)}", file=sys.stderr)
         return 2
     except FollowError as exc:
         print(f"backend.py: {exc}", file=sys.stderr)
