@@ -244,6 +244,15 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (states * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+class _Pool(nn.Module):
+    """The encoders' pooling over frames or tokens (`masked_mean`, or a plain mean without a
+    mask) as a module: named ``fp32_pool`` in a graph, its sums over up to 1,500 frames or
+    1,568 tokens stay in FP32 under TensorRT (`models.tensorrt.FP32_SCOPE_PREFIX`)."""
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return states.mean(1) if mask is None else masked_mean(states, mask)
+
+
 class MaskedAttentionPool(nn.Module):
     """Trainable attention pooling over frames: a learned query scores projected frames;
     padded frames (mask 0) get exactly zero weight, whatever they hold."""
@@ -327,9 +336,10 @@ class _VideoGraph(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.fp32_pool = _Pool()
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).last_hidden_state.mean(1)
+        return self.fp32_pool(self.model(pixel_values=pixel_values).last_hidden_state)
 
 
 class FaceClipEncoder(_HubEncoder):
@@ -449,6 +459,7 @@ class _SpeechGraph(nn.Module):
         # 30 s), far past FP16's 65,504: the ``fp32_`` name makes its ONNX nodes
         # ``/fp32_group_norm/...``, which TensorRT keeps in FP32 (`models.tensorrt`).
         self.fp32_group_norm = _MaskedGroupNorm()
+        self.fp32_pool = _Pool()  # the masked mean over up to 1,500 frames, in FP32 too
         cfg = model.config
         self.kernels = [int(k) for k in cfg.conv_kernel]
         self.strides = [int(s) for s in cfg.conv_stride]
@@ -479,7 +490,7 @@ class _SpeechGraph(nn.Module):
         hidden = hidden * frame_mask.unsqueeze(-1).to(hidden.dtype)
         states = self.model.encoder(hidden, attention_mask=frame_mask).last_hidden_state
         fm = frame_mask.to(states.dtype)
-        return masked_mean(states, fm), states, fm
+        return self.fp32_pool(states, fm), states, fm
 
 
 def _frames_for(samples: int, kernels: Sequence[int], strides: Sequence[int]) -> int:

@@ -422,10 +422,11 @@ def test_layernorm_nodes_are_the_ones_kept_in_fp32(tmp_path):
 def test_hubert_masked_group_norm_is_kept_in_fp32(tmp_path):
     """The speech encoder's masked GroupNorm sums over every frame of the first conv layer
     (96,000 in 30 s, past FP16's 65,504): its reductions, square root and divisions stay in
-    FP32; the shape arithmetic of its scope (int64) and the rest of the network do not."""
+    FP32; the shape arithmetic of its scope (int64) and the rest of the network do not. So
+    do the encoders' poolings (the speech frames' masked mean, the video tokens' mean)."""
     import onnx
 
-    from models.hub_encoders import SpeechEncoder
+    from models.hub_encoders import FaceClipEncoder, SpeechEncoder
     from tests.tiny_models import make_tiny_encoders
 
     paths = make_tiny_encoders(tmp_path / "tiny")
@@ -444,6 +445,14 @@ def test_hubert_masked_group_norm_is_kept_in_fp32(tmp_path):
     assert not {n.name for n in norm if n.op_type in ("Shape", "Gather", "Concat")} & kept
     convs = {n.name for n in graph.graph.node if n.op_type in ("Conv", "MatMul")}
     assert convs and not convs & kept  # the heavy ops may run in FP16
+    # the masked mean over the frames (up to 1,500) too, and the video encoder's token mean
+    pool = {n.name for n in graph.graph.node if "/fp32_pool/" in n.name}
+    assert {n.split("/")[-1].split("_")[0] for n in pool & kept} >= {"ReduceSum", "Div"}
+    video = onnx.load(str(FaceClipEncoder.from_pretrained(paths["video"]).export_onnx(
+        tmp_path / "video.onnx")))  # fmt: skip
+    means = [n.name for n in video.graph.node if n.op_type in ("ReduceMean", "ReduceSum")]
+    assert means and {n for n in means if "/fp32_pool/" in n} <= set(fp32_node_names(video))
+    assert any("/fp32_pool/" in n for n in means)
 
 
 def test_optimisation_profiles_come_from_the_manifest_axes(lite_export):
