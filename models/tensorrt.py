@@ -7,8 +7,8 @@ which is missing.
 - Engines are built with FP16 on, and every LayerNormalization node, the reductions,
   ``Pow``/``Sqrt``/``Div`` of a LayerNorm written out as primitive ops, and the float ops of
   any module whose attribute name starts with ``fp32_`` (e.g. HuBERT's masked GroupNorm,
-  `models.hub_encoders`: sums over 96,000 frames; the encoders' poolings) kept in FP32 with layer precision
-  constraints (`fp32_node_names` finds them in the ONNX graph).
+  `models.hub_encoders`: sums over 96,000 frames; the encoders' poolings) kept in FP32
+  with layer precision constraints (`fp32_node_names` finds them in the ONNX graph).
 - Optimisation profiles come from the graph's dynamic axes: min/opt/max per axis name
   (`DEFAULT_PROFILE`: batch 1/4/16, time 1/64/512, and so on).
 - Engines are cached as ``<cache_dir>/<key>.engine`` where the key hashes the ONNX bytes,
