@@ -311,7 +311,7 @@ def export_lite(
     check each against its source and write ``manifest.json``; return the manifest."""
     import torch
 
-    from models.tcn import FusionTCN
+    from models.tcn import FusionTCN, check_text_model
     from models.text_ah import TextAHModel
 
     out = Path(out_dir)
@@ -323,6 +323,7 @@ def export_lite(
     try:
         tcn = FusionTCN.load(weights_dir)
         text = TextAHModel.load(weights_dir)
+        check_text_model(tcn, text, weights_dir)
         fer, fer_diff = _export_fer(out, opset, atol)
         step, step_diff, seq, seq_diff, specs = _export_tcn(out, tcn, opset, atol)
         head, head_diff = _export_text(out, text, opset, atol)

@@ -207,7 +207,7 @@ def load_models(
     if profile == "full":
         models = _load_full(weights_dir, face_crop, enc_device, backend, engine_dir)
     else:
-        from models.tcn import FusionTCN
+        from models.tcn import FusionTCN, check_text_model
         from models.text_ah import TextAHModel
 
         models = Models(
@@ -216,6 +216,7 @@ def load_models(
             tcn=FusionTCN.load(weights_dir),
             backend=backend,
         )
+        check_text_model(models.tcn, models.text, weights_dir)
         if backend == "onnxruntime":
             graphs = _onnx_lite(models, weights_dir, onnx_dir)
     if asr:

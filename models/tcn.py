@@ -44,7 +44,15 @@ import numpy as np
 from models.fusion import LAYOUT, MODALITIES, TEXT_FEATURES, FusionLayout
 from models.weight_files import WEIGHTS_DIR, read_weight_pair
 
-__all__ = ["TCN_STEM", "WEIGHTS_DIR", "TCNConfig", "CausalConv", "FusionTCN", "load"]
+__all__ = [
+    "TCN_STEM",
+    "WEIGHTS_DIR",
+    "TCNConfig",
+    "CausalConv",
+    "FusionTCN",
+    "check_text_model",
+    "load",
+]
 
 TCN_STEM = "tcn_lite"
 FORMAT_VERSION = 1
@@ -388,6 +396,34 @@ def _check_arrays(config: TCNConfig, a: dict[str, np.ndarray], layout: FusionLay
             f"weights do not match the config (kernel {k}, channels {c}, proj_dim "
             f"{config.proj_dim}): {'; '.join(wrong[:3])}"
         )
+
+
+def check_text_model(tcn: FusionTCN, text: Any, where: str | Path | None = None) -> None:
+    """ValueError unless ``text`` is the text model ``tcn`` was trained on.
+
+    The TCN's inputs and its decision thresholds are fitted to one text model's
+    probabilities: a text model from another `ahstream train` run (a copied pair, an
+    interrupted move of new weights into place) would be served with the wrong
+    thresholds without a word. TCN files written before fingerprints were recorded are
+    checked by name and version only."""
+    want = tcn.metadata.get("text_model")
+    if not isinstance(want, dict):
+        return
+    fp = want.get("fingerprint")
+    trained_on = (want.get("name"), want.get("version"), fp)
+    beside = (text.name, text.version, text.fingerprint() if fp is not None else None)
+    if trained_on == beside:
+        return
+
+    def label(name: Any, version: Any, fingerprint: str | None) -> str:
+        return f"{name} {version}" + (f" (fingerprint {fingerprint[:12]})" if fingerprint else "")
+
+    raise ValueError(
+        f"{where if where is not None else WEIGHTS_DIR}: the TCN ({TCN_STEM}) was trained on "
+        f"the text model {label(*trained_on)}, but the text model beside it is "
+        f"{label(*beside)}; both weight pairs must come from the same `ahstream train` run "
+        "(retrain, or restore both)"
+    )
 
 
 def load(path: str | Path | None = None) -> FusionTCN:

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from models.bah import QUESTION_PROMPTS
-from models.weight_files import WEIGHTS_DIR, read_weight_pair
+from models.weight_files import WEIGHTS_DIR, arrays_digest, read_weight_pair
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -489,12 +489,10 @@ class TextAHModel:
 
     # ---- persistence
 
-    def save(self, out_dir: str | Path, stem: str = DEFAULT_STEM) -> tuple[Path, Path]:
-        """Write ``<stem>.npz`` (arrays) and ``<stem>.json`` (config, metadata); return paths."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of the ``.npz`` file."""
         s = self.spec
-        arrays = {
+        return {
             "coef": np.asarray(self.coef, dtype=np.float64),
             "q_coef": np.asarray(self.q_coef, dtype=np.float64),
             "q_intercept": np.asarray(self.q_intercept, dtype=np.float64),
@@ -506,9 +504,11 @@ class TextAHModel:
             "cue_mean": np.asarray(s.cue_mean, dtype=np.float64),
             "cue_std": np.asarray(s.cue_std, dtype=np.float64),
         }
-        npz_path = out / f"{stem}.npz"
-        np.savez_compressed(npz_path, **arrays)
-        meta = {
+
+    def _params(self) -> dict[str, Any]:
+        """The ``.json`` file's values that change what the model computes or decides."""
+        s = self.spec
+        return {
             "format": FORMAT_VERSION,
             "name": self.name,
             "version": self.version,
@@ -531,8 +531,21 @@ class TextAHModel:
             "threshold": self.threshold,
             "threshold_context": self.threshold_context,
             "min_words": self.min_words,
-            **self.metadata,
         }
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the arrays and parameters (not of the files, whose zip headers
+        carry times): the same after a save and load. A TCN records the fingerprint of
+        the text model it was trained on (``models.tcn.check_text_model``)."""
+        return arrays_digest(self._arrays(), self._params())
+
+    def save(self, out_dir: str | Path, stem: str = DEFAULT_STEM) -> tuple[Path, Path]:
+        """Write ``<stem>.npz`` (arrays) and ``<stem>.json`` (config, metadata); return paths."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        npz_path = out / f"{stem}.npz"
+        np.savez_compressed(npz_path, **self._arrays())
+        meta = {**self._params(), **self.metadata}
         json_path = out / f"{stem}.json"
         json_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return npz_path, json_path

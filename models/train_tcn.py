@@ -718,7 +718,11 @@ def train_tcn_model(
             if k != "tcn"
         },
         "seed": seed,
-        "text_model": {"name": full.name, "version": full.version},
+        "text_model": {
+            "name": full.name,
+            "version": full.version,
+            "fingerprint": full.fingerprint(),
+        },
         "data_sha256": {f: _sha256(split_dir / f) for f in ("train.txt", "val.txt")},
         "candidates": table,
         "library_versions": {"numpy": np.__version__, "torch": torch.__version__},

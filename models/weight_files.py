@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WEIGHTS_DIR", "read_weight_pair"]
+import numpy as np
+
+__all__ = ["WEIGHTS_DIR", "arrays_digest", "read_weight_pair"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -35,3 +39,15 @@ def read_weight_pair(
     if meta.get("format") != format_version:
         raise ValueError(f"{json_path}: unsupported format {meta.get('format')!r}")
     return meta, json_path, npz_path
+
+
+def arrays_digest(arrays: Mapping[str, np.ndarray], params: Mapping[str, Any]) -> str:
+    """SHA-256 of named arrays (name, dtype, shape, bytes, in name order) and of JSON
+    parameters: what a weight pair computes, independent of how the files were written."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    h.update(json.dumps(params, sort_keys=True).encode())
+    return h.hexdigest()

@@ -96,6 +96,54 @@ def test_a_weights_dir_without_weights_names_the_missing_file(wav: str, tmp_path
     assert expected in stderr
 
 
+def test_a_text_model_from_another_training_run_is_refused(wav: str, tmp_path: Path) -> None:
+    """The TCN's thresholds belong to the text model it was trained on: a weights dir whose
+    text model differs (here by one threshold; a copied pair or a half-finished move of
+    new weights) is refused by every command that loads the pair, in one line."""
+    import json
+    import shutil
+
+    from models.profile import load_models
+    from models.tcn import FusionTCN
+    from models.text_ah import TextAHModel
+    from models.weight_files import WEIGHTS_DIR
+
+    mixed = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, mixed)
+    load_models(weights_dir=str(mixed), asr=False, face=False)  # the shipped pair matches
+    text = TextAHModel.load(mixed)
+    assert TextAHModel.load(mixed).fingerprint() == text.fingerprint()  # save/load stable
+    recorded = FusionTCN.load(mixed).metadata["text_model"]["fingerprint"]
+    assert recorded == text.fingerprint()
+    text.threshold += 0.01
+    text.save(mixed)
+    line = (
+        "the TCN (tcn_lite) was trained on the text model text_ah_lite 1.1.0 "
+        f"(fingerprint {recorded[:12]}), but the text model beside it is text_ah_lite 1.1.0 "
+        f"(fingerprint {text.fingerprint()[:12]})"
+    )
+    for argv in (
+        ["analyze", wav],
+        ["evaluate", "--split-file", str(tmp_path / "split.txt")],
+        ["export", "--out", str(tmp_path / "onnx")],
+    ):
+        (tmp_path / "split.txt").write_text("v1,0,hello there friend\n")
+        proc = ahstream(*argv, "--weights-dir", str(mixed))
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert line in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    # A TCN file from before fingerprints were recorded: name and version still checked.
+    meta = json.loads((mixed / "tcn_lite.json").read_text(encoding="utf-8"))
+    del meta["text_model"]["fingerprint"]
+    (mixed / "tcn_lite.json").write_text(json.dumps(meta), encoding="utf-8")
+    load_models(weights_dir=str(mixed), asr=False, face=False)
+    meta["text_model"]["version"] = "0.9.0"
+    (mixed / "tcn_lite.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(
+        ValueError, match=r"text model text_ah_lite 0\.9\.0, but .* text_ah_lite 1\.1\.0;"
+    ):
+        load_models(weights_dir=str(mixed), asr=False, face=False)
+
+
 @pytest.mark.parametrize("processes", ["1", "2"])
 def test_serve_on_a_port_in_use_says_so(processes: str) -> None:
     with socket.socket() as taken:
