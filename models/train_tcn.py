@@ -68,7 +68,9 @@ __all__ = [
     "main",
 ]
 
-TCN_VERSION = "1.2.0"  # 1.2: face 46 and voice 18 features (fusion row 103); 1.1: thresholds pooled
+# 1.3: retrained on text model 1.2.0; 1.2: face 46 and voice 18 features (fusion row 103);
+# 1.1: thresholds pooled
+TCN_VERSION = "1.3.0"
 METHODS = ("last", "mean", "max_ma1s")
 EARLY_FRACTIONS = (0.25, 0.5, 0.75)
 HZ = 10.0

@@ -39,9 +39,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import sklearn
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
@@ -72,6 +73,8 @@ __all__ = [
     "design_matrix",
     "prefix_augment",
     "fit_stage1",
+    "OOF",
+    "fit_heads",
     "oof_scores",
     "cross_validate",
     "fit_model",
@@ -82,7 +85,8 @@ __all__ = [
     "main",
 ]
 
-MODEL_VERSION = "1.1.0"  # 1.1: fillers not read; thresholds on out-of-fold train + val
+_SKLEARN = tuple(int(x) for x in sklearn.__version__.split(".")[:2] if x.isdigit())
+MODEL_VERSION = "1.2.0"  # 1.2: elastic-net A/H head, mix fit on prefixes too; 1.1: no fillers
 CV_FOLDS = 5
 
 
@@ -97,6 +101,8 @@ class TrainConfig:
     char_weight: float = 1.0
     cue_weight: float = 0.1
     C: float = 1.0
+    # Elastic-net mixing of the A/H head's penalty (None: plain L2, the lbfgs solver).
+    l1_ratio: float | None = 0.5
     # Random prefixes per answer, and their total weight relative to the full answer.
     n_prefix: int = 4
     prefix_weight: float = 1.0
@@ -107,6 +113,9 @@ class TrainConfig:
     question_head: bool = True
     C_question: float = 10.0
     min_words: int = 3
+    # Fit the mix and the context head on out-of-fold scores of random prefixes too (drawn
+    # as for training, weighing as much as the answer in total), not of full answers only.
+    mix_prefixes: bool = True
     # Read the answers without filler sounds (`models.text_ah.FILLERS`): the same CV scores
     # on clean transcripts, and live transcripts keep fillers the training ones lack.
     drop_fillers: bool = True
@@ -115,7 +124,9 @@ class TrainConfig:
 DEFAULT_CONFIG = TrainConfig()
 
 # The candidates of the model card's comparison table (``--cv-table``).
-_BASE = replace(DEFAULT_CONFIG, cue_weight=0.0, n_prefix=0, question_head=False, drop_fillers=False)
+# Versions up to 1.1.0: an L2 head, and the mix fit on full answers only.
+_V11 = replace(DEFAULT_CONFIG, l1_ratio=None, mix_prefixes=False)
+_BASE = replace(_V11, cue_weight=0.0, n_prefix=0, question_head=False, drop_fillers=False)
 CANDIDATES: dict[str, TrainConfig] = {
     "tfidf word 1-2 + LR": _BASE,
     "tfidf word 1-3 + LR": replace(_BASE, word_ngrams=(1, 3)),
@@ -124,11 +135,13 @@ CANDIDATES: dict[str, TrainConfig] = {
     "+ cues": replace(_BASE, cue_weight=0.1),
     "+ cues + prefixes": replace(_BASE, cue_weight=0.1, n_prefix=4),
     "+ cues + prefixes + word drop 0.1": replace(_BASE, cue_weight=0.1, n_prefix=4, word_drop=0.1),
-    "+ cues + prefixes + question head (1.0.0)": replace(DEFAULT_CONFIG, drop_fillers=False),
+    "+ cues + prefixes + question head (1.0.0)": replace(_V11, drop_fillers=False),
     "+ char 2-5 + cues + prefixes + question head": replace(
-        DEFAULT_CONFIG, char_ngrams=(2, 5), drop_fillers=False
+        _V11, char_ngrams=(2, 5), drop_fillers=False
     ),
-    "+ cues + prefixes + question head, fillers dropped (shipped)": DEFAULT_CONFIG,
+    "+ cues + prefixes + question head, fillers dropped (1.1.0)": _V11,
+    "+ elastic-net A/H head (l1_ratio 0.5)": replace(DEFAULT_CONFIG, mix_prefixes=False),
+    "+ elastic net, mix fit on prefixes too (shipped, 1.2.0)": DEFAULT_CONFIG,
 }
 
 
@@ -226,6 +239,25 @@ def _question_rates(labels: np.ndarray, questions: Sequence[int | None]) -> np.n
     return np.array([(labels[q == j].sum() + 1.0) / ((q == j).sum() + 2.0) for j in QUESTIONS])
 
 
+def _ah_head(cfg: TrainConfig) -> LogisticRegression:
+    """The A/H head's (unfitted) logistic regression: L2, or an elastic net."""
+    if cfg.l1_ratio is None:
+        return LogisticRegression(C=cfg.C, max_iter=5000, tol=1e-8)
+    # scikit-learn 1.8 reads the penalty from l1_ratio alone and deprecates `penalty`.
+    extra = {"penalty": "elasticnet"} if _SKLEARN < (1, 8) else {}
+    # saga converges linearly: tol 1e-8 puts the coefficients within about 3e-6 of the
+    # optimum (1e-5 leaves 3e-3), about 6 s on train's 3,064 rows.
+    return LogisticRegression(
+        C=cfg.C,
+        solver="saga",
+        l1_ratio=cfg.l1_ratio,
+        max_iter=100_000,
+        tol=1e-8,
+        random_state=0,
+        **extra,
+    )
+
+
 def fit_stage1(
     texts: Sequence[str],
     labels: Sequence[int],
@@ -238,7 +270,7 @@ def fit_stage1(
     spec = fit_spec(texts, cfg)
     at, aw, src = prefix_augment(texts, cfg, np.random.default_rng(seed))
     X = design_matrix(spec, at)
-    lr = LogisticRegression(C=cfg.C, max_iter=5000, tol=1e-8)
+    lr = _ah_head(cfg)
     lr.fit(X, y[src], sample_weight=aw)
     model = TextAHModel(
         spec=spec,
@@ -275,6 +307,18 @@ def _prefix(text: str, frac: float) -> str:
     return " ".join(words[: max(1, math.ceil(frac * len(words)))])
 
 
+class OOF(NamedTuple):
+    """Out-of-fold scores, rows of (z_text, z_q)."""
+
+    Z: np.ndarray  # the full answers, in item order
+    prefixes: dict[float, np.ndarray]  # the answers' first word fractions
+    # With ``mix_prefixes``: the answers and random prefixes of them drawn as for training
+    # (weights; the answer each row comes from), which the mix and context head are fit on.
+    mix_Z: np.ndarray | None = None
+    mix_w: np.ndarray | None = None
+    mix_src: np.ndarray | None = None
+
+
 def oof_scores(
     items: Sequence[BahItem],
     cfg: TrainConfig,
@@ -282,13 +326,17 @@ def oof_scores(
     n_splits: int = CV_FOLDS,
     prefix_fracs: Sequence[float] = (),
     progress: bool = False,
-) -> tuple[np.ndarray, dict[float, np.ndarray]]:
-    """Out-of-fold (z_text, z_q) rows for full answers, and for prefixes at word fractions."""
+) -> OOF:
+    """Out-of-fold (z_text, z_q) rows for full answers, for prefixes at word fractions and,
+    with ``cfg.mix_prefixes``, for random prefixes (the rows the mix is fit on)."""
     texts = [it.transcript for it in items]
     y = [it.label for it in items]
     q = [it.question for it in items]
     Z = np.zeros((len(items), 2))
     Zp = {f: np.zeros((len(items), 2)) for f in prefix_fracs}
+    mix_z: list[tuple[float, float]] = []
+    mix_w: list[np.ndarray] = []
+    mix_src: list[np.ndarray] = []
     folds = _folds(items, n_splits, seed)
     if progress:
         from tqdm import tqdm
@@ -302,27 +350,55 @@ def oof_scores(
             Z[i] = m.scores(texts[i])
             for f in prefix_fracs:
                 Zp[f][i] = m.scores(_prefix(texts[i], f))
-    return Z, Zp
+        if cfg.mix_prefixes:
+            rng = np.random.default_rng(seed + 2000 + k)
+            at, aw, src = prefix_augment([texts[i] for i in te], cfg, rng)
+            mix_z += [m.scores(t) for t in at]
+            mix_w.append(aw)
+            mix_src.append(te[src])
+    if not cfg.mix_prefixes:
+        return OOF(Z, Zp)
+    return OOF(Z, Zp, np.array(mix_z), np.concatenate(mix_w), np.concatenate(mix_src))
 
 
-def fit_mix(Z: np.ndarray, y: np.ndarray, use_q: bool) -> tuple[float, float, float]:
+def fit_heads(
+    oof: OOF, y: np.ndarray, questions: Sequence[int | None], cfg: TrainConfig
+) -> tuple[tuple[float, float, float], float, dict[int, float]]:
+    """The mix and the context head (a, offsets), fit on the out-of-fold rows ``cfg`` names."""
+    if oof.mix_Z is None or oof.mix_src is None:
+        mix = fit_mix(oof.Z, y, cfg.question_head)
+        ctx_a, offsets = fit_context_head(oof.Z[:, 0], y, questions)
+        return mix, ctx_a, offsets
+    ys = y[oof.mix_src]
+    qs = [questions[i] for i in oof.mix_src]
+    mix = fit_mix(oof.mix_Z, ys, cfg.question_head, oof.mix_w)
+    ctx_a, offsets = fit_context_head(oof.mix_Z[:, 0], ys, qs, oof.mix_w)
+    return mix, ctx_a, offsets
+
+
+def fit_mix(
+    Z: np.ndarray, y: np.ndarray, use_q: bool, sample_weight: np.ndarray | None = None
+) -> tuple[float, float, float]:
     """Fit ``sigmoid(a*z_text + b*z_q + c)`` on out-of-fold scores (b = 0 without use_q)."""
     X = Z if use_q else Z[:, :1]
     lr = LogisticRegression(C=100.0, max_iter=1000, tol=1e-10)
-    lr.fit(X, y)
+    lr.fit(X, y, sample_weight=sample_weight)
     b = float(lr.coef_[0, 1]) if use_q else 0.0
     return float(lr.coef_[0, 0]), b, float(lr.intercept_[0])
 
 
 def fit_context_head(
-    z_text: np.ndarray, y: np.ndarray, questions: Sequence[int | None]
+    z_text: np.ndarray,
+    y: np.ndarray,
+    questions: Sequence[int | None],
+    sample_weight: np.ndarray | None = None,
 ) -> tuple[float, dict[int, float]]:
     """Fit ``sigmoid(a*z_text + b_q)`` (one offset per BAH question) on out-of-fold scores."""
     mask = np.array([qq is not None for qq in questions])
     onehot = np.array([[1.0 if qq == j else 0.0 for j in QUESTIONS] for qq in questions])
     X = np.column_stack([z_text, onehot])[mask]
     lr = LogisticRegression(C=10.0, fit_intercept=False, max_iter=1000, tol=1e-10)
-    lr.fit(X, y[mask])
+    lr.fit(X, y[mask], sample_weight=None if sample_weight is None else sample_weight[mask])
     c = lr.coef_[0]
     return float(c[0]), {j: float(c[1 + i]) for i, j in enumerate(QUESTIONS)}
 
@@ -346,9 +422,10 @@ def cross_validate(
     """Grouped stratified k-fold CV on train: AUC, AP, macro F1 (OOF threshold), prefixes."""
     y = np.array([it.label for it in items])
     q = [it.question for it in items]
-    Z, Zp = oof_scores(items, cfg, seed, n_splits, prefix_fracs)
+    oof = oof_scores(items, cfg, seed, n_splits, prefix_fracs)
+    Z, Zp = oof.Z, oof.prefixes
     # The 2-3 parameter mix is fit on the same out-of-fold scores (negligible optimism).
-    mix = fit_mix(Z, y, cfg.question_head)
+    mix, a, offs = fit_heads(oof, y, q, cfg)
     p = _mixed(Z, mix)
     out = {
         "auc": float(roc_auc_score(y, p)),
@@ -360,7 +437,6 @@ def cross_validate(
         pf = _mixed(Zf, mix)
         out[f"auc_prefix{int(f * 100)}"] = float(roc_auc_score(y, pf))
         out[f"log_loss_prefix{int(f * 100)}"] = float(log_loss(y, pf))
-    a, offs = fit_context_head(Z[:, 0], y, q)
     pc = _sig(a * Z[:, 0] + np.array([offs[qq] if qq else 0.0 for qq in q]))
     out["ctx_auc"] = float(roc_auc_score(y, pc))
     out["ctx_macro_f1"] = best_threshold(y, pc)[1]
@@ -377,9 +453,9 @@ def fit_model(
     the out-of-fold probabilities (``p`` without, ``p_context`` with the BAH prompt)."""
     y = np.array([it.label for it in train])
     q = [it.question for it in train]
-    Z, _ = oof_scores(train, cfg, seed, CV_FOLDS, progress=progress)
-    mix = fit_mix(Z, y, cfg.question_head)
-    ctx_a, ctx_offsets = fit_context_head(Z[:, 0], y, q)
+    oof = oof_scores(train, cfg, seed, CV_FOLDS, progress=progress)
+    Z = oof.Z
+    mix, ctx_a, ctx_offsets = fit_heads(oof, y, q, cfg)
     p = _mixed(Z, mix)
     p_ctx = _sig(ctx_a * Z[:, 0] + np.array([ctx_offsets[qq] if qq else 0.0 for qq in q]))
     thr_oof, f1_oof = best_threshold(y, p)
@@ -477,7 +553,7 @@ def train_text_model(
             "cv_train": cv,
             "threshold_rule": POOLED_RULE,
         },
-        "library_versions": {"numpy": np.__version__, "sklearn": _sklearn_version()},
+        "library_versions": {"numpy": np.__version__, "sklearn": sklearn.__version__},
         "train_seconds": round(time.perf_counter() - t0, 1),
     }
     model.save(out_dir)
@@ -495,12 +571,6 @@ def train_text_model(
         "train_seconds": model.metadata["train_seconds"],
         "out_dir": str(out_dir),
     }
-
-
-def _sklearn_version() -> str:
-    import sklearn
-
-    return str(sklearn.__version__)
 
 
 def cv_table(split_dir: Path, seeds: Sequence[int] = (0, 1, 2), progress: bool = True) -> str:
@@ -562,8 +632,9 @@ def threshold_study(
     y = np.array([it.label for it in train])
     res: dict[str, list[float]] = {"110 answers (val alone)": [], "all others": [], "oracle": []}
     for seed in seeds:
-        Z, _ = oof_scores(train, DEFAULT_CONFIG, seed)
-        p = _mixed(Z, fit_mix(Z, y, DEFAULT_CONFIG.question_head))
+        oof = oof_scores(train, DEFAULT_CONFIG, seed)
+        q = [it.question for it in train]
+        p = _mixed(oof.Z, fit_heads(oof, y, q, DEFAULT_CONFIG)[0])
         rng = np.random.default_rng(seed)
         for _ in range(repeats):
             idx = rng.permutation(len(y))
@@ -608,6 +679,9 @@ def learning_curve(
     for seed in seeds:
         rng = np.random.default_rng(seed)
         Z = {f: np.zeros((len(y), 2)) for f in fractions}
+        rows: dict[float, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
+            f: [] for f in fractions
+        }
         sizes: dict[float, list[int]] = {f: [] for f in fractions}
         for k, (tr, te) in enumerate(_folds(items, CV_FOLDS, seed)):
             parts = np.unique(groups[tr])
@@ -625,8 +699,15 @@ def learning_curve(
                 )
                 for i in te:
                     Z[f][i] = m.scores(texts[i])
+                if DEFAULT_CONFIG.mix_prefixes:
+                    r = np.random.default_rng(seed + 2000 + k)
+                    at, aw, src = prefix_augment([texts[i] for i in te], DEFAULT_CONFIG, r)
+                    rows[f].append((np.array([m.scores(t) for t in at]), aw, te[src]))
         for f in fractions:
-            p = _mixed(Z[f], fit_mix(Z[f], y, DEFAULT_CONFIG.question_head))
+            oof = OOF(Z[f], {})
+            if rows[f]:
+                oof = OOF(Z[f], {}, *(np.concatenate(c) for c in zip(*rows[f], strict=True)))
+            p = _mixed(Z[f], fit_heads(oof, y, q, DEFAULT_CONFIG)[0])
             r = np.random.default_rng(seed + 7)
             f1s = []
             for _ in range(repeats):
