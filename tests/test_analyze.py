@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from models.wer import wer
 from tests.conftest import ROOT
 
@@ -186,6 +188,7 @@ def test_a_decision_without_words_says_it_is_the_prior(tmp_path):
     is the question's rate, and the final event and the report say no words were heard."""
     from clients.report import _decision_text, summarize
     from models.bah import QUESTION_PROMPTS
+    from models.text_ah import TextAHModel
 
     wav = _wav(tmp_path / "silence.wav", b"\0\0" * 16000 * 3)
     out = tmp_path / "silence.jsonl"
@@ -194,6 +197,8 @@ def test_a_decision_without_words_says_it_is_the_prior(tmp_path):
     events = _read(out)
     decision = events[-1]["decision"]
     assert decision["evidence"] == "prior" and not _committed(events)
+    # The model's value without words for this question (derived from the shipped weights).
+    assert decision["p"] == pytest.approx(TextAHModel.load().prior(QUESTION_PROMPTS[4]), abs=1e-6)
     assert decision["label"] == int(decision["p"] >= decision["threshold"])
     assert _decision_text(summarize(events)["decision"]).endswith(
         "from the prior alone: fewer than three words were heard"

@@ -130,7 +130,9 @@ async def test_publish_with_token_and_read_token_subscription(auth_server, audio
         seen.update(id=session_id, read=read_token)
         READ_TOKENS.append(read_token or "")
 
-    events = await send_file(audio_only_wav, auth_server.url, token=TOKEN, on_session=on_session)
+    events = await send_file(
+        audio_only_wav, auth_server.url, token=TOKEN, on_session=on_session, duration_s=3.0
+    )
     assert events[-1]["type"] == "session.ended"
     assert seen["read"] and seen["read"] != TOKEN
     sid = seen["id"]

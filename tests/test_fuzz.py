@@ -397,9 +397,20 @@ async def test_odd_and_corrupt_audio_frames(models):
         await run.push("audio", frame, t)
         if 8000 <= frame.sample_rate <= 192000:
             t += frame.samples / frame.sample_rate
+    # Exactly the frames of impossible rates are refused, each time, with their rate named.
+    refused = [f"audio frame rejected: unsupported sample rate {r} Hz" for r in (1, 10_000_000)]
+    assert [e["message"] for e in run.of("error")] == refused * 3
+    assert run.codes() == {"bad_media"}
     ring = run.session.ring
     kept = ring.read(ring.start_index, ring.end_index)
     assert kept.size > 0 and np.isfinite(kept).all() and np.abs(kept).max() <= 1.0
+    # Every other frame is kept whole, resampled to 16 kHz: the ring holds their summed
+    # durations (zero-size frames add nothing), less only the resampler's filter tail of
+    # the newest frame (held until the next frame or the end; 16 samples, 1 ms, here).
+    valid = [f for f in frames if 8000 <= f.sample_rate <= 192000]
+    expected = 3 * sum(f.samples / f.sample_rate for f in valid)  # 0.45 s
+    assert ring.start_index == 0 and ring.gap_samples == 0
+    assert expected - 0.002 <= ring.end_time <= expected + 1 / ring.sample_rate
     for _ in range(100):  # then 2 s of ordinary silence
         await run.push("audio", audio_frame(), t)
         t += 0.02

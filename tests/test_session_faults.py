@@ -30,11 +30,11 @@ RATE = 16000
 CHUNK = 320  # 20 ms, as WebRTC delivers audio
 FPS = 10
 
-SPEECH = (
+TWO_SENTENCES = (
     "Well, I guess I could try to walk a little every morning. "
-    "But honestly, I doubt that it would change much. "
-    "Maybe I will begin next week, when the weather is warmer."
+    "But honestly, I doubt that it would change much."
 )
+SPEECH = TWO_SENTENCES + " Maybe I will begin next week, when the weather is warmer."
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,13 @@ def models() -> Any:
 def sentences() -> np.ndarray:
     """About 10 s of espeak-ng speech, then 1 s of silence (the last utterance ends)."""
     return np.concatenate([espeak_speech(SPEECH), silence(1.0)])
+
+
+@pytest.fixture(scope="module")
+def two_sentences() -> np.ndarray:
+    """The first two of `sentences` (about 7 s), then 1 s of silence: enough for a failure
+    after the first words and speech after it, in a live call that takes as long as it is."""
+    return np.concatenate([espeak_speech(TWO_SENTENCES), silence(1.0)])
 
 
 @pytest.fixture
@@ -128,7 +135,7 @@ def words_of(run: Run) -> set[str]:
 
 
 async def test_a_failed_asr_step_is_reported_at_once_and_skipped(
-    models: Any, sentences: np.ndarray, handed_out: list[Any]
+    models: Any, two_sentences: np.ndarray, handed_out: list[Any]
 ) -> None:
     run = Run(models, live=True)
     asr = run.session.asr
@@ -147,7 +154,7 @@ async def test_a_failed_asr_step_is_reported_at_once_and_skipped(
     run.session.add_track("audio")
     run.session.add_track("video")
     run.session.start()
-    await run.feed(sentences, video=True)
+    await run.feed(two_sentences, video=True)
     await run.end("audio", "video")
 
     assert len(failed) == 1
@@ -162,7 +169,7 @@ async def test_a_failed_asr_step_is_reported_at_once_and_skipped(
     assert before and before[-1]["t"] == pytest.approx(failed[0], abs=1.0)
     # The step was skipped, not the ASR: frames and committed words go on after it.
     after = run.events[run.index(error) :]
-    assert [e["t"] for e in after if e["type"] == "frame"][-1] >= len(sentences) / RATE - 0.2
+    assert [e["t"] for e in after if e["type"] == "frame"][-1] >= len(two_sentences) / RATE - 0.2
     assert any(e["type"] == "transcript" and e["final"] and e["t0"] > failed[0] for e in after)
     # A clean end: final decision, and the face graph closed.
     assert [v for v in run.of("video") if v["final"]]
@@ -291,7 +298,7 @@ async def test_a_live_session_short_of_cpu_says_so_in_its_status(models: Any) ->
     s.analyzer.tick = slow_tick  # type: ignore[method-assign]
     s.add_track("audio")
     s.start()
-    await run.feed(audio[: 6 * RATE])
+    await run.feed(audio[: 4 * RATE])
     await run.end("audio")
     status = run.of("status")
     behind = [e for e in status if e.get("message")]
@@ -308,7 +315,7 @@ def failed_at(error: dict[str, Any]) -> float:
 
 
 async def test_a_failed_face_analysis_is_reported_and_the_call_goes_on(
-    models: Any, sentences: np.ndarray, handed_out: list[Any], monkeypatch: pytest.MonkeyPatch
+    models: Any, two_sentences: np.ndarray, handed_out: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The review's case: the 20th face analysis of a live call raises once."""
     run = Run(models, live=True)
@@ -333,11 +340,11 @@ async def test_a_failed_face_analysis_is_reported_and_the_call_goes_on(
     run.session.add_track("audio")
     run.session.add_track("video")
     run.session.start()
-    await run.feed(sentences, video=True)
+    await run.feed(two_sentences, video=True)
     assert not run.session.done  # the call was never cut off
     await run.end("audio", "video")
 
-    duration = len(sentences) / RATE
+    duration = len(two_sentences) / RATE
     assert len(failed) == 1
     (error,) = run.of("error")
     assert error["code"] == "internal"

@@ -134,7 +134,8 @@ def test_a_silence_is_no_voice_for_the_conflict_features():
 
 
 def test_torch_twin_matches_numpy_runtime():
-    torch = pytest.importorskip("torch")
+    import torch  # a project dependency: missing, the test must fail, not skip
+
     from models.train_tcn import TorchFusionTCN, to_runtime
 
     torch.manual_seed(0)

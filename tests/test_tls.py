@@ -11,6 +11,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import wave
 from pathlib import Path
 
 import pytest
@@ -96,10 +97,15 @@ def test_health_over_https_only(tls_server):
 
 def test_whip_and_events_over_https(tls_server, audio_only_wav, tmp_path):
     """`ahstream send` publishes over https and reads its events over wss (CA via SSL_CERT_FILE)."""
+    # The first 3 s of the speech: enough for final words, and the call's length is not tested.
+    wav = tmp_path / "speech_3s.wav"
+    with wave.open(str(audio_only_wav), "rb") as src, wave.open(str(wav), "wb") as dst:
+        dst.setparams(src.getparams())
+        dst.writeframes(src.readframes(3 * src.getframerate()))
     events_file = tmp_path / "events.jsonl"
     env = {**os.environ, "SSL_CERT_FILE": str(tls_server.cert)}
     proc = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "send", str(audio_only_wav)]
+        [sys.executable, "-m", "stream.cli", "send", str(wav)]
         + ["--url", tls_server.url, "--events", str(events_file), "--quiet"],
         cwd=ROOT,
         env=env,
