@@ -15,12 +15,14 @@ Recipe (``DEFAULT_CONFIG``):
 2. Every train answer plus 4 random word prefixes of it (total prefix weight
    equal to the answer's), all with the video label: the service scores the
    transcript *so far*.
-3. On that set, an L2 logistic regression for A/H (``z_text``) and a
-   multinomial one for the question being answered (its A/H base rate in
-   train gives ``z_q``), over word 1-2-gram TF-IDF + codebook cue counts.
+3. On that set, an elastic-net logistic regression for A/H (``z_text``; L2
+   up to 1.1.0) and a multinomial one for the question being answered (its
+   A/H base rate in train gives ``z_q``), over word 1-2-gram TF-IDF + codebook
+   cue counts.
 4. Out-of-fold scores (5 folds over train, stratified and grouped by
-   participant) fit the final mix ``sigmoid(a*z_text + b*z_q + c)`` and the
-   context head ``sigmoid(a'*z_text + b_q)`` used when the prompt is known.
+   participant) of the answers and of random prefixes of them fit the final
+   mix ``sigmoid(a*z_text + b*z_q + c)`` and the context head
+   ``sigmoid(a'*z_text + b_q)`` used when the prompt is known.
 5. Thresholds maximising macro F1 on the out-of-fold train probabilities of
    step 4 and the val probabilities pooled (726 answers;
    ``metrics.pooled_threshold``), with and without the prompt as context; val
@@ -85,7 +87,6 @@ __all__ = [
     "main",
 ]
 
-_SKLEARN = tuple(int(x) for x in sklearn.__version__.split(".")[:2] if x.isdigit())
 MODEL_VERSION = "1.2.0"  # 1.2: elastic-net A/H head, mix fit on prefixes too; 1.1: no fillers
 CV_FOLDS = 5
 
@@ -243,8 +244,6 @@ def _ah_head(cfg: TrainConfig) -> LogisticRegression:
     """The A/H head's (unfitted) logistic regression: L2, or an elastic net."""
     if cfg.l1_ratio is None:
         return LogisticRegression(C=cfg.C, max_iter=5000, tol=1e-8)
-    # scikit-learn 1.8 reads the penalty from l1_ratio alone and deprecates `penalty`.
-    extra = {"penalty": "elasticnet"} if _SKLEARN < (1, 8) else {}
     # saga converges linearly: tol 1e-8 puts the coefficients within about 3e-6 of the
     # optimum (1e-5 leaves 3e-3), about 6 s on train's 3,064 rows.
     return LogisticRegression(
@@ -254,7 +253,6 @@ def _ah_head(cfg: TrainConfig) -> LogisticRegression:
         max_iter=100_000,
         tol=1e-8,
         random_state=0,
-        **extra,
     )
 
 
@@ -535,9 +533,9 @@ def train_text_model(
     model.metadata = {
         "description": (
             "Text-only A/H probability of a (partial) answer transcript, filler sounds ignored: "
-            "word 1-2-gram TF-IDF + codebook cue counts, L2 logistic regression on answers and "
-            "random prefixes, mixed with the A/H base rate of the question inferred from the "
-            "text; a known BAH prompt as context replaces the inferred question."
+            "word 1-2-gram TF-IDF + codebook cue counts, elastic-net logistic regression on "
+            "answers and random prefixes, mixed with the A/H base rate of the question inferred "
+            "from the text; a known BAH prompt as context replaces the inferred question."
         ),
         "trained_on": "BAH video-level split-0 train.txt (public LIVIAETS/bah-dataset)",
         "data_sha256": {f: _sha256(split_dir / f) for f in ("train.txt", "val.txt")},

@@ -4,14 +4,12 @@ import importlib.util
 import subprocess
 import sys
 
-import pytest
-
 from tests.conftest import ROOT
 
 
 def test_ruff_clean():
-    if importlib.util.find_spec("ruff") is None:
-        pytest.skip("ruff is not installed (it comes with the [test] extra)")
+    # ruff comes with the [test] extra: a test run without it is a broken install
+    assert importlib.util.find_spec("ruff") is not None, "ruff is not installed ([test] extra)"
     run = subprocess.run(
         [
             sys.executable,

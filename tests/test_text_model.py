@@ -318,6 +318,9 @@ def test_the_elastic_net_recipe_on_planted_answers() -> None:
     assert oof.mix_Z is not None and oof.mix_w is not None and oof.mix_src is not None
     assert len(oof.mix_Z) > len(items)  # prefixes too
     np.testing.assert_allclose(np.bincount(oof.mix_src, weights=oof.mix_w), 2.0)
+    whole = oof.mix_w == 1.0  # each answer's own row (a prefix weighs 1/4)
+    assert whole.sum() == len(items)
+    np.testing.assert_array_equal(oof.mix_Z[whole], oof.Z[oof.mix_src[whole]])
     (a, _, _), ctx_a, _ = fit_heads(oof, y, [it.question for it in items], cfg)
     assert a > 0 and ctx_a > 0
 
