@@ -27,6 +27,10 @@ silence padded to >= 6 s instead of Whisper's 30 s, word times by alignment):
   lets through is caught by an unprompted no-speech check until the utterance
   has committed words; Whisper's loops and repeats at the end of the audio are
   cut from the hypothesis (`models.whisper.cut_collapsed_tail`).
+- **Early end.** A decode that returns no words at all (not judged no speech) keeps
+  the previous step's hypothesis: tentative (it does not count as agreement), and
+  committed if the utterance ends there. Greedy Whisper sometimes emits end-of-text
+  first after a forced prefix, although the steps before heard words after it.
 
 Everything depends only on the audio and VAD up to ``t``: no wall clock, no
 threads, so live and offline runs commit the same words at the same steps
@@ -138,10 +142,12 @@ class IncrementalASR:
                 self._close(t)
             return self._report(t, [], [], final=False, decoded=False)
 
-        hyp, end = self._decode(utt, t)
+        window = self._window(utt, t)
+        hyp, heard = self._hypothesis(utt, t)
         n = 0
         while (
-            n < len(hyp)
+            heard
+            and n < len(hyp)
             and hyp[n].t1 <= t - self.opts.edge_s
             and n < len(utt.prev_hyp)
             and _norm(hyp[n].w) == _norm(utt.prev_hyp[n].w)
@@ -153,7 +159,7 @@ class IncrementalASR:
         utt.in_window.extend(new)
         utt.prev_hyp = hyp[n:]
         self._trim(utt, t)
-        return self._report(t, new, utt.prev_hyp, final=False, decoded=True, window=end)
+        return self._report(t, new, utt.prev_hyp, final=False, decoded=True, window=window)
 
     def flush(self, t: float) -> ASRUpdate | None:
         """End of stream at media time ``t``: decode and commit whatever is left."""
@@ -193,9 +199,25 @@ class IncrementalASR:
         tail = " ".join(w.w for w in before[-self.opts.prompt_words :])
         return " ".join(s for s in (self.opts.filler_prompt, tail) if s)
 
-    def _decode(self, utt: _Utterance, t_end: float) -> tuple[list[Word], tuple[float, float]]:
-        """Decode [utt.start, t_end]: the new words (media times) after the committed prefix."""
-        start = max(utt.start, t_end - self.opts.max_window_s)
+    def _window(self, utt: _Utterance, t_end: float) -> tuple[float, float]:
+        return max(utt.start, t_end - self.opts.max_window_s), t_end
+
+    def _hypothesis(self, utt: _Utterance, t_end: float) -> tuple[list[Word], bool]:
+        """The uncommitted words up to ``t_end`` and whether this decode heard them: its own
+        words, or the last step's if it ended at once (greedy Whisper sometimes emits
+        end-of-text first after a forced prefix although the steps before heard words there;
+        a window judged to hold no speech is not such a case)."""
+        words = self._decode(utt, t_end)
+        if words is None:
+            return [], True
+        if not words and utt.prev_hyp:
+            return utt.prev_hyp, False
+        return words, True
+
+    def _decode(self, utt: _Utterance, t_end: float) -> list[Word] | None:
+        """Decode [utt.start, t_end]: the new words (media times) after the committed
+        prefix; None if the window holds no speech."""
+        start, _ = self._window(utt, t_end)
         audio = self.ring.read_time(start, t_end)
         prefix = " ".join(w.w for w in utt.in_window if w.t0 >= start - 1e-6)
         fresh = t_end - (utt.in_window[-1].t1 if utt.in_window else start)
@@ -217,7 +239,7 @@ class IncrementalASR:
             res.plain_no_speech_prob is not None
             and res.plain_no_speech_prob > self.opts.plain_no_speech_threshold
         ):
-            return [], (start, t_end)
+            return None
         floor = utt.in_window[-1].t1 if utt.in_window else start
         words: list[Word] = []
         for w in res.words:
@@ -225,7 +247,7 @@ class IncrementalASR:
             t1 = min(max(start + w.t1, t0), t_end)
             words.append(Word(w.w, round(t0, 3), round(t1, 3), w.prob))
             floor = t1
-        return words, (start, t_end)
+        return words
 
     def _commit(self, words: list[Word]) -> list[Word]:
         out: list[Word] = []
@@ -258,7 +280,8 @@ class IncrementalASR:
         decoded = False
         window = (utt.start, t_end)
         if t_end - utt.start > 0.05:
-            hyp, window = self._decode(utt, t_end)
+            window = self._window(utt, t_end)
+            hyp, _ = self._hypothesis(utt, t_end)
             new = self._commit([w for w in hyp if w.t0 < speech_end])
             decoded = True
         self._close(t)
