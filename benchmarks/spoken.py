@@ -7,7 +7,10 @@ method given offline (whole-file) Whisper tiny.en transcripts of the same audio.
 
 The reference method is fit on the train transcripts and thresholded on the clean
 transcripts of the split (as the dataset README's 0.699 point is). The speech is rendered
-to a temporary WAV per answer, which is deleted right after.
+to a temporary WAV per answer, which is deleted right after. The JSON has, per answer, the
+video id, label, live p and the word error rates of the live and the offline transcript
+against the BAH transcript (no text: ASR differs between CPUs, and this is what tells where
+two machines' runs part), with the run (commit, versions) and the machine.
 
 Every answer is scored, as the official metric needs: an answer whose session ends without
 a decision (it analysed no tick) is scored p = 0, the negative class, which is what the
@@ -29,8 +32,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from benchmarks.live import machine
+from benchmarks.output import mark_start, run_info, write_json
 from models.bah import read_split
 from models.metrics import best_threshold, evaluate_scores
+from models.wer import wer
 
 
 def _tfidf_reference(train_file: Path, split_items: list[Any]) -> tuple[Any, float]:
@@ -78,6 +86,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     pipe, ref_threshold = _tfidf_reference(Path(args.train_file), items)
     y, p_ref, audio_s = [], [], 0.0
     decisions: list[dict[str, Any] | None] = []
+    wers: list[tuple[float, float]] = []  # (live, offline) against the BAH transcript
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "answer.wav"
@@ -91,12 +100,14 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             segs, _ = models.whisper.transcribe(str(wav), language="en", beam_size=5)
             offline = " ".join(s.text.strip() for s in segs)
             p_ref.append(float(pipe.predict_proba([offline])[0, 1]))
+            wers.append((wer(item.transcript, session.asr.text), wer(item.transcript, offline)))
             y.append(item.label)
             print(f"\r{i + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
             wav.unlink()
     print(file=sys.stderr)
     threshold = models.tcn.decision().get("threshold", models.text.threshold)
     p_live, undecided = live_scores(decisions)
+    live_wer, offline_wer = (float(np.mean(w)) if w else None for w in zip(*wers, strict=True))
     return {
         "n": len(y),
         "undecided": len(undecided),
@@ -106,6 +117,20 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "speech": f"espeak-ng en-us {args.rate} wpm",
         "ahstream_analyze": evaluate_scores(y, p_live, threshold),
         "tfidf_lr_on_offline_whisper": evaluate_scores(y, p_ref, ref_threshold),
+        "wer_mean": {"live": live_wer, "offline": offline_wer},
+        "answers": [
+            {
+                "video_id": item.video_id,
+                "label": label,
+                "p_live": p,
+                "p_reference": pr,
+                "wer_live": w[0],
+                "wer_offline": w[1],
+            }
+            for item, label, p, pr, w in zip(items, y, p_live, p_ref, wers, strict=True)
+        ],
+        "machine": machine(),
+        "run": run_info(),
     }
 
 
@@ -129,9 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--out {args.out}: no such directory {Path(args.out).parent}")
     if shutil.which("espeak-ng") is None:
         ap.exit(1, f"{ap.prog}: espeak-ng is not installed (Debian package espeak-ng)\n")
+    mark_start()
     result = asyncio.run(_run(args))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(result, args.out)
     print(json.dumps(result))
     return 0
 
