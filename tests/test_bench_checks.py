@@ -280,3 +280,25 @@ def test_spoken_bench_scores_every_answer_and_counts_the_undecided() -> None:
     scores, undecided = live_scores([{"p": 0.7}, None, {"p": 0.2}, {"p": None}])
     assert scores == [0.7, 0.0, 0.2, 0.0] and undecided == [1, 3]
     assert all(np.isfinite(scores))
+
+
+def test_the_committed_spoken_result_is_what_its_answers_give() -> None:
+    # The spoken check's JSON keeps every answer's scores: its metrics must be those scores'
+    # official metrics at its thresholds, the live threshold the shipped decision's (a result
+    # left from other weights fails here), and its mean WERs those of its answers.
+    from models.metrics import evaluate_scores
+
+    root = Path(__file__).resolve().parents[1]
+    result = json.loads((root / "benchmarks/results/spoken_val.json").read_text())
+    tcn = json.loads((root / "models/weights/tcn_lite.json").read_text())
+    answers = result["answers"]
+    assert len(answers) == result["n"] == 110
+    assert len({a["video_id"] for a in answers}) == 110
+    y = [a["label"] for a in answers]
+    live, ref = result["ahstream_analyze"], result["tfidf_lr_on_offline_whisper"]
+    assert live["threshold"] == tcn["decision"]["threshold"]
+    assert evaluate_scores(y, [a["p_live"] for a in answers], live["threshold"]) == live
+    assert evaluate_scores(y, [a["p_reference"] for a in answers], ref["threshold"]) == ref
+    for key in ("live", "offline"):
+        mean = np.mean([a[f"wer_{key}"] for a in answers])
+        assert result["wer_mean"][key] == pytest.approx(mean, abs=1e-12)
