@@ -107,7 +107,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     print(file=sys.stderr)
     threshold = models.tcn.decision().get("threshold", models.text.threshold)
     p_live, undecided = live_scores(decisions)
-    live_wer, offline_wer = (float(np.mean(w)) if w else None for w in zip(*wers, strict=True))
+    live_wer, offline_wer = (float(np.mean([w[k] for w in wers])) for k in (0, 1))
     return {
         "n": len(y),
         "undecided": len(undecided),
@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(path).is_file():
             ap.error(f"{flag} {path}: no such file")
         try:
-            read_split(path)
+            if not read_split(path):
+                ap.error(f"{flag} {path}: no answers in it")
         except (OSError, ValueError) as exc:
             ap.error(f"{flag}: {exc}")
     if args.out and not Path(args.out).resolve().parent.is_dir():

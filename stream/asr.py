@@ -27,10 +27,13 @@ silence padded to >= 6 s instead of Whisper's 30 s, word times by alignment):
   lets through is caught by an unprompted no-speech check until the utterance
   has committed words; Whisper's loops and repeats at the end of the audio are
   cut from the hypothesis (`models.whisper.cut_collapsed_tail`).
-- **Early end.** A decode that returns no words at all (not judged no speech) keeps
-  the previous step's hypothesis: tentative (it does not count as agreement), and
-  committed if the utterance ends there. Greedy Whisper sometimes emits end-of-text
-  first after a forced prefix, although the steps before heard words after it.
+- **Early end.** A decode left with no new words (not judged no speech) keeps the
+  previous step's hypothesis: tentative (it does not count as agreement), committed by
+  the age rule or when the utterance ends. Greedy Whisper sometimes emits end-of-text
+  first after a forced prefix although the steps before heard words after it (also
+  covered: a tail cut whole as a loop). The price: such a decode cannot take back a
+  wrong tentative tail; words starting after the speech are still dropped at the end,
+  and a window judged to hold no speech still empties the hypothesis.
 
 Everything depends only on the audio and VAD up to ``t``: no wall clock, no
 threads, so live and offline runs commit the same words at the same steps
@@ -204,9 +207,8 @@ class IncrementalASR:
 
     def _hypothesis(self, utt: _Utterance, t_end: float) -> tuple[list[Word], bool]:
         """The uncommitted words up to ``t_end`` and whether this decode heard them: its own
-        words, or the last step's if it ended at once (greedy Whisper sometimes emits
-        end-of-text first after a forced prefix although the steps before heard words there;
-        a window judged to hold no speech is not such a case)."""
+        words, or the last step's if it was left with none (see "Early end" above; a window
+        judged to hold no speech is not such a case)."""
         words = self._decode(utt, t_end)
         if words is None:
             return [], True

@@ -147,9 +147,10 @@ def test_a_decode_that_ends_at_once_does_not_take_back_heard_words(model, monkey
     reference, _ = run_stream(model, audio)
     assert normalize_words(reference.text)[-3:] == ["i", "don't", "know"], reference.text
 
-    decode, real = IncrementalASR._decode, asr_module.decode_window
+    decode, step, real = IncrementalASR._decode, IncrementalASR.step, asr_module.decode_window
     t_end = [0.0]
     emptied: list[float] = []
+    after: dict[float, tuple[int, list[str]]] = {}  # step t -> (committed, kept tentative)
 
     def decode_to(self, utt, t):
         t_end[0] = t
@@ -162,17 +163,28 @@ def test_a_decode_that_ends_at_once_does_not_take_back_heard_words(model, monkey
             return replace(res, words=[])
         return res
 
+    def recorded_step(self, t):
+        u = step(self, t)
+        kept = [w.w for w in self._utt.prev_hyp] if self._utt is not None else []
+        after[t] = (len(self.committed_words), kept)
+        return u
+
     monkeypatch.setattr(IncrementalASR, "_decode", decode_to)
+    monkeypatch.setattr(IncrementalASR, "step", recorded_step)
     monkeypatch.setattr(asr_module, "decode_window", ends_at_once)
     asr, updates = run_stream(model, audio)
     assert emptied, "no decode past the speech: nothing was tested"
     assert normalize_words(asr.text)[-3:] == ["i", "don't", "know"], asr.text
-    # What the empty decodes could not confirm is committed only by the end of the utterance.
+    # What the empty decodes could not confirm is committed only by the end of the utterance:
+    # a step with an empty decode commits nothing and keeps the tentative words.
     final = [u for u in updates if u.final]
     assert len(final) == 1 and final[0].committed
-    for u in updates:
-        if not u.final and u.t in emptied:
-            assert not u.committed and u.tentative, u
+    steps = sorted(after)
+    held = [t for t in emptied if t in after and t not in {u.t for u in final}]
+    assert held, "no step before the end decoded past the speech"
+    for t in held:
+        before = after[steps[steps.index(t) - 1]]
+        assert after[t][0] == before[0] and after[t][1] == before[1] != [], (t, before, after[t])
 
 
 def test_silence_and_noise_are_never_decoded(model, monkeypatch):

@@ -267,11 +267,15 @@ def test_spoken_bench_refuses_missing_files_at_once(
     from benchmarks import spoken
 
     split = tmp_path / "val.txt"
-    split.write_text("")
+    split.write_text("Videos/7/Visite_1/7_Question_1_2024-10-02 16-03-28_Video.mp4,0,I get up.\n")
     argv = ["--train-file", "/nonexist/train.txt", "--split-file", str(split)]
     assert "--train-file /nonexist/train.txt: no such file" in _refused(spoken.main, argv, capsys)
     argv = ["--train-file", str(split), "--split-file", str(split), "--out", "/nonexist/s.json"]
     assert "no such directory /nonexist" in _refused(spoken.main, argv, capsys)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    argv = ["--train-file", str(split), "--split-file", str(empty)]
+    assert f"--split-file {empty}: no answers in it" in _refused(spoken.main, argv, capsys)
 
 
 def test_spoken_bench_scores_every_answer_and_counts_the_undecided() -> None:
