@@ -8,9 +8,9 @@ method given offline (whole-file) Whisper tiny.en transcripts of the same audio.
 The reference method is fit on the train transcripts and thresholded on the clean
 transcripts of the split (as the dataset README's 0.699 point is). The speech is rendered
 to a temporary WAV per answer, which is deleted right after. The JSON has, per answer, the
-video id, label, live p and the word error rates of the live and the offline transcript
-against the BAH transcript (no text: ASR differs between CPUs, and this is what tells where
-two machines' runs part), with the run (commit, versions) and the machine.
+video id, label, live and reference p and the word error rates of the live and the offline
+transcript against the BAH transcript (no text: ASR differs between CPUs, and this is what
+tells where two machines' runs part), with the run (commit, versions) and the machine.
 
 Every answer is scored, as the official metric needs: an answer whose session ends without
 a decision (it analysed no tick) is scored p = 0, the negative class, which is what the
