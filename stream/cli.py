@@ -1503,8 +1503,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     se = sub.add_parser("send", help="publish a file over WHIP and record the events")
-    se.add_argument("file", metavar="FILE")
-    se.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
+    se.add_argument("file", metavar="FILE", help="media file to publish (audio and/or video)")
+    se.add_argument(
+        "--url",
+        default="http://127.0.0.1:8080",
+        help="server base URL (default http://127.0.0.1:8080, where `ahstream serve` listens "
+        "by default)",
+    )
     se.add_argument(
         "--token",
         default=os.environ.get(TOKEN_ENV) or None,

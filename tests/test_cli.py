@@ -193,6 +193,12 @@ def test_bench_send_and_listen_check_their_input(wav: str) -> None:
     assert stderr.startswith("ahstream listen: invalid URL: ")
 
 
+def test_send_publishes_to_where_serve_listens_by_default() -> None:
+    send = build_parser().parse_args(["send", "call.mp4"])
+    serve = build_parser().parse_args(["serve"])
+    assert send.url == f"http://{serve.host}:{serve.port}"
+
+
 def test_bench_refuses_media_without_the_stream_it_measures(wav: str, tmp_path: Path) -> None:
     import av
 
