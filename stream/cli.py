@@ -1504,12 +1504,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     se = sub.add_parser("send", help="publish a file over WHIP and record the events")
     se.add_argument("file", metavar="FILE", help="media file to publish (audio and/or video)")
-    se.add_argument(
-        "--url",
-        default="http://127.0.0.1:8080",
-        help="server base URL (default http://127.0.0.1:8080, where `ahstream serve` listens "
-        "by default)",
-    )
+    local = "http://127.0.0.1:8080"  # where `ahstream serve` listens by default
+    se.add_argument("--url", default=local, help=f"server base URL (default {local}: serve's)")
     se.add_argument(
         "--token",
         default=os.environ.get(TOKEN_ENV) or None,
