@@ -127,10 +127,12 @@ def read_split(path: str | Path) -> list[BahItem]:
     """Read a BAH video-level split file; blank lines are skipped, bad lines raise."""
     p = Path(path)
     items: list[BahItem] = []
-    # utf-8-sig: tolerate a byte-order mark written by some editors.
+    # utf-8-sig: tolerate a byte-order mark written by some editors. Lines end at "\n"
+    # only (a CRLF's "\r" is stripped by parse_line): a lone "\r" inside a transcript is
+    # text, not a line break that would cut the line in two.
     seen: dict[str, int] = {}
     try:
-        with p.open("r", encoding="utf-8-sig") as f:
+        with p.open("r", encoding="utf-8-sig", newline="\n") as f:
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue

@@ -34,10 +34,13 @@ class Prediction:
 
 
 def _parse(line: str, where: str) -> Prediction:
-    # Video ids may contain spaces but not commas; the last three fields are numbers.
-    parts = line.rsplit(",", 3)
+    # Video ids may contain spaces but not commas (a split file's cannot: it splits on
+    # the first comma), so a line has exactly four fields.
+    parts = line.split(",")
     if len(parts) != 4:
-        raise SubmissionError(f"{where}: expected 'video_id,p0,p1,pred', got {line[:80]!r}")
+        raise SubmissionError(
+            f"{where}: expected 'video_id,p0,p1,pred' (4 fields), got {len(parts)} in {line[:80]!r}"
+        )
     vid, p0s, p1s, preds = (s.strip() for s in parts)
     try:
         p0, p1 = float(p0s), float(p1s)
@@ -69,7 +72,7 @@ def read_submission(path: str | Path) -> dict[str, Prediction]:
         raise SubmissionError(f"{path}: not UTF-8 text ({e.reason})") from None
     except OSError as e:  # permissions, an I/O error, a directory
         raise SubmissionError(f"{path}: cannot read ({e.strerror or e})") from None
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):  # as split files: "\n" ends a line
         if not line.strip():
             continue
         pred = _parse(line, f"{path}:{n}")
@@ -84,6 +87,8 @@ def read_submission(path: str | Path) -> dict[str, Prediction]:
 def score_submission(predictions: str | Path, split_file: str | Path) -> dict[str, Any]:
     """Macro F1 (from `pred`) and AP (from `p1`) of a submission against a split file."""
     items = read_split(split_file)
+    if not items:
+        raise SubmissionError(f"{split_file}: no videos")
     preds = read_submission(predictions)
     ids = [it.video_id for it in items]
     missing = [v for v in ids if v not in preds]

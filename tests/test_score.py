@@ -85,6 +85,16 @@ def test_score_names_missing_and_extra_ids(tmp_path):
     (tmp_path / "bad.csv").write_text("a,0.5,0.5\n")
     run = _score(tmp_path / "bad.csv", tmp_path / "split.txt")
     assert run.returncode == 1 and "bad.csv:1" in run.stderr
+    # An extra column is named on its line (a split's ids hold no comma), not reported
+    # as an id "a,x" missing from the split.
+    (tmp_path / "wide.csv").write_text("a,x,0.5,0.5,1\nb,0.2,0.8,1\nc,0.2,0.8,1\n")
+    run = _score(tmp_path / "wide.csv", tmp_path / "split.txt")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "wide.csv:1: expected 'video_id,p0,p1,pred' (4 fields), got 5" in run.stderr
+    # An empty split says so, not that every submitted id is extra.
+    (tmp_path / "empty.txt").write_text("\n")
+    run = _score(tmp_path / "sub.csv", tmp_path / "empty.txt")
+    assert run.returncode == 1 and run.stderr.strip().endswith("empty.txt: no videos")
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,18 @@ def test_read_split_parses_commas_and_question(tmp_path: Path) -> None:
     assert items[1].label == 0 and items[1].transcript == "" and items[1].question == 7
 
 
+def test_read_split_ends_lines_at_newlines_only(tmp_path: Path) -> None:
+    """CRLF files read as LF ones, and a lone carriage return inside a transcript stays
+    in it: it does not cut the line in two (the second half would be a bad line)."""
+    f = tmp_path / "s.txt"
+    f.write_bytes(b"a.mp4,1,one\rtwo\r\nb.mp4,0,three\r\n")
+    items = read_split(f)
+    assert [(it.video_id, it.label, it.transcript) for it in items] == [
+        ("a.mp4", 1, "one\rtwo"),
+        ("b.mp4", 0, "three"),
+    ]
+
+
 @pytest.mark.parametrize(
     "bad",
     ["Videos/1/Visite_1/1_Question_1_x.mp4,1\n", "Videos/1/x.mp4,2,text\n", ",1,text\n"],
