@@ -375,16 +375,20 @@ class Session:
         # ticks (a few ms each) of every session never queue behind them.
         return await asyncio.get_running_loop().run_in_executor(self.asr_executor, fn, *args)
 
+    def _tick_time(self, k: int) -> float:
+        """Media time of the ``k``-th tick: ``k / analysis_hz`` rounded to the millisecond
+        (each tick on its own, so rates such as 30 Hz do not drift off the grid)."""
+        return round(k * 1000 / self.analysis_hz) / 1000.0
+
     async def _run(self) -> None:
-        tick_ms = int(round(1000 / self.analysis_hz))
-        next_tick = tick_ms
+        k = 1
         last_tick = 0.0
         self._asr_task = asyncio.get_running_loop().create_task(
             self._asr_run(), name=f"asr-{self.id}"
         )
         try:
             while True:
-                t = next_tick / 1000.0
+                t = self._tick_time(k)
                 while not self._tick_ready(t):
                     if self._input_closed and (self._asr_finished or self._media_short_of(t)):
                         break
@@ -398,7 +402,7 @@ class Session:
                 if self._analysis_stopped:
                     return  # reported; the final events and the cleanup run below
                 last_tick = t
-                next_tick += tick_ms
+                k += 1
                 self.processed_t = t
                 self._progress.set()
             await asyncio.shield(self._asr_task)  # it reports its own failures
@@ -409,7 +413,7 @@ class Session:
                 # A live session's tick at the media's end ran before its input closed: the
                 # words the ASR flushed since get a frame of their own, one interval later
                 # (a file session holds that tick until its input closes, see _tick_ready).
-                await self._tick(last_tick + tick_ms / 1000.0, take_all=True)
+                await self._tick(self._tick_time(k), take_all=True)
         except Exception as exc:  # one session's failure must not reach the others
             log_failure(log, exc, "session %s: worker failed", self.id)
             self.report_error("internal", f"analysis failed ({type(exc).__name__})")

@@ -203,3 +203,18 @@ def test_a_decision_without_words_says_it_is_the_prior(tmp_path):
     assert _decision_text(summarize(events)["decision"]).endswith(
         "from the prior alone: fewer than three words were heard"
     )
+
+
+def test_ticks_stay_on_the_grid_at_rates_that_do_not_divide_a_second_in_ms(tmp_path):
+    """At 30 Hz (33.3 ms) every tick is at k/30 s (to the millisecond), with no drift:
+    4 s of media give exactly 120 frames, the last at the media's end."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    noise = (rng.normal(0, 0.001, 16000 * 4) * 32767).astype("<i2")  # quiet: no speech
+    wav = _wav(tmp_path / "quiet.wav", noise.tobytes())
+    out = tmp_path / "quiet.jsonl"
+    run = _analyze(wav, "--analysis-hz", "30", "--out", out, "--json", timeout=120)
+    assert run.returncode == 0, run.stderr
+    times = [e["t"] for e in _read(out) if e["type"] == "frame"]
+    assert times == [round(k / 30, 3) for k in range(1, 121)]
