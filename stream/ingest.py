@@ -20,7 +20,8 @@ timeline. Timestamps that jump backwards, or forwards by more than
 sender that restarted its clock), re-base the track so it continues right
 after its newest frame (a bounded timeline, an `error` event with code
 ``pts_jump``); other forward jumps (a camera paused for a minute) are kept as
-gaps.
+gaps. A file's frames have no arrival: its forward jumps are kept up to
+`FILE_MAX_GAP_S` (an hour).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ AUDIO_SLACK_S = 0.001
 # it is off by whole frames: packets were lost. Further, it goes at its own time. Appending
 # never drifts: the offset is measured from where the audio written so far ends.
 AUDIO_JITTER_S = 0.03
+# A file's frames have no arrival time to check a forward jump against: its container
+# timestamps are the truth, gaps included (a camera or microphone off in a recorded call),
+# up to this long. A longer jump is taken for a broken timestamp and re-based (kept, it
+# would make ticks and frame events for all of it).
+FILE_MAX_GAP_S = 3600.0
 # A track stepping back less than this is jitter; further back, it is re-based.
 BACKWARD_SLACK_S = 0.1
 # A forward jump beyond ``max_gap_s`` is kept when the arrival clock agrees with it
@@ -81,6 +87,7 @@ class MediaLimits:
     max_height: int = 1080
     max_fps: float = 60.0
     max_gap_s: float = 10.0  # larger forward pts jumps are re-based unless arrival agrees
+    # (live tracks; a file's are kept up to FILE_MAX_GAP_S)
 
 
 class _Timeline:
@@ -114,7 +121,8 @@ class _Timeline:
         if expected is None:
             return t
         jump = t - expected
-        plausible = -BACKWARD_SLACK_S <= jump <= self.max_gap_s or _arrival_agrees(jump, elapsed)
+        max_gap = self.max_gap_s if wall is not None else max(self.max_gap_s, FILE_MAX_GAP_S)
+        plausible = -BACKWARD_SLACK_S <= jump <= max_gap or _arrival_agrees(jump, elapsed)
         if plausible and not self._runs_ahead(t, wall):
             return t
         target = expected if resume is None else resume

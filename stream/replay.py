@@ -87,7 +87,11 @@ async def replay_file(path: str | Path, session: Session, realtime: bool = False
         ingests["audio"] = AudioIngest(session)
         session.add_track("audio")
     if video is not None:
-        video.thread_type = "AUTO"
+        # Slice threading only: a frame-threaded decoder holds its last frames back until
+        # later packets come, so the frames before a gap (or before the video ends while
+        # the audio goes on) would reach the session after the ticks that needed them.
+        # (Slice threading decoded a 640x360 and a 1080p H.264 file faster here, too.)
+        video.thread_type = "SLICE"
         ingests["video"] = VideoIngest(session)
         session.add_track("video")
     it = _frames(container, streams)

@@ -218,3 +218,66 @@ def test_ticks_stay_on_the_grid_at_rates_that_do_not_divide_a_second_in_ms(tmp_p
     assert run.returncode == 0, run.stderr
     times = [e["t"] for e in _read(out) if e["type"] == "frame"]
     assert times == [round(k / 30, 3) for k in range(1, 121)]
+
+
+def _mkv_with_video_at(path, frame_indices, audio_s, fps=10):
+    """An MKV of ``audio_s`` s of quiet audio and 64x64 video frames at ``frame_indices``
+    (pts in 1/fps units): a camera off between two indices is a gap in the timestamps."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    rate = 16000
+    out = av.open(str(path), "w")
+    v = out.add_stream("mpeg4", rate=fps)
+    v.width, v.height, v.pix_fmt, v.time_base = 64, 64, "yuv420p", Fraction(1, fps)
+    a = out.add_stream("pcm_s16le", rate=rate)
+    a.layout = "mono"
+    items = []
+    for i in frame_indices:
+        img = np.full((64, 64, 3), (40 + 3 * i) % 255, np.uint8)
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts, frame.time_base = i, Fraction(1, fps)
+        items.append((i / fps, 0, frame))
+    noise = (np.random.default_rng(0).normal(0, 30, audio_s * rate)).astype(np.int16)
+    for s in range(0, noise.size, 1600):
+        frame = av.AudioFrame.from_ndarray(noise[None, s : s + 1600], format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = rate, s, Fraction(1, rate)
+        items.append((s / rate, 1, frame))
+    for _, kind, frame in sorted(items, key=lambda x: (x[0], x[1])):
+        for packet in (v, a)[kind].encode(frame):
+            out.mux(packet)
+    for stream in (v, a):
+        for packet in stream.encode(None):
+            out.mux(packet)
+    out.close()
+    return path
+
+
+def test_a_file_keeps_its_timestamp_gaps(tmp_path):
+    """A recording whose camera was off for 15 s: the frames after the gap are analysed at
+    their own times, beside the audio that went on (they were moved 15 s earlier, as a
+    live sender restarting its clock would be, with a `pts_jump` error). A jump beyond an
+    hour is still taken for a broken timestamp and re-based."""
+    gap = _mkv_with_video_at(tmp_path / "gap.mkv", [*range(0, 50), *range(200, 250)], 25)
+    out = tmp_path / "gap.jsonl"
+    run = _analyze(gap, "--out", out, "--json", timeout=120)
+    assert run.returncode == 0, run.stderr
+    events = _read(out)
+    assert not [e for e in events if e["type"] == "error"]
+    frames = {e["t"]: e for e in events if e["type"] == "frame"}
+    assert frames[4.9]["video_t"] == 4.9 and frames[4.9]["modalities"]["video"]
+    assert frames[10.0].get("video_t") is None and not frames[10.0]["modalities"]["video"]
+    after = [frames[round(20.0 + k / 10, 1)] for k in range(50)]
+    assert [f["video_t"] for f in after] == [f["t"] for f in after]
+    assert events[-1]["duration"] == pytest.approx(25.0, abs=0.05)
+
+    broken = _mkv_with_video_at(tmp_path / "broken.mkv", [*range(0, 50), 40000, 40001], 6)
+    out = tmp_path / "broken.jsonl"
+    run = _analyze(broken, "--out", out, "--json", timeout=120)
+    assert run.returncode == 0, run.stderr
+    events = _read(out)
+    jumps = [e["message"] for e in events if e["type"] == "error" and e["code"] == "pts_jump"]
+    assert len(jumps) == 1 and "video timestamps jumped forwards" in jumps[0]
+    assert events[-1]["duration"] < 7.0
