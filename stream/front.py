@@ -39,6 +39,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from stream.redaction import redact_server_log
 from stream.serving import (
     EXIT_CANNOT_LISTEN,
     FRONT,
@@ -594,6 +595,7 @@ def run_front(
 ) -> None:
     """Serve on ``host:port`` in front of ``processes`` workers until interrupted
     (at most ``max_sessions`` live sessions over all of them)."""
+    redact_server_log()
     web.run_app(
         make_front_app(Front(worker_args, processes, max_sessions), ws_max_msg=ws_max_msg),
         host=host,

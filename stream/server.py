@@ -17,7 +17,7 @@ from stream.batching import SharedRunners
 from stream.ingest import MediaLimits
 from stream.metrics import ServerMetrics, metrics_endpoint
 from stream.publisher import Publisher
-from stream.redaction import log_failure
+from stream.redaction import log_failure, redact_server_log
 from stream.serving import (
     SERVER,
     AccessLogger,
@@ -267,6 +267,7 @@ def make_app(server: Server) -> web.Application:
 
 def run_server(models: Models, config: ServerConfig) -> None:
     """Serve until interrupted (SIGINT/SIGTERM finalize live sessions first)."""
+    redact_server_log()
     server = Server(models, config)
     ssl_context = tls_context(config.tls_cert, config.tls_key) if config.tls_cert else None
     scheme = "https" if ssl_context else "http"

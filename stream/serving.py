@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from stream.server import Server
 
 __all__ = [
+    "BODY_TIMEOUT_S",
     "EXIT_CANNOT_LISTEN",
     "FRONT",
     "ROUTES",
@@ -48,6 +50,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SERVER: web.AppKey[Server] = web.AppKey("server")
 FRONT: web.AppKey[Front] = web.AppKey("front")
 WS_MAX_MSG: web.AppKey[int] = web.AppKey("ws_max_msg", int)
+
+#: A request body (a WHIP offer) must have arrived this long after its headers: a client
+#: that sends the headers and stalls holds no slot and no handler for longer (408).
+BODY_TIMEOUT_S = 10.0
 
 #: Exit status of `ahstream serve` that could not listen on its address (the front starts
 #: a worker again on another port then; any other failure to start is not retried).
@@ -81,8 +87,9 @@ def add_routes(app: web.Application, handlers: Mapping[str, Handler]) -> None:
         app.router.add_route(method, path, handlers[name])
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole request body, however many TCP segments it arrives in; 413 past ``limit``.
+async def read_body(request: web.Request, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
+    """The whole request body, however many TCP segments it arrives in; 413 past ``limit``,
+    408 when it has not all come within ``timeout_s``, 400 when the client drops it.
 
     (``request.content.read(n)`` alone returns only what has arrived so far: a browser's
     5 kB offer split across packets would be cut short.)
@@ -91,11 +98,23 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(limit + 1 - size):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+
+    async def read() -> None:
+        nonlocal size
+        while chunk := await request.content.read(limit + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=f"the request body did not arrive within {timeout_s:g} s\n"
+        ) from None
+    except (ConnectionResetError, aiohttp.ClientPayloadError):
+        raise web.HTTPBadRequest(text="the request body was cut off\n") from None
     return b"".join(chunks)
 
 

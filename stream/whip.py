@@ -144,22 +144,24 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
     """Create a session from an SDP offer (a service token is required when auth is on)."""
     server: Server = request.app[SERVER]
     server.auth.require_service(request)
+    # The body first (within BODY_TIMEOUT_S): a client that sends its headers and stalls
+    # must not hold a session slot meanwhile.
+    body = await read_body(request, MAX_SDP_BYTES)
     if server.active_sessions + server.pending_offers >= server.config.max_sessions:
         raise web.HTTPServiceUnavailable(
             text="the server is at its session limit; retry later\n",
             headers={"Retry-After": "10"},
         )
-    # The offer holds a slot from here (no await before this line), so concurrent offers
+    # The offer holds a slot from here (no await since the check), so concurrent offers
     # cannot all pass the limit while each is still being negotiated.
     server.pending_offers += 1
     try:
-        return await _answer_offer(request, server)
+        return await _answer_offer(request, server, body)
     finally:
         server.pending_offers -= 1
 
 
-async def _answer_offer(request: web.Request, server: Server) -> web.StreamResponse:
-    body = await read_body(request, MAX_SDP_BYTES)
+async def _answer_offer(request: web.Request, server: Server, body: bytes) -> web.StreamResponse:
     ctype = request.content_type
     if ctype not in ("application/sdp", "application/octet-stream", "text/plain"):
         raise web.HTTPUnsupportedMediaType(text="WHIP offers must be sent as application/sdp\n")

@@ -289,6 +289,106 @@ def test_a_static_name_with_a_nul_or_control_byte_is_404(server, target, request
     assert "Traceback" not in srv.output
 
 
+def _log_line(srv: ServeProcess, needle: str, timeout: float = 10.0) -> str:
+    """The first line of the server's log holding ``needle`` (waits for it to be written)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in srv.output.splitlines():
+            if needle in line:
+                return line
+        time.sleep(0.1)
+    raise AssertionError(f"no {needle!r} in the log: {srv.output[-2000:]}")
+
+
+@pytest.mark.parametrize("server", ["srv", "front"])
+def test_a_request_aiohttp_cannot_parse_leaves_its_token_out_of_the_log(server, request):
+    """A request line with a control byte in its query (here after a token): 400, and
+    aiohttp's log of it names the error's type, at INFO, not the request (it quoted the
+    line, token and all, in an ERROR with a traceback)."""
+    srv = request.getfixturevalue(server)
+    secret = "leak-" + TOKEN[::-1]
+    bad = f"GET /sessions/abc/events?token={secret}\x01 HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert _raw(srv.url, bad.encode())[0] == 400
+    line = _log_line(srv, "InvalidURLError")
+    assert " INFO aiohttp.server: " in line, line
+    assert secret not in srv.output and "Traceback" not in srv.output
+
+
+async def test_an_offer_whose_body_stalls_holds_no_session_slot(srv):
+    """Clients that send an offer's headers and then nothing, as many as the server has
+    session slots: a real offer still gets its session (they held the slots for as long
+    as they kept the connection open, and every other offer got 503)."""
+    slots = srv.health()["max_sessions"]
+    host, port = srv.url.removeprefix("http://").split(":")
+    head = "\r\n".join(
+        [
+            "POST /whip HTTP/1.1",
+            "Host: 127.0.0.1",
+            f"Authorization: Bearer {TOKEN}",
+            "Content-Type: application/sdp",
+            "Content-Length: 4000",
+            "",
+            "v=0\r\n",
+        ]
+    ).encode()
+    stalled = [socket.create_connection((host, int(port)), timeout=30) for _ in range(slots)]
+    try:
+        for s in stalled:
+            s.sendall(head)
+        await asyncio.sleep(0.5)  # each is in the server's handler, reading its body
+        status, headers, answer = await asyncio.to_thread(
+            _post, srv.url, await _offer(("audio", "sendonly"))
+        )
+        assert status == 201, answer
+        assert await asyncio.to_thread(_delete, srv.url, headers["Location"]) == 200
+    finally:
+        for s in stalled:
+            s.close()
+
+
+async def test_a_body_that_does_not_come_in_time_is_408_and_one_cut_off_400():
+    """`read_body` on a real aiohttp server: a body still short of its Content-Length
+    after the time limit is 408; one whose client closes the connection mid-way is 400
+    (it was an unhandled ConnectionResetError: a 500 and an ERROR traceback)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from stream.serving import read_body
+
+    seen: list[int] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            return web.Response(body=await read_body(request, 1000, timeout_s=0.5))
+        except web.HTTPException as exc:
+            seen.append(exc.status)
+            raise
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc"
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(head)
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        assert status_line.split()[1] == b"408", status_line
+        writer.close()
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(head)
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.close()
+        for _ in range(50):
+            if len(seen) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert seen == [408, 400]
+    finally:
+        await server.close()
+
+
 # -- ICE servers: none unless configured ----------------------------------------------------
 
 
