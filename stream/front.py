@@ -14,7 +14,8 @@ therefore starts N worker servers on loopback ports and this front on the public
 - ``/healthz`` and ``/metrics`` add the workers' numbers up; ``/`` and ``/static`` come
   from any worker.
 
-A worker that dies is started again (its sessions are lost, the others go on); workers
+A worker that dies is started again (its sessions are lost, the others go on: their
+subscribers' relays close with code 1011, `WORKER_LOST`, not a normal close); workers
 die with the front (Linux parent-death signal) and are stopped with SIGTERM on shutdown,
 which finalizes their sessions while the front still relays the final events. The front
 loads no models, so its memory is small.
@@ -72,6 +73,9 @@ HOP_HEADERS = frozenset(
         "Content-Encoding",
     )
 )
+#: Close message of an event relay whose worker went away before the session ended
+#: (close code 1011; the session is lost).
+WORKER_LOST = "the session's worker stopped before the session ended"
 #: Request headers relayed on an event websocket (the worker checks the token).
 WS_HEADERS = frozenset(("authorization", "user-agent", "origin"))
 #: Sessions the front remembers (id -> worker); past it the oldest is forgotten (their
@@ -414,10 +418,14 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
         await upstream.close()
         raise
 
+    ended = False  # the session's last event (session.ended) was relayed
+
     async def pump() -> None:
+        nonlocal ended
         async for msg in upstream:
             if msg.type == WSMsgType.TEXT:
                 await ws.send_str(msg.data)
+                ended = ended or _is_session_end(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 await ws.send_bytes(msg.data)
 
@@ -438,8 +446,20 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
                 # a subscriber or worker that went away mid-send: the relay just ends
                 log.debug("event relay ended: %r", task.exception())
         await upstream.close()
-        await ws.close()
+        if ended or ws.closed:
+            await ws.close()
+        else:  # the worker went away mid-session (it died): not a normal end of the stream
+            await ws.close(code=aiohttp.WSCloseCode.INTERNAL_ERROR, message=WORKER_LOST.encode())
     return ws
+
+
+def _is_session_end(data: str) -> bool:
+    """Whether an event (JSON text) is the session's last, ``session.ended``."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(event, dict) and event.get("type") == "session.ended"
 
 
 def _status(code: int) -> web.HTTPException:

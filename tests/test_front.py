@@ -7,17 +7,19 @@ loopback; tokens on, so the workers' authentication is exercised through the fro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import signal
 import time
 import urllib.request
+from typing import Any
 
 import aiohttp
 import pytest
 
-from clients.send import send_file
+from clients.send import SendError, send_file
 from stream.cli import build_parser, worker_argv
 from stream.front import merge_metrics
 from stream.serving import ice_configuration
@@ -194,23 +196,56 @@ async def test_plain_gets_of_an_events_url_leave_no_subscription_behind(front):
 
 
 async def test_a_dead_worker_is_restarted_and_other_sessions_go_on(front, audio_only_wav):
-    """SIGKILL one worker during a call on the other: that call ends normally, the dead
-    worker comes back, and the front reports it."""
-    started = asyncio.Event()
-    owner: dict[str, int] = {}
+    """SIGKILL the worker of one call during a call on the other: that call ends normally,
+    the killed call's subscriber sees its stream close with 1011 and the front's reason
+    (it was a normal close, as if the session had ended), the dead worker comes back, and
+    the front reports it."""
+    ids: dict[str, str] = {}
+    started = {"kept": asyncio.Event(), "lost": asyncio.Event()}
 
-    def on_session(session_id: str, read_token: str | None) -> None:
-        busy = [p for p in _health(front)["processes"] if p["sessions"]]
-        owner["pid"] = busy[0]["pid"]
-        started.set()
+    def on(name: str) -> Any:
+        def on_session(session_id: str, read_token: str | None) -> None:
+            ids[name] = session_id
+            started[name].set()
+
+        return on_session
+
+    def busy_pids() -> set[int]:
+        return {p["pid"] for p in _health(front)["processes"] if p["sessions"]}
 
     call = asyncio.ensure_future(
-        send_file(audio_only_wav, front.url, token=TOKEN, on_session=on_session, duration_s=3.0)
+        send_file(audio_only_wav, front.url, token=TOKEN, on_session=on("kept"), duration_s=3.0)
     )
-    await asyncio.wait_for(started.wait(), 60)
-    idle = [p for p in _health(front)["processes"] if p["pid"] != owner["pid"]][0]
-    os.kill(idle["pid"], signal.SIGKILL)
-    events = await call
+    await asyncio.wait_for(started["kept"].wait(), 60)
+    (kept_pid,) = busy_pids()
+    lost_call = asyncio.ensure_future(
+        send_file(audio_only_wav, front.url, token=TOKEN, on_session=on("lost"), duration_s=30)
+    )
+    try:
+        await asyncio.wait_for(started["lost"].wait(), 60)
+        (victim,) = busy_pids() - {kept_pid}  # the least loaded worker took the second call
+        types: list[str] = []
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                f"{front.url}/sessions/{ids['lost']}/events",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as ws,
+        ):
+            first = await ws.receive(timeout=30)
+            types.append(json.loads(first.data)["type"])
+            os.kill(victim, signal.SIGKILL)
+            async for msg in ws:
+                types.append(json.loads(msg.data)["type"])
+        assert types[0] == "session.started" and "session.ended" not in types
+        assert ws.close_code == 1011, (ws.close_code, types)
+        with pytest.raises(SendError):
+            await asyncio.wait_for(lost_call, 60)
+    finally:  # nothing left running if an assertion failed (the loop's close would hang)
+        lost_call.cancel()
+        with contextlib.suppress(BaseException):
+            await lost_call
+        events = await call
     assert events[-1]["type"] == "session.ended"
     assert not [e for e in events if e["type"] == "error"]
     deadline = time.monotonic() + 180
@@ -220,7 +255,7 @@ async def test_a_dead_worker_is_restarted_and_other_sessions_go_on(front, audio_
         h = _health(front)
     assert h["status"] == "ok"
     assert sum(p["restarts"] for p in h["processes"]) == 1
-    assert idle["pid"] not in {p["pid"] for p in h["processes"]}
+    assert victim not in {p["pid"] for p in h["processes"]}
 
 
 def test_worker_command_line_keeps_the_users_options():
