@@ -446,7 +446,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CANNOT_LISTEN
     processes = serve_processes(args.processes)
     if processes > 1:
-        return _serve_front(args, processes, len(tokens))
+        return _serve_front(args, processes, tokens)
     from stream.serving import limit_malloc_arenas
 
     limit_malloc_arenas()  # before any thread: per-session memory (README, Performance)
@@ -572,7 +572,7 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _serve_front(args: argparse.Namespace, processes: int, n_tokens: int) -> int:
+def _serve_front(args: argparse.Namespace, processes: int, tokens: list[str]) -> int:
     """Run `serve` as a front over ``processes`` worker servers (stream.front)."""
     from stream.front import run_front
     from stream.serving import EXIT_CANNOT_LISTEN, tls_context
@@ -581,7 +581,7 @@ def _serve_front(args: argparse.Namespace, processes: int, n_tokens: int) -> int
     # The workers inherit the ICE servers (TURN passwords) in their environment, so that
     # they are not in the process list; worker_argv leaves them out.
     os.environ[ICE_SERVERS_ENV] = " ".join(args.ice_server or ())
-    _announce(args, n_tokens, processes)
+    _announce(args, len(tokens), processes)
     try:
         run_front(
             worker_argv(args),
@@ -591,6 +591,7 @@ def _serve_front(args: argparse.Namespace, processes: int, n_tokens: int) -> int
             ssl_context=ssl_context,
             ws_max_msg=args.ws_max_msg,
             max_sessions=args.max_sessions,
+            tokens=tokens,
         )
     except OSError as exc:  # the port was taken after _listen_problem looked
         print(f"ahstream serve: {_cannot_listen(args.host, args.port, exc)}", file=sys.stderr)

@@ -40,6 +40,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from stream.auth import CHALLENGE, Auth
 from stream.redaction import redact_server_log
 from stream.serving import (
     EXIT_CANNOT_LISTEN,
@@ -129,6 +130,7 @@ class Worker:
     ready: bool = False
     restarts: int = 0
     pending: int = 0  # WHIP offers forwarded to it and not answered yet
+    sessions: int | None = None  # live sessions at its last /healthz answer
     started_at: float = 0.0
     supervisor: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -142,11 +144,18 @@ class Front:
     """Starts, watches and routes to the worker servers."""
 
     def __init__(
-        self, worker_args: Sequence[str], processes: int, max_sessions: int | None = None
+        self,
+        worker_args: Sequence[str],
+        processes: int,
+        max_sessions: int | None = None,
+        tokens: Sequence[str] = (),
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be >= 1")
         self.worker_args = list(worker_args)
+        # The workers' service tokens: an offer without one gets 401 here, before the
+        # front says anything about its capacity (the workers check again).
+        self.auth = Auth(tokens)
         self.max_sessions = max_sessions  # over all workers (each also enforces it alone)
         self.admitted = 0  # sessions the workers accepted through this front, ever
         self.workers = [Worker(i) for i in range(processes)]
@@ -222,16 +231,18 @@ class Front:
             w.ready = False
             if self.stopping:
                 return
-            lost = [sid for sid, owner in self.routes.items() if owner is w]
-            for sid in lost:
+            # Its routes include sessions that had ended: the count is the health's.
+            for sid in [sid for sid, owner in self.routes.items() if owner is w]:
                 self.routes.pop(sid, None)
             log.error(
-                "worker %d (pid %d) exited with %s; %d sessions lost; restarting",
+                "worker %d (pid %d) exited with %s; its live sessions are lost "
+                "(%s at its last health check); restarting",
                 w.index,
                 w.proc.pid,
                 code,
-                len(lost),
+                "?" if w.sessions is None else w.sessions,
             )
+            w.sessions = None
             delay = RESTART_BACKOFF_S[min(w.restarts, len(RESTART_BACKOFF_S) - 1)]
             w.restarts += 1
             await asyncio.sleep(delay)
@@ -267,7 +278,9 @@ class Front:
         try:
             async with self.client.get(w.url + "/healthz", timeout=HEALTH_TIMEOUT) as r:
                 if r.status == 200:
-                    return dict(await r.json())
+                    body = dict(await r.json())
+                    w.sessions = int(body.get("sessions", 0))
+                    return body
         except (TimeoutError, aiohttp.ClientError, ValueError):
             pass
         return None
@@ -341,6 +354,7 @@ class Front:
 async def whip_post(request: web.Request) -> web.StreamResponse:
     """A new session on the least loaded worker."""
     front: Front = request.app[FRONT]
+    front.auth.require_service(request)
     body = await read_body(request, 256 * 1024)
     last: web.Response | None = None
     admitted = front.admitted
@@ -464,8 +478,6 @@ def _is_session_end(data: str) -> bool:
 
 def _status(code: int) -> web.HTTPException:
     """The worker's refusal of a websocket, as the same HTTP status."""
-    from stream.auth import CHALLENGE
-
     if code == 401:
         return web.HTTPUnauthorized(
             text="a valid bearer token is required\n", headers={"WWW-Authenticate": CHALLENGE}
@@ -612,12 +624,15 @@ def run_front(
     ssl_context: Any = None,
     ws_max_msg: int = 4096,
     max_sessions: int | None = None,
+    tokens: Sequence[str] = (),
 ) -> None:
     """Serve on ``host:port`` in front of ``processes`` workers until interrupted
-    (at most ``max_sessions`` live sessions over all of them)."""
+    (at most ``max_sessions`` live sessions over all of them; ``tokens``: the service
+    tokens the workers were given, checked on offers before the session limit)."""
     redact_server_log()
+    front = Front(worker_args, processes, max_sessions, tokens=tokens)
     web.run_app(
-        make_front_app(Front(worker_args, processes, max_sessions), ws_max_msg=ws_max_msg),
+        make_front_app(front, ws_max_msg=ws_max_msg),
         host=host,
         port=port,
         print=None,

@@ -127,8 +127,8 @@ async def _offer() -> bytes:
 
 async def test_the_session_limit_is_the_total_over_workers(front):
     """--max-sessions 3 with two workers: five offers at once give three sessions (spread
-    over both workers), whichever worker has room; an offer split across TCP segments is
-    read whole by the front."""
+    over both workers), whichever worker has room; an offer without a token is 401 even
+    then; an offer split across TCP segments is read whole by the front."""
     offer = await _offer()
     headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {TOKEN}"}
     async with aiohttp.ClientSession() as http:
@@ -142,6 +142,13 @@ async def test_the_session_limit_is_the_total_over_workers(front):
             assert sorted(s for s, _ in got) == [201, 201, 201, 503, 503], got
             counts = [p["sessions"] for p in _health(front)["processes"]]
             assert sorted(counts) == [1, 2]
+            # At the limit, an offer without a valid token is refused as such (401), as
+            # one server alone does, not told about the server's capacity (503).
+            for auth in ({}, {"Authorization": "Bearer not-a-token"}):
+                hdrs = {"Content-Type": "application/sdp", **auth}
+                async with http.post(front.url + "/whip", data=offer, headers=hdrs) as r:
+                    assert r.status == 401, r.status
+                    assert "Bearer" in r.headers.get("WWW-Authenticate", "")
         finally:
             for status, location in got:
                 if status == 201:
@@ -256,6 +263,9 @@ async def test_a_dead_worker_is_restarted_and_other_sessions_go_on(front, audio_
     assert h["status"] == "ok"
     assert sum(p["restarts"] for p in h["processes"]) == 1
     assert victim not in {p["pid"] for p in h["processes"]}
+    # the log counts the victim's one live call (not every session it ever held)
+    (line,) = [s for s in front.lines if f"(pid {victim}) exited" in s]
+    assert "its live sessions are lost (1 at its last health check)" in line, line
 
 
 def test_worker_command_line_keeps_the_users_options():
