@@ -69,6 +69,8 @@ MAX_ERROR_EVENTS = 20  # per session, so a stream of corrupt frames cannot flood
 TEXT_DELAY_S = 0.8  # a tick at t uses the words of ASR steps at or before t - this
 FILE_AHEAD_S = 6.0  # a file is decoded this far ahead of the ticks (ASR and ticks overlap)
 TRACK_STALL_S = 2.0  # a track this far behind the other stops holding the ticks back
+AUDIO_START_SLACK_S = 0.05  # audio this late is still "from the start" (codec priming)
+AUDIO_GAPS_KEPT = 64  # forward jumps of the audio's timestamps remembered (oldest dropped)
 AUDIO_DELAY_S = 0.3  # a tick at t uses audio up to t - this (WebRTC audio arrives ~0.1 s late)
 ASR_MAX_FAILURES = 3  # ASR steps failing in a row before the ASR stops for the session
 # Ticks failing in a row before their video analysis stops (the failures were the frames')
@@ -149,6 +151,11 @@ class Session:
         self._status_every = status_every_s
         self._tracks: dict[str, bool] = {}  # kind -> ended
         self._video_end = 0.0
+        # Where the audio is: its first sample (None: none yet) and the newest forward jumps
+        # of its timestamps (filled with silence in the ring), so that a tick's "audio"
+        # modality says whether audio covered its time, whenever the tick runs.
+        self._audio_start: float | None = None
+        self._audio_gaps: deque[tuple[float, float]] = deque(maxlen=AUDIO_GAPS_KEPT)
         self._last_video_t: float | None = None
         self._last_face_t: float | None = None
         self._input_closed = False
@@ -221,6 +228,11 @@ class Session:
         gap = self.ring.end_index - i0 - written
         if gap > 0:
             self.vad.push_silence(gap)
+            rate = self.ring.sample_rate
+            if self._audio_start is not None:
+                self._audio_gaps.append((i0 / rate, (i0 + gap) / rate))
+        if written and self._audio_start is None:
+            self._audio_start = (self.ring.end_index - written) / self.ring.sample_rate
         if written:
             self.vad.push(np.asarray(samples, dtype=np.float32)[-written:])
         self.clock.arrived(self.ring.end_time)
@@ -318,6 +330,17 @@ class Session:
         (so frames need not wait for audio, which WebRTC delivers later), else 0."""
         return self.audio_delay_s if "video" in self._tracks else 0.0
 
+    def _audio_covers(self, t0: float, t1: float) -> bool:
+        """Whether audio arrived for some of media times [t0, t1]: not before the first
+        sample, nor inside a timestamp gap, nor past the newest sample. The same answer
+        whether the tick runs before or after the audio after it arrives."""
+        start = self._audio_start
+        if "audio" not in self._tracks or start is None or self.ring.end_time < t0:
+            return False
+        if max(t1, 0.0) < start - AUDIO_START_SLACK_S:
+            return False  # before a late first sample (the first ticks' t1 may be < 0)
+        return not any(g0 <= t0 + 1e-9 and t1 <= g1 + 1e-9 for g0, g1 in self._audio_gaps)
+
     def _tick_ready(self, t: float) -> bool:
         # A track gates the ticks while it has not ended and is not stalled: more than
         # TRACK_STALL_S of media behind the other one (a file whose video ends before its
@@ -330,7 +353,12 @@ class Session:
             if not ended and ends[k] >= newest - TRACK_STALL_S
         ]
         ready = {
-            "audio": lambda: self.ring.end_time >= t - self._audio_lag - 1e-9,
+            # A file's audio track holds the first ticks until its first sample is in (its
+            # "audio" modality depends on it), unless it stalled (starts much later).
+            "audio": lambda: (
+                self.ring.end_time >= t - self._audio_lag - 1e-9
+                and (self.live or self._audio_start is not None)
+            ),
             "video": lambda: self.video_ready(t),
         }
         if active:
@@ -595,7 +623,7 @@ class Session:
             self._last_face_t = None
         self._publish_cues(result.cues)
         dt = 1.0 / self.analysis_hz
-        has_audio = "audio" in self._tracks and self.ring.end_time >= audio_t - dt
+        has_audio = self._audio_covers(audio_t - dt, audio_t)
         lag = self.clock.lag(min(t, self.media_end))  # a tick may run before t arrives
         lags = {} if lag is None else {"tick": lag}
         if frame is not None:

@@ -156,7 +156,7 @@ def test_analyze_when_the_audio_covers_a_few_seconds_of_a_long_video(tmp_path, s
     """4 s of speech in 20 s of video, at the start or from 12 s (two files, one run): the
     stalled audio track no longer holds the ticks (which waited for ASR steps past the
     audio) while the file feeder waited for the ticks. Both hung for good; now every tick
-    runs and the words are on the speech's own media times."""
+    runs, the words are on the speech's own media times, and so is the "audio" modality."""
     from tests.mediafiles import astronaut_frames, write_media
 
     starts = {"early_end": 0.0, "late_start": 12.0}
@@ -181,6 +181,13 @@ def test_analyze_when_the_audio_covers_a_few_seconds_of_a_long_video(tmp_path, s
         words = [w for e in events if e["type"] == "transcript" and e["final"] for w in e["words"]]
         assert len(words) >= 5
         assert all(start - 0.5 <= w["t0"] <= start + 4.1 for w in words), (name, words)
+        # "audio" where the speech is (ticks take audio 0.3 s behind them), whenever the
+        # ticks ran: the late start's first ticks said "audio" if they ran after it came.
+        heard = [f["t"] for f in frames if f["modalities"]["audio"]]
+        inside = [f["t"] for f in frames if start + 0.45 <= f["t"] <= start + 4.15]
+        assert set(inside) <= set(heard), (name, heard)
+        first = start + 0.15 if start else 0.0  # the first ticks' audio time is before 0
+        assert all(first <= t <= start + 4.45 for t in heard), (name, heard)
 
 
 def test_a_decision_without_words_says_it_is_the_prior(tmp_path):
