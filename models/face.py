@@ -521,6 +521,8 @@ class FaceAnalyzer:
         if len(lms) != N_LANDMARKS:
             return None
         a = np.array([(lm.x, lm.y, lm.z) for lm in lms], dtype=np.float32)
+        if not np.isfinite(a).all():
+            return None  # not a face we can measure
         a *= np.array([w, h, w], dtype=np.float32)
         return a
 

@@ -144,6 +144,8 @@ def _ramp(value: float, threshold: float, full: float) -> float:
     """0.5 at the threshold, 1.0 at ``full`` (either direction), clipped to [0, 1]."""
     if full == threshold:
         return 1.0
+    if not math.isfinite(value):
+        return 0.0
     return min(max(0.5 + 0.5 * (value - threshold) / (full - threshold), 0.0), 1.0)
 
 
@@ -167,16 +169,18 @@ class _Sustained:
 
     def _emit(self, t1: float) -> list[CueHit]:
         hits = []
-        if (
-            self.key is not None
-            and self.scores
-            and self.frames.covered(self.t0, t1) >= self.min_s - _EPS
-        ):
-            strength = sum(self.scores) / len(self.scores)
-            detail = self.describe(self.key, self.peak)
-            hits.append(CueHit(self.cue, self.t0, t1, strength, MODALITY, detail))
-        self.key = None
-        self.scores = []
+        try:
+            if (
+                self.key is not None
+                and self.scores
+                and self.frames.covered(self.t0, t1) >= self.min_s - _EPS
+            ):
+                strength = sum(self.scores) / len(self.scores)
+                detail = self.describe(self.key, self.peak)
+                hits.append(CueHit(self.cue, self.t0, t1, strength, MODALITY, detail))
+        finally:  # an episode that cannot be reported must not fail every later frame
+            self.key = None
+            self.scores = []
         return hits
 
     def update(
@@ -331,7 +335,7 @@ def _direction(h: float, v: float, h_thr: float, v_thr: float) -> tuple[str | No
     """The dominant direction of a (horizontal, vertical) deviation beyond its thresholds, and
     its size relative to the threshold (0 when within both)."""
     rh, rv = abs(h) / h_thr, abs(v) / v_thr
-    if max(rh, rv) < 1.0:
+    if not max(rh, rv) >= 1.0:  # within both, or not a number
         return None, 0.0
     if rh >= rv:
         return ("image-right" if h > 0 else "image-left"), rh

@@ -24,12 +24,14 @@ Rules (strengths in [0, 1]):
   ...) 0.3. Not "what kind of", not "i think about", not "made up my mind" without
   a negation before it.
 - ``correction_repetition``: an immediately repeated word ("I I", "to to"; not
-  "that that", "very very", ...) 0.5; a repeated 2-3 word phrase ("I want I want")
+  "that that", "very very", two numbers, ...) 0.5, one hit over a whole run ("the the
+  the the"); a repeated 2-3 word phrase ("I want I want")
   0.7; a restart -- a clause opener ("I", "we", "it", "the", ...) repeated after a
   1-3 word fragment with a break before it (cut mark "want-", comma, >= 0.25 s
   pause, a filler) -- 0.6 (0.7 with a cut mark); "i mean" after a word in the same
   utterance 0.6; "or rather" 0.6; "sorry"/"wait"/"actually" set off mid-utterance
-  0.4; any other cut word ("wan-") 0.5. Overlapping corrections are reported once.
+  0.4; any other cut word ("wan-", also one that ends the utterance) 0.5.
+  Overlapping corrections are reported once.
 - ``but_excuse``: a ``contrast`` entry ("but" alone: 0.3; "yet"/"still" only
   clause-initially; not "nothing but", "all but") or "because" after an intention;
   +0.3 when the clause before states an intention or something positive
@@ -134,6 +136,7 @@ _KIND_OF_NOT_AFTER = frozenset(
 _LEGIT_REPEAT = frozenset(
     "that had very really no yes yeah bye so much many ha haha more far long again "
     "okay ok well now blah knock".split()
+    + ["0"]  # every number reads "0" ("10, 15 minutes"): two numbers are not a repetition
 )
 # Clause openers whose repetition after a short fragment is a restart ("I want- I need").
 _RESTART_OPENERS = frozenset(
@@ -511,23 +514,34 @@ class WordCueDetector:
         # repeated 3- or 2-word phrase ending here
         for k in (3, 2):
             if len(seq) >= 2 * k and seq[-2 * k : -k] == seq[-k:]:
-                if all(s in _LEGIT_REPEAT for s in seq[-k:]):
-                    continue
+                if all(s in _LEGIT_REPEAT for s in seq[-k:]) or len(set(seq[-k:])) == 1:
+                    continue  # (one word over and over is a run of that word: below)
                 first = content[-2 * k]
                 if tk.t0 - content[-k - 1].t1 > REPEAT_MAX_GAP_S:
                     continue
                 text = " ".join(seq[-2 * k :])
                 return first.n, tk.n, self._hit("correction_repetition", first, tk, 0.7, text)
-        # immediately repeated word ("I I", "to- to")
+        # immediately repeated word ("I I", "to- to"), reported once at the end of its run
+        # ("the the the the dog": one hit over the four)
         if (
             len(content) >= 2
             and content[-2].text == tk.text
             and tk.text not in _LEGIT_REPEAT
             and tk.t0 - content[-2].t1 <= REPEAT_MAX_GAP_S
         ):
-            first = content[-2]
-            hit = self._hit("correction_repetition", first, tk, 0.5, f"{tk.text} {tk.text}")
-            return first.n, tk.n, hit
+            nxt = self._next(tk)
+            if nxt is not None and nxt.text == tk.text and nxt.t0 - tk.t1 <= REPEAT_MAX_GAP_S:
+                return None  # the run goes on
+            run = [tk]
+            while (p := self._prev(run[-1])) is not None:
+                while p is not None and _is_filler(p.text):
+                    p = self._prev(p)
+                if p is None or p.text != tk.text or run[-1].t0 - p.t1 > REPEAT_MAX_GAP_S:
+                    break
+                run.append(p)
+            first, n, w = run[-1], len(run), tk.text
+            text = " ".join([w] * n) if n <= 4 else f"{w} {w} {w} ... ({n} times)"
+            return first.n, tk.n, self._hit("correction_repetition", first, tk, 0.5, text)
         # restart: clause opener repeated after a short fragment, with a break before it
         if tk.text in _RESTART_OPENERS and prev is not None:
             for m in (2, 3, 4):
@@ -562,6 +576,9 @@ class WordCueDetector:
         if prev is not None and prev.cut and prev.n > self._corr_until:
             hit = self._hit("correction_repetition", prev, prev, 0.5, f"cut: {prev.text}")
             return prev.n, prev.n, hit
+        # ... also the last word of an utterance that trails off ("I was going to-")
+        if tk.cut and tk.utt_end:
+            return tk.n, tk.n, self._hit("correction_repetition", tk, tk, 0.5, f"cut: {tk.text}")
         return None
 
     def _but_excuse(self, tk: _Tok) -> CueHit | None:

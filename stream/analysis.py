@@ -35,7 +35,16 @@ from stream.vad import VadTimeline
 if TYPE_CHECKING:  # torch comes with the full profile only: serving lite does not import it
     from models.full_stream import FullStream
 
-__all__ = ["Analyzer", "TickResult", "words_complete_until"]
+__all__ = ["Analyzer", "CueFlushError", "TickResult", "words_complete_until"]
+
+
+class CueFlushError(RuntimeError):
+    """A cue detector failed at the end of a session; ``hits`` holds the other detectors'
+    pending cues (the failure is the exception's cause)."""
+
+    def __init__(self, hits: list[CueHit]) -> None:
+        super().__init__("a cue detector failed to flush")
+        self.hits = hits
 
 
 @dataclass
@@ -338,10 +347,19 @@ class Analyzer:
     def flush(self) -> list[CueHit]:
         """Cues still pending at the end of the session; closes the analyzer, even if a
         detector fails."""
+        hits: list[CueHit] = []
+        failed: Exception | None = None
         try:
-            return self.word_cues.flush() + self.face_cues.flush() + self.cross_cues.flush()
+            for detector in (self.word_cues, self.face_cues, self.cross_cues):
+                try:  # one failing detector must not lose the others' pending cues
+                    hits += detector.flush()
+                except Exception as exc:
+                    failed = failed or exc
         finally:
             self.close()
+        if failed is not None:
+            raise CueFlushError(hits) from failed
+        return hits
 
     def close(self) -> None:
         """Release the face graph; a later `warm_face` takes none, `prepare_face` raises."""

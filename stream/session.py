@@ -41,7 +41,7 @@ import numpy as np
 
 from models.profile import Models
 from stream.aggregate import SegmentTracker, VideoAggregator
-from stream.analysis import Analyzer, TickResult, join_words
+from stream.analysis import Analyzer, CueFlushError, TickResult, join_words
 from stream.asr import ASRUpdate, IncrementalASR
 from stream.buffers import AudioRing, LatestFrameSlot, VideoFrame
 from stream.clock import SessionClock
@@ -460,6 +460,9 @@ class Session:
         try:
             self._publish_cues(await self._infer(self.analyzer.flush))
         except Exception as exc:
+            if isinstance(exc, CueFlushError):  # the other detectors' cues still go out
+                self._publish_cues(exc.hits)
+                exc = exc.__cause__ or exc
             log_failure(log, exc, "session %s: analyzer flush failed", self.id)
             self.report_error("internal", f"analysis failed ({type(exc).__name__})")
         if self._warming is not None:  # a no-op once the analyzer is closed; never raises

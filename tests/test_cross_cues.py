@@ -4,7 +4,12 @@ and through the session's Analyzer with the ASR committing words late."""
 import numpy as np
 import pytest
 
-from models.cross_cues import WORD_WINDOW_S, ValenceInconsistencyDetector, words_valence
+from models.cross_cues import (
+    WORD_WINDOW_S,
+    ValenceInconsistencyDetector,
+    text_valence,
+    words_valence,
+)
 from models.face import FaceFeatures
 from models.text_ah import tokenize
 from models.whisper import Word
@@ -32,6 +37,29 @@ def test_word_valence_with_negation():
     assert words_valence(tokenize("I love it, it's fun")) == 1.0
     assert words_valence(tokenize("I don't enjoy it")) == -1.0
     assert words_valence(tokenize("I go to the store")) is None
+    # a negation flips the words of its own clause only
+    assert text_valence("No, I love it.") == 1.0
+    assert text_valence("No fun at all.") == -1.0
+    assert text_valence("I love it. Not bad!") == 1.0
+
+
+def test_no_then_positive_words_with_a_smile_is_consistent():
+    assert _run("No, I love it, it is fun.", face_dev=0.6) == []
+    assert len(_run("No, I love it, it is fun.", face_dev=-0.6)) == 1
+
+
+def test_the_cue_starts_when_the_face_does_not_when_its_average_does():
+    """A negative face from 2.0 to 3.5 s after "I love it": the face valence averaged over
+    FACE_WINDOW_S passes the threshold about 0.9 s late, and stays past it after the face
+    is neutral again; the cue spans the frames of the face itself (it was 2.9-4.0 s)."""
+    det = ValenceInconsistencyDetector()
+    hits = []
+    for k in range(1, 61):
+        t = k / 10
+        det.add_face(t, FaceFeatures.from_values(t, valence_dev=-0.6 if 2.0 <= t < 3.5 else 0.0))
+        hits += det.update(_words("I love it.") if k == 1 else [], t)
+    (hit,) = hits + det.flush()
+    assert (hit.t0, hit.t1) == (pytest.approx(2.0), pytest.approx(3.4))
 
 
 def test_smiling_while_saying_negative_things_is_inconsistent():

@@ -257,6 +257,9 @@ def test_not_hedges(text: str) -> None:
         ("I was tired, I mean, exhausted.", "i mean"),
         ("On Monday, or rather Tuesday.", "or rather"),
         ("I went on Mon- Tuesday.", "cut: mon"),
+        ("I was going to-", "cut: to"),  # trailing off at the end of the utterance
+        ("the the the the dog", "the the the the"),  # a run: one hit over all of it
+        ("I I I I I I I I want it.", "i i i ... (8 times)"),
     ],
 )
 def test_corrections_and_repetitions(text: str, detail: str) -> None:
@@ -270,6 +273,8 @@ def test_restart_needs_a_break_and_counts_once() -> None:
         "restart: i want i"
     ]
     assert len(cues(word_hits("I I I I want it."), "correction_repetition")) == 1
+    (run,) = cues(word_hits("the the the the the the dog"), "correction_repetition")
+    assert run.t0 == 0.0 and run.t1 == pytest.approx(5 * 0.35 + 0.3)  # the whole stutter
 
 
 @pytest.mark.parametrize(
@@ -281,6 +286,8 @@ def test_restart_needs_a_break_and_counts_once() -> None:
         "I know that that is true.",
         "It was very very good.",
         "I want it <1.5 I want it.",  # a new utterance, not a repetition
+        "It takes like 10, 15 minutes.",  # numbers all read "0": not "0 0"
+        "In 2019 2020 I was busy.",
     ],
 )
 def test_not_corrections(text: str) -> None:

@@ -450,6 +450,24 @@ def test_head_turn_reports_looking_away_not_gaze_aversion():
     assert cues(down) == ["looking_away"] and "down" in down[0].detail
 
 
+def test_a_frame_of_unmeasurable_features_breaks_no_episode_and_no_later_frame():
+    """A NaN pose in the middle of a head turn (a degenerate measurement) counts as "not
+    looking away" there; it used to give the episode a NaN strength, whose error then
+    repeated on every later frame, so the session stopped its video analysis."""
+    nan = float("nan")
+
+    def pitch(t: float) -> float:
+        return nan if abs(t - 1.5) < 1e-6 else (-20.0 if 0.5 <= t < 2.5 else 0.0)
+
+    def yaw(t: float) -> float:
+        return nan if abs(t - 1.5) < 1e-6 else 0.0
+
+    hits = run(seq(6, pitch_dev=pitch, yaw_dev=yaw) + seq(2, start=6.0, pitch_dev=-20.0))
+    assert cues(hits) == ["looking_away", "looking_away"], hits  # the frame gap is bridged
+    spans = [(h.t0, h.t1) for h in hits]
+    assert spans == [(0.5, pytest.approx(2.4)), (6.0, pytest.approx(7.9))]
+
+
 def test_frown_and_lip_press_must_be_sustained():
     assert cues(run(seq(3, brow_height_z=lambda t: -3.0 if 1 <= t < 2 else 0.0))) == ["frown"]
     assert run(seq(3, brow_height_z=lambda t: -3.0 if 1 <= t < 1.3 else 0.0)) == []

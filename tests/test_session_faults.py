@@ -686,3 +686,29 @@ async def test_a_file_whose_audio_is_muxed_behind_its_video_gives_the_same_frame
     interleaved = await frames_of(0.0)
     assert len(interleaved) == 60 and interleaved[-1][1] >= 10
     assert await frames_of(4.0) == interleaved
+
+
+async def test_a_cue_detector_failing_at_the_end_loses_not_the_others_cues(models: Any) -> None:
+    """The face cue detector raises when the session ends: the word cues still pending then
+    (a hedge at the very end of the speech) are published, and the failure reported."""
+    from models.whisper import Word
+
+    run = Run(models, live=True)
+    s = run.session
+    s.add_track("audio")
+    s.push_audio(espeak_speech("I want to. But I don't know."), 0.0)
+    said = [("I", 0.1, 0.3), ("want", 0.35, 0.6), ("to.", 0.6, 0.8), ("But", 1.0, 1.2)]
+    said += [("I", 1.25, 1.35), ("don't", 1.4, 1.6), ("know.", 1.6, 1.9)]
+    words = [Word(f" {w}", t0, t1, 0.9) for w, t0, t1 in said]
+    result, _ = await s._analyse(2.0, words, False, None, 2.0, [])
+    assert result is not None
+    before = {c.cue for c in result.cues}
+
+    def broken_flush() -> list[Any]:
+        raise RuntimeError("face cue state broken")
+
+    s.analyzer.face_cues.flush = broken_flush
+    await s._close_analyzer()
+    published = {e["cue"] for e in run.of("cue")}
+    assert "hedge" in published - before, (before, published)
+    assert [e["code"] for e in run.of("error")] == ["internal"]
