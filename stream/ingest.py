@@ -168,6 +168,11 @@ def _continues(offset: float, frame: av.AudioFrame) -> bool:
     return not (frames >= 1 and abs(offset - frames * duration) <= AUDIO_SLACK_S)
 
 
+def _resampler() -> av.AudioResampler:
+    """To 16 kHz planar float, every channel kept (`AudioIngest` averages them)."""
+    return av.AudioResampler(format="fltp", layout=None, rate=SAMPLE_RATE)
+
+
 class AudioIngest:
     """Resamples audio frames to 16 kHz mono and writes them to the session."""
 
@@ -180,7 +185,7 @@ class AudioIngest:
         self.session = session
         self.limits = limits or MediaLimits()
         self.recorder = recorder
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        self._resampler = _resampler()
         self._timeline = _Timeline(session, "audio", self.limits.max_gap_s)
         self._next_t: float | None = None  # media time right after the newest input sample
         self._shape: tuple[str, str, int] | None = None  # input format, layout, rate
@@ -209,7 +214,7 @@ class AudioIngest:
             # One resampler per run of contiguous input of one format; the old one's last
             # samples (held for its filter) belong right after the previous frame.
             self._write(self._resampler.resample(None), None)
-            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            self._resampler = _resampler()
             self._shape = shape
         end = (previous if contiguous else t) + frame.samples / float(frame.sample_rate)
         # The ring keeps its newest sample: a frame placed earlier only overlaps it.
@@ -220,7 +225,9 @@ class AudioIngest:
     def _write(self, frames: list[av.AudioFrame], t: float | None) -> None:
         if not frames:
             return
-        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+        # The channels' mean: libswresample's own downmix adds them at -3 dB each, +3 dB
+        # for a voice in both (aiortc decodes every Opus call to stereo), clipping loud ones.
+        samples = np.concatenate([f.to_ndarray().mean(axis=0) for f in frames])
         samples = samples.astype(np.float32, copy=False)
         # Non-finite samples are zeroed (an infinity is no loud sample), the rest clipped.
         samples = np.clip(np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)

@@ -355,3 +355,34 @@ def test_non_finite_audio_samples_are_zeroed_and_the_rest_clipped(models):
     assert got.size == 320 and np.isfinite(got).all()
     want = np.tile(np.array([0, 0, 0, 0.5, 1, -1, -0.25, 0], np.float32), 40)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_stereo_is_the_mean_of_its_channels_not_louder_than_mono(models):
+    """aiortc decodes every Opus call to stereo: the same voice in both channels lands in
+    the ring at the level the mono file gives (libswresample's downmix made it +3 dB and
+    clipped a peak of 0.9), and a voice in one channel at half its level."""
+    t = np.arange(48000) / 48000
+    voice = (0.9 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    rings = {}
+    for name, channels in {
+        "mono": [voice],
+        "stereo": [voice, voice],
+        "left only": [voice, np.zeros_like(voice)],
+    }.items():
+        run = Run(models)
+        ingest = AudioIngest(run.session)
+        pcm = np.stack(channels)
+        layout = "mono" if len(channels) == 1 else "stereo"
+        for k in range(50):  # 20 ms frames, as aiortc's decoder gives them
+            frame = av.AudioFrame.from_ndarray(
+                pcm[:, 960 * k : 960 * (k + 1)].copy(), format="fltp", layout=layout
+            )
+            frame.sample_rate = 48000
+            frame.pts, frame.time_base = 960 * k, AUDIO_TB
+            ingest.push(frame, 960 * k / 48000)
+        ring = run.session.ring
+        rings[name] = ring.read(1600, ring.end_index - 1600)  # clear of the filter's edges
+    peak = {name: float(np.abs(x).max()) for name, x in rings.items()}
+    assert peak["mono"] == pytest.approx(0.9, abs=0.01)
+    np.testing.assert_allclose(rings["stereo"], rings["mono"], atol=1e-5)
+    assert peak["left only"] == pytest.approx(0.45, abs=0.01)
