@@ -21,12 +21,16 @@ silence padded to >= 6 s instead of Whisper's 30 s, word times by alignment):
   ``t`` are committed even without agreement (bounded latency).
 - **Finalisation.** When VAD shows no speech for ``end_pause_s`` after the last
   speech, the utterance is decoded once more up to the pause (+ ``tail_pad_s``)
-  and every word is committed (``final=True``); then the ASR idles until VAD
-  shows at least ``min_speech_s`` of speech again.
+  and every word is committed (``final=True``), none ending after the speech;
+  then the ASR idles until VAD shows at least ``min_speech_s`` of speech again.
+  A pause of ``step_pause_s`` (0.8 s, which the live 0.4 s hop always sees) that
+  lies wholly between two steps (`analyze`'s 2 s hop) ends the utterance the same
+  way at the next step. No word starts before its utterance's first VAD speech.
 - **Silence is never decoded.** Idle steps only read VAD flags. Noise that VAD
   lets through is caught by an unprompted no-speech check until the utterance
   has committed words; Whisper's loops and repeats at the end of the audio are
-  cut from the hypothesis (`models.whisper.cut_collapsed_tail`).
+  cut from the hypothesis (`models.whisper.cut_collapsed_tail`), and a decode
+  that ends repeating itself is done again with a repetition penalty.
 - **Early end.** A decode left with no new words (not judged no speech) keeps the
   previous step's hypothesis: tentative (it does not count as agreement), committed by
   the age rule or when the utterance ends. Greedy Whisper sometimes emits end-of-text
@@ -80,6 +84,9 @@ class ASROptions:
     hop_s: float = 0.4
     onset_pad_s: float = 0.2  # audio kept before the first VAD speech frame
     end_pause_s: float = 0.4  # silence after speech that ends an utterance
+    # A pause between two steps ends the utterance from this long: one the live 0.4 s hop
+    # always sees (end_pause_s + hop), so that hop finalises as without the rule.
+    step_pause_s: float = 0.8
     tail_pad_s: float = 0.25  # audio kept after the last speech frame when finalising
     min_speech_s: float = 0.3  # VAD speech (hangover included) that starts an utterance
     keep_committed_s: float = 3.0  # committed audio kept in the window as forced prefix
@@ -102,6 +109,7 @@ class ASROptions:
 @dataclass
 class _Utterance:
     start: float  # media time of the window start
+    onset: float = 0.0  # media time of its first VAD speech (no word starts before it)
     in_window: list[Word] = field(default_factory=list)  # committed words inside the window
     prev_hyp: list[Word] = field(default_factory=list)  # last step's uncommitted hypothesis
 
@@ -127,11 +135,17 @@ class IncrementalASR:
     def step(self, t: float) -> ASRUpdate | None:
         """Advance to media time ``t``; None when nothing changed (e.g. silence)."""
         if self._utt is None:
-            start = self._speech_onset(t)
-            if start is None:
+            self._utt = self._new_utterance(t)
+            if self._utt is None:
                 return self._report(t, [], [], final=False, decoded=False)
-            self._utt = _Utterance(start=start)
         utt = self._utt
+        pause = self._pause_within(utt, t)
+        if pause is not None:
+            # Speech went on after a pause that ended the utterance between two steps (a
+            # hop longer than the pause, as `analyze`'s 2 s): end it there, as a step in the
+            # pause would have; the next utterance starts at the next step.
+            end = pause + self.opts.tail_pad_s
+            return self._finalise(t, end, pause, idle_from=pause + self.opts.end_pause_s)
         last_speech = self.vad.last_speech_end(t)
         if (
             last_speech is not None
@@ -165,15 +179,31 @@ class IncrementalASR:
         return self._report(t, new, utt.prev_hyp, final=False, decoded=True, window=window)
 
     def flush(self, t: float) -> ASRUpdate | None:
-        """End of stream at media time ``t``: decode and commit whatever is left."""
+        """End of stream at media time ``t``: decode and commit whatever is left (each
+        utterance on its own, as the steps would have)."""
         t = min(t, self.ring.end_time)
-        if self._utt is None:
-            start = self._speech_onset(t)
-            if start is None:
-                return self._report(t, [], [], final=False, decoded=False)
-            self._utt = _Utterance(start=start)
-        last_speech = self.vad.last_speech_end(t)
-        return self._finalise(t, t, t if last_speech is None else last_speech)
+        committed: list[Word] = []
+        last: ASRUpdate | None = None
+        while True:
+            if self._utt is None:
+                self._utt = self._new_utterance(t)
+                if self._utt is None:
+                    break
+            pause = self._pause_within(self._utt, t)
+            if pause is None:
+                last_speech = self.vad.last_speech_end(t)
+                last = self._finalise(t, t, t if last_speech is None else last_speech)
+                if last is not None:
+                    committed += last.committed
+                break
+            end = pause + self.opts.tail_pad_s
+            last = self._finalise(t, end, pause, idle_from=pause + self.opts.end_pause_s)
+            if last is not None:
+                committed += last.committed
+        if last is None:
+            return self._report(t, [], [], final=False, decoded=False)
+        last.committed = committed
+        return last
 
     @property
     def text(self) -> str:
@@ -181,6 +211,23 @@ class IncrementalASR:
         return " ".join(w.w for w in self.committed_words)
 
     # ----------------------------------------------------------------- helpers
+
+    def _new_utterance(self, t: float) -> _Utterance | None:
+        """The utterance that starts since idle, if VAD shows enough speech."""
+        start = self._speech_onset(t)
+        if start is None:
+            return None
+        segs = self.vad.segments(start, t)
+        return _Utterance(start=start, onset=segs[0][0] if segs else start)
+
+    def _pause_within(self, utt: _Utterance, t: float) -> float | None:
+        """End of the utterance's speech before the first pause of at least
+        ``step_pause_s`` that speech came after, by ``t`` (None: no such pause)."""
+        segs = self.vad.segments(utt.start, t)
+        for (_, end), (nxt, _) in zip(segs, segs[1:], strict=False):
+            if end > utt.start and nxt - end >= self.opts.step_pause_s - 1e-9:
+                return end
+        return None
 
     def _speech_onset(self, t: float) -> float | None:
         """Start of the window for a new utterance, if VAD shows enough speech since idle."""
@@ -242,7 +289,9 @@ class IncrementalASR:
             and res.plain_no_speech_prob > self.opts.plain_no_speech_threshold
         ):
             return None
-        floor = utt.in_window[-1].t1 if utt.in_window else start
+        # No word starts before the utterance's first VAD speech (the window starts
+        # onset_pad_s earlier, and the aligner gives the first word that audio too).
+        floor = utt.in_window[-1].t1 if utt.in_window else max(start, utt.onset)
         words: list[Word] = []
         for w in res.words:
             t0 = min(max(start + w.t0, floor), t_end)
@@ -274,8 +323,12 @@ class IncrementalASR:
         if utt.start < oldest and not utt.in_window:
             utt.start = oldest  # nothing committed for a long time (e.g. noise): cut blindly
 
-    def _finalise(self, t: float, t_end: float, speech_end: float) -> ASRUpdate | None:
-        """Decode the utterance up to ``t_end`` and commit all of it (words in silence dropped)."""
+    def _finalise(
+        self, t: float, t_end: float, speech_end: float, idle_from: float | None = None
+    ) -> ASRUpdate | None:
+        """Decode the utterance up to ``t_end`` and commit all of it (words in silence
+        dropped, none ending after the speech); look for the next from ``idle_from``
+        (default ``t``)."""
         utt = self._utt
         assert utt is not None
         new: list[Word] = []
@@ -284,9 +337,10 @@ class IncrementalASR:
         if t_end - utt.start > 0.05:
             window = self._window(utt, t_end)
             hyp, _ = self._hypothesis(utt, t_end)
-            new = self._commit([w for w in hyp if w.t0 < speech_end])
+            kept = [w for w in hyp if w.t0 < speech_end]
+            new = self._commit([Word(w.w, w.t0, min(w.t1, speech_end), w.prob) for w in kept])
             decoded = True
-        self._close(t)
+        self._close(t if idle_from is None else idle_from)
         return self._report(t, new, [], final=True, decoded=decoded, window=window)
 
     def _close(self, t: float) -> None:
