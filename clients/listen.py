@@ -58,7 +58,14 @@ async def listen(url: str, out: TextIO = sys.stdout, token: str | None = None) -
     try:
         async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as http:
             async with http.ws_connect(target, headers=headers, heartbeat=HEARTBEAT_S) as ws:
-                async for msg in ws:
+                while True:
+                    msg = await ws.receive()
+                    if msg.type == aiohttp.WSMsgType.CLOSE and msg.data != aiohttp.WSCloseCode.OK:
+                        # e.g. 1011 from a front whose worker died: the session is lost
+                        why = f": {msg.extra}" if msg.extra else ""
+                        raise ListenError(
+                            f"the server closed the event stream with {msg.data}{why}"
+                        )
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         break
                     try:

@@ -34,8 +34,11 @@ from typing import Any, TextIO
 from urllib.parse import urljoin
 
 import aiohttp
-from aiortc import RTCPeerConnection, RTCSessionDescription
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import MediaStreamError
 
 from stream.serving import ice_configuration
 
@@ -61,6 +64,46 @@ REPLAYED_WHEN_FINAL = frozenset(("transcript", "video"))
 
 class SendError(Exception):
     """Publishing failed (unreachable server, refused offer, unreadable file)."""
+
+
+class FullLevelAudio(MediaStreamTrack):
+    """A mono file's audio at its own level. aiortc's MediaPlayer makes every file's audio
+    stereo, a mono channel at -3 dB in each (libswresample's upmix); the server averages
+    the channels it receives (what a browser's mono voice, decoded to two equal channels,
+    needs), so without this a mono file would arrive 3 dB quieter than `analyze` reads it."""
+
+    kind = "audio"
+
+    def __init__(self, source: MediaStreamTrack, gain: float) -> None:
+        super().__init__()
+        self.source = source
+        self.gain = gain
+
+    async def recv(self) -> av.AudioFrame:
+        try:
+            frame = await self.source.recv()
+        except MediaStreamError:
+            self.stop()
+            raise
+        x = frame.to_ndarray().astype(np.float32) * self.gain
+        pcm = np.clip(np.rint(x), -32768, 32767).astype(np.int16)
+        out = av.AudioFrame.from_ndarray(pcm, format="s16", layout=frame.layout.name)
+        out.sample_rate, out.pts, out.time_base = frame.sample_rate, frame.pts, frame.time_base
+        return out
+
+    def stop(self) -> None:
+        self.source.stop()
+        super().stop()
+
+
+def _is_mono(path: Path) -> bool:
+    """Whether the file's first audio stream has one channel."""
+    try:
+        with av.open(str(path)) as container:
+            streams = container.streams.audio
+            return bool(streams) and streams[0].codec_context.channels == 1
+    except (av.FFmpegError, OSError):
+        return False
 
 
 def ws_url(base: str, path: str) -> str:
@@ -314,7 +357,10 @@ async def send_file(
         player = MediaPlayer(str(path))
     except Exception as exc:
         raise SendError(f"cannot read {path}: {exc}") from exc
-    tracks = [t for t in (player.audio, player.video) if t is not None]
+    audio = player.audio
+    if audio is not None and _is_mono(path):
+        audio = FullLevelAudio(audio, gain=2**0.5)
+    tracks = [t for t in (audio, player.video) if t is not None]
     if not tracks:
         raise SendError(f"{path} has no audio or video")
     pc = RTCPeerConnection(configuration)

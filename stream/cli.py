@@ -777,6 +777,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from clients.report import load_events, render_report
 
+    seen: dict[str, Path] = {}
+    for path in map(Path, args.events):
+        first = seen.setdefault(path.stem, path)
+        if first is not path:
+            print(
+                f"ahstream report: {first} and {path} would write the same {path.stem}.png "
+                f"and .html under {args.out} (reports are named by stem); rename one or run "
+                "them separately",
+                file=sys.stderr,
+            )
+            return 2
     status = 0
     for name in args.events:
         path = Path(name)
@@ -804,6 +815,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     from clients.send import SendError, send_file
 
     problem = (args.events and _file_problem("--events", args.events)) or _ice_problem(args)
+    if not problem and args.events and _same_file(args.events, args.file):
+        problem = f"--events {args.events} is the file being sent: it would be overwritten"
+    if not problem and "://" not in args.url:
+        problem = f"--url {args.url}: give the scheme, e.g. http://{args.url}"
     if problem:
         print(f"ahstream send: {problem}", file=sys.stderr)
         return 2
@@ -867,7 +882,23 @@ def cmd_send(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if reason != "deleted":  # the sender ends its call with DELETE once the file is sent
+        duration = ended[-1].get("duration")
+        print(
+            f"ahstream send: the server ended the session ({reason}) before the file was "
+            f"sent; the decision covers its first {duration} s",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name the same existing file."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def cmd_listen(args: argparse.Namespace) -> int:

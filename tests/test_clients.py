@@ -283,7 +283,9 @@ class FakeServer:
     ) -> None:
         # normal | not_json | close | silent | drop_once (the first subscription closes
         # after session.started, the next get its replay, then the rest) | drop_always |
-        # drop_then_gone (the first closes, later ones are refused with 404)
+        # drop_then_gone (the first closes, later ones are refused with 404) | lost (closes
+        # with 1011, as a front whose worker died) | ended_early (session.ended "max
+        # duration" with a decision, at once)
         self.events = events
         self.subscriptions = 0
         self.contexts: list[tuple[str | None, str | None]] = []  # (?context=, header)
@@ -344,6 +346,15 @@ class FakeServer:
             return ws
         if self.events == "not_json":
             await ws.send_str("not json")
+        if self.events == "lost":
+            await ws.close(code=1011, message=b"the session's worker process died")
+            return ws
+        if self.events == "ended_early":
+            decision = {"p": 0.7, "label": 1, "threshold": 0.6, "method": "final"}
+            ended = {"v": 1, "type": "session.ended", "session": "abc", "duration": 0.4}
+            await ws.send_str(json.dumps({**ended, "reason": "max duration", "decision": decision}))
+            await ws.close()
+            return ws
         done = asyncio.ensure_future(self.deleted.wait())
         stop = asyncio.ensure_future(self.stopping.wait())
         await asyncio.wait([done, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -602,3 +613,91 @@ async def test_a_server_that_never_answers_is_given_up_on(audio_only_wav, monkey
         assert time.monotonic() - started < 20
     finally:
         silent.close()
+
+
+async def test_send_fails_when_the_server_ends_the_session_before_the_file_is_sent(
+    audio_only_wav,
+):
+    """A session ended by the server (max duration, idle, a failed connection) while the
+    file was still playing: the summary and its decision are printed, but the exit is 1
+    and stderr says the file was cut short (it used to exit 0)."""
+    async with fake_server(events="ended_early") as fake:
+        proc = await asyncio.create_subprocess_exec(
+            *_cli("send", audio_only_wav, "--url", fake.url, "--quiet"),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1, err
+    assert json.loads(out)["decision"]["p"] == 0.7
+    assert err.decode() == (
+        "ahstream send: the server ended the session (max duration) before the file was "
+        "sent; the decision covers its first 0.4 s\n"
+    )
+
+
+def test_send_refuses_to_overwrite_the_file_it_sends_and_urls_without_a_scheme(
+    audio_only_wav, tmp_path, capsys
+):
+    victim = tmp_path / "call.wav"
+    victim.write_bytes(audio_only_wav.read_bytes())
+    before = victim.read_bytes()
+    assert main(["send", str(victim), "--events", str(victim)]) == 2
+    assert victim.read_bytes() == before
+    assert "is the file being sent: it would be overwritten" in capsys.readouterr().err
+    assert main(["send", str(victim), "--url", "127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err == (
+        "ahstream send: --url 127.0.0.1:9: give the scheme, e.g. http://127.0.0.1:9\n"
+    )
+
+
+async def test_listen_says_how_a_lost_session_s_stream_closed():
+    """A front closes a subscriber with 1011 when the session's worker dies: `listen` says
+    so (code and reason), not as if the stream merely stopped."""
+    async with fake_server(events="lost") as fake:
+        proc = await asyncio.create_subprocess_exec(
+            *_cli("listen", f"{fake.url}/sessions/abc/events"),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 1
+    assert json.loads(stdout)["type"] == "session.started"
+    assert stderr.decode() == (
+        "ahstream listen: the server closed the event stream with 1011: "
+        "the session's worker process died\n"
+    )
+
+
+async def test_a_mono_file_is_sent_at_its_own_level(tmp_path):
+    """aiortc's MediaPlayer turns a mono file into stereo at -3 dB per channel; the server
+    averages the channels (a browser's mono voice arrives as two equal channels at full
+    level), so `send` puts the 3 dB back for a mono file: what arrives is the file's level."""
+    import wave
+
+    import numpy as np
+    from aiortc.contrib.media import MediaPlayer
+
+    from clients.send import FullLevelAudio
+
+    tone = (0.5 * 32767 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000)).astype("<i2")
+    path = tmp_path / "tone.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(tone.tobytes())
+    peaks = {}
+    for name in ("player", "sent"):
+        player = MediaPlayer(str(path))
+        track = player.audio if name == "player" else FullLevelAudio(player.audio, 2**0.5)
+        frames = [await track.recv() for _ in range(25)]
+        track.stop()
+        both = np.concatenate([f.to_ndarray().reshape(-1, 2) for f in frames])
+        assert frames[0].layout.name == "stereo"
+        assert np.array_equal(both[:, 0], both[:, 1])
+        peaks[name] = np.abs(both).max() / 32767
+    assert peaks["player"] == pytest.approx(0.5 / 2**0.5, abs=0.01)
+    assert peaks["sent"] == pytest.approx(0.5, abs=0.01)

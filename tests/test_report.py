@@ -229,3 +229,21 @@ def test_report_command_refuses_malformed_events_in_one_line(tmp_path, capsys):
         f"ahstream report: {wrong}: an event has a malformed field: "
         "'int' object is not subscriptable",
     ]
+
+
+def test_report_command_refuses_two_files_with_one_stem(tmp_path, capsys):
+    """callA/events.jsonl and callB/events.jsonl would both write OUT/events.png and .html:
+    refused (exit 2) before anything is written, as `analyze` refuses them."""
+    from stream.cli import main
+
+    paths = []
+    for call in ("callA", "callB"):
+        (tmp_path / call).mkdir()
+        path = tmp_path / call / "events.jsonl"
+        path.write_text('{"v": 1, "type": "session.started", "session": "x1"}\n')
+        paths.append(str(path))
+    out = tmp_path / "out"
+    assert main(["report", *paths, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ahstream report: {paths[0]} and {paths[1]} would write the same")
+    assert not out.exists()
