@@ -66,29 +66,58 @@ class SendError(Exception):
     """Publishing failed (unreachable server, refused offer, unreadable file)."""
 
 
-class FullLevelAudio(MediaStreamTrack):
-    """A mono file's audio at its own level. aiortc's MediaPlayer makes every file's audio
-    stereo, a mono channel at -3 dB in each (libswresample's upmix); the server averages
-    the channels it receives (what a browser's mono voice, decoded to two equal channels,
-    needs), so without this a mono file would arrive 3 dB quieter than `analyze` reads it."""
+class SentAudio(MediaStreamTrack):
+    """A file's audio as `send` publishes it.
+
+    - **At its own level.** aiortc's MediaPlayer makes every file's audio stereo, a mono
+      channel at -3 dB in each (libswresample's upmix); the server averages the channels it
+      receives (what a browser's mono voice, decoded to two equal channels, needs), so a
+      mono file is sent with ``gain`` sqrt(2) to arrive as `analyze` reads it.
+    - **Whole.** The receiver's audio jitter buffer (aiortc: 4 packets) releases a packet
+      only when later ones come, so the file's last 80 ms never arrived: ``pad_s`` of
+      silence follows the file, at its pace, to push them through.
+    """
 
     kind = "audio"
 
-    def __init__(self, source: MediaStreamTrack, gain: float) -> None:
+    def __init__(self, source: MediaStreamTrack, gain: float = 1.0, pad_s: float = 0.1) -> None:
         super().__init__()
         self.source = source
         self.gain = gain
+        self._pad = pad_s
+        self._last: av.AudioFrame | None = None
+        self._next_pts: int | None = None
 
     async def recv(self) -> av.AudioFrame:
         try:
             frame = await self.source.recv()
         except MediaStreamError:
-            self.stop()
-            raise
-        x = frame.to_ndarray().astype(np.float32) * self.gain
-        pcm = np.clip(np.rint(x), -32768, 32767).astype(np.int16)
-        out = av.AudioFrame.from_ndarray(pcm, format="s16", layout=frame.layout.name)
-        out.sample_rate, out.pts, out.time_base = frame.sample_rate, frame.pts, frame.time_base
+            if self._last is None or self._pad <= 0:
+                self.stop()
+                raise
+            return await self._silence()
+        if self.gain != 1.0:
+            x = frame.to_ndarray().astype(np.float32) * self.gain
+            pcm = np.clip(np.rint(x), -32768, 32767).astype(np.int16)
+            out = av.AudioFrame.from_ndarray(pcm, format="s16", layout=frame.layout.name)
+            out.sample_rate, out.pts, out.time_base = frame.sample_rate, frame.pts, frame.time_base
+            frame = out
+        self._last = frame
+        self._next_pts = (frame.pts or 0) + frame.samples
+        return frame
+
+    async def _silence(self) -> av.AudioFrame:
+        last = self._last
+        assert last is not None and self._next_pts is not None
+        shape = last.to_ndarray().shape
+        out = av.AudioFrame.from_ndarray(
+            np.zeros(shape, np.int16), format="s16", layout=last.layout.name
+        )
+        out.sample_rate, out.pts, out.time_base = last.sample_rate, self._next_pts, last.time_base
+        self._next_pts += last.samples
+        duration = last.samples / last.sample_rate
+        self._pad -= duration
+        await asyncio.sleep(duration)  # at the file's pace
         return out
 
     def stop(self) -> None:
@@ -358,8 +387,8 @@ async def send_file(
     except Exception as exc:
         raise SendError(f"cannot read {path}: {exc}") from exc
     audio = player.audio
-    if audio is not None and _is_mono(path):
-        audio = FullLevelAudio(audio, gain=2**0.5)
+    if audio is not None:
+        audio = SentAudio(audio, gain=2**0.5 if _is_mono(path) else 1.0)
     tracks = [t for t in (audio, player.video) if t is not None]
     if not tracks:
         raise SendError(f"{path} has no audio or video")

@@ -90,6 +90,9 @@ def test_analyze_matches_the_live_run(
     # Same media, same media-time schedule: the same words (Opus coding aside) and decision.
     assert wer(" ".join(offline), " ".join(live)) <= 0.05
     assert events[-1]["decision"]["label"] == live_call_events[-1]["decision"]["label"]
+    # ... and the whole media: the file's last 80 ms used to stay in the receiver's audio
+    # jitter buffer (the sender now pushes them through with a little silence)
+    assert live_call_events[-1]["duration"] == pytest.approx(events[-1]["duration"], abs=0.03)
     frames = [e for e in events if e["type"] == "frame"]
     assert len(frames) >= 8 * (events[-1]["duration"] - 1)
 

@@ -680,7 +680,7 @@ async def test_a_mono_file_is_sent_at_its_own_level(tmp_path):
     import numpy as np
     from aiortc.contrib.media import MediaPlayer
 
-    from clients.send import FullLevelAudio
+    from clients.send import SentAudio
 
     tone = (0.5 * 32767 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000)).astype("<i2")
     path = tmp_path / "tone.wav"
@@ -692,7 +692,7 @@ async def test_a_mono_file_is_sent_at_its_own_level(tmp_path):
     peaks = {}
     for name in ("player", "sent"):
         player = MediaPlayer(str(path))
-        track = player.audio if name == "player" else FullLevelAudio(player.audio, 2**0.5)
+        track = player.audio if name == "player" else SentAudio(player.audio, 2**0.5)
         frames = [await track.recv() for _ in range(25)]
         track.stop()
         both = np.concatenate([f.to_ndarray().reshape(-1, 2) for f in frames])
