@@ -567,8 +567,17 @@ async def test_backend_example_refusals_and_failures_are_one_line():
         assert err == f"backend.py: invalid URL: {malformed.replace('?token=T0K', '?…')}\n"
 
 
-async def test_listen_exits_1_when_the_stream_stops_before_session_ended():
-    async with fake_server(events="close") as fake:
+@pytest.mark.parametrize(
+    ("events", "message"),
+    [
+        ("close", "the event stream ended before session.ended"),
+        # a front closes a subscriber with 1011 when the session's worker dies: said so, with
+        # the code and reason, not as if the stream merely stopped
+        ("lost", "the server closed the event stream with 1011: the session's worker process died"),
+    ],
+)
+async def test_listen_exits_1_when_the_stream_stops_before_session_ended(events, message):
+    async with fake_server(events=events) as fake:
         proc = await asyncio.create_subprocess_exec(
             *_cli("listen", f"{fake.url}/sessions/abc/events"),
             cwd=ROOT,
@@ -578,7 +587,7 @@ async def test_listen_exits_1_when_the_stream_stops_before_session_ended():
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 1
     assert json.loads(stdout)["type"] == "session.started"
-    assert stderr.decode() == "ahstream listen: the event stream ended before session.ended\n"
+    assert stderr.decode() == f"ahstream listen: {message}\n"
 
 
 async def test_listen_gives_up_on_a_silent_connection(monkeypatch):
@@ -649,25 +658,6 @@ def test_send_refuses_to_overwrite_the_file_it_sends_and_urls_without_a_scheme(
     assert main(["send", str(victim), "--url", "127.0.0.1:9"]) == 2
     assert capsys.readouterr().err == (
         "ahstream send: --url 127.0.0.1:9: give the scheme, e.g. http://127.0.0.1:9\n"
-    )
-
-
-async def test_listen_says_how_a_lost_session_s_stream_closed():
-    """A front closes a subscriber with 1011 when the session's worker dies: `listen` says
-    so (code and reason), not as if the stream merely stopped."""
-    async with fake_server(events="lost") as fake:
-        proc = await asyncio.create_subprocess_exec(
-            *_cli("listen", f"{fake.url}/sessions/abc/events"),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 1
-    assert json.loads(stdout)["type"] == "session.started"
-    assert stderr.decode() == (
-        "ahstream listen: the server closed the event stream with 1011: "
-        "the session's worker process died\n"
     )
 
 
