@@ -151,7 +151,14 @@ def _full_options_problem(args: argparse.Namespace) -> str | None:
             return "--engine-dir is for --profile full (lite takes its export as --onnx-dir)"
         if args.asr_model is not None:
             return "--asr-model is for --profile full (lite runs the bundled Whisper tiny.en)"
+        if args.onnx_dir is not None and args.backend != "onnxruntime":
+            return "--onnx-dir needs --backend onnxruntime"
         return None
+    if args.weights_dir is None:
+        return (
+            "the full profile needs trained weights: give --weights-dir DIR, the output of "
+            "`ahstream train --profile full`"
+        )
     if args.onnx_dir is not None:
         return "--onnx-dir is the lite export; the full profile takes --engine-dir DIR"
     if args.backend == "tensorrt" and args.device == "cpu":
@@ -352,7 +359,7 @@ def _serve_options_problem(args: argparse.Namespace) -> str | None:
         return problem
     if args.batch_max < 1 or not 0 <= args.batch_wait_ms <= 1000:
         return "--batch-max must be >= 1 and --batch-wait-ms between 0 and 1000"
-    if min(args.max_width, args.max_height) < 16 or args.max_fps <= 0 or args.ws_max_msg < 64:
+    if min(args.max_width, args.max_height) < 16 or not args.max_fps > 0 or args.ws_max_msg < 64:
         return "--max-width/--max-height must be >= 16, --max-fps > 0, --ws-max-msg >= 64"
     if args.record:
         try:
@@ -685,6 +692,26 @@ def _advance(bar: Any, event: Any) -> None:
         bar.update(min(t, bar.total or t) - bar.n)
 
 
+def _output_is_input_problem(files: list[Path], args: argparse.Namespace) -> str | None:
+    """An output file of `analyze` (--out, --out-dir or --report files) that is one of the
+    inputs: it would be overwritten before it is read (None: none is)."""
+    outputs: list[tuple[str, Path]] = []
+    if args.out:
+        outputs.append(("--out", Path(args.out)))
+    for path in files:
+        if args.out_dir:
+            outputs.append(("--out-dir", Path(args.out_dir) / f"{path.stem}.jsonl"))
+        if args.report:
+            outputs += [
+                ("--report", Path(args.report) / f"{path.stem}{x}") for x in (".png", ".html")
+            ]
+    for flag, target in outputs:
+        for path in files:
+            if _same_file(str(target), str(path)):
+                return f"{flag} would write {target}, which is the input {path}"
+    return None
+
+
 def _same_stem_problem(files: list[Path], args: argparse.Namespace) -> str | None:
     """Two files whose outputs (``DIR/<stem>.jsonl``, ``.png``, ``.html``) would overwrite
     each other under --out-dir or --report (None: no two)."""
@@ -716,7 +743,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.out and len(files) > 1:
         print("ahstream analyze: --out takes one file; use --out-dir for several", file=sys.stderr)
         return 2
-    problem = _same_stem_problem(files, args)
+    problem = _same_stem_problem(files, args) or _output_is_input_problem(files, args)
     if problem:
         print(f"ahstream analyze: {problem}", file=sys.stderr)
         return 2
@@ -747,13 +774,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 if out is None and not args.json:
                     out = sys.stdout
                 try:
-                    results.append(await _analyze_one(path, models, out, args, executor))
+                    result = await _analyze_one(path, models, out, args, executor)
                 except MediaFileError as exc:
                     print(f"ahstream analyze: {exc}", file=sys.stderr)
                     results.append({"file": str(path), "error": str(exc)})
+                    continue
                 finally:
                     if out is not None and out is not sys.stdout:
                         out.close()
+                if result["decision"] is None:  # not one tick: nothing in it to analyse
+                    result["error"] = f"{path}: no decision: no audio or video was analysed"
+                    print(f"ahstream analyze: {result['error']}", file=sys.stderr)
+                results.append(result)
 
     asyncio.run(run())
     for r in results:
@@ -777,6 +809,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from clients.report import load_events, render_report
 
+    for name in args.events:
+        problem = _input_problem(name)
+        if problem:
+            print(f"ahstream report: {problem}", file=sys.stderr)
+            return 2
     seen: dict[str, Path] = {}
     for path in map(Path, args.events):
         first = seen.setdefault(path.stem, path)
@@ -814,7 +851,11 @@ SEND_FAILED = frozenset({"analysis failed", "internal error", "server shutdown"}
 def cmd_send(args: argparse.Namespace) -> int:
     from clients.send import SendError, send_file
 
-    problem = (args.events and _file_problem("--events", args.events)) or _ice_problem(args)
+    problem = (
+        _input_problem(args.file)
+        or (args.events and _file_problem("--events", args.events))
+        or _ice_problem(args)
+    )
     if not problem and args.events and _same_file(args.events, args.file):
         problem = f"--events {args.events} is the file being sent: it would be overwritten"
     if not problem and "://" not in args.url:
@@ -891,6 +932,16 @@ def cmd_send(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _input_problem(name: str) -> str | None:
+    """An input file that is missing or a directory (None: a file)."""
+    path = Path(name)
+    if path.is_dir():
+        return f"{name} is a directory, not a file"
+    if not path.is_file():
+        return f"no such file: {name}"
+    return None
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -1056,6 +1107,16 @@ def _train_full(args: argparse.Namespace) -> int:
 
 def _evaluate_full(args: argparse.Namespace) -> int:
     """`ahstream evaluate --bah-root DIR --split val|test --weights-dir DIR [--submission CSV]`."""
+    given = [f for f, v in (("--split-file", args.split_file),) if v]
+    given += ["--context-from-question"] if args.context_from_question else []
+    if given:
+        print(
+            f"ahstream evaluate: {' and '.join(given)}: only for the lite evaluation "
+            "(--split-file FILE), not --bah-root",
+            file=sys.stderr,
+        )
+        return 2
+    args.split = args.split or "val"
     if not Path(args.bah_root).is_dir():
         print(f"ahstream evaluate: {args.bah_root}: not a BAH dataset root", file=sys.stderr)
         return 2
@@ -1113,6 +1174,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.split_file:
         print(
             "ahstream evaluate: give --split-file FILE (lite) or --bah-root DIR (full)",
+            file=sys.stderr,
+        )
+        return 2
+    full_only = [
+        flag
+        for flag, given in (
+            ("--split", args.split is not None),
+            ("--submission", args.submission is not None),
+            ("--cache-dir", args.cache_dir is not None),
+            ("--device", args.device != "auto"),
+        )
+        if given
+    ]
+    if full_only:
+        print(
+            f"ahstream evaluate: {' and '.join(full_only)}: only for the full evaluation "
+            "(--bah-root DIR), not --split-file",
             file=sys.stderr,
         )
         return 2
@@ -1634,9 +1712,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--bah-root", metavar="DIR", help="full: BAH dataset root; needs --weights-dir")
     ev.add_argument(
         "--split",
-        default="val",
         choices=["train", "val", "test"],
-        help="full: the split to evaluate (default %(default)s)",
+        help="full: the split to evaluate (default val)",
     )
     ev.add_argument(
         "--submission", metavar="CSV", help="full: write the challenge submission of the split"

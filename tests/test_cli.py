@@ -60,12 +60,17 @@ def wav(tmp_path: Path) -> str:
         (["--max-duration", "-5"], "--max-duration must be > 0 (got -5)"),
         (["--port", "70000"], "--port must be between 1 and 65535 (got 70000)"),
         (["--weights-dir", "/missing"], "--weights-dir /missing: weights directory not found"),
+        (["--max-fps", "nan"], "--max-width/--max-height must be >= 16, --max-fps > 0, "),
+        # before any worker starts (they printed it once each, then "did not start", exit 1)
+        (["--onnx-dir", "/tmp"], "--onnx-dir needs --backend onnxruntime"),
+        (["--profile", "full"], "the full profile needs trained weights: give --weights-dir"),
     ],
 )
 def test_serve_checks_its_options_at_start(args: list[str], message: str) -> None:
     proc = ahstream("serve", *args)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.splitlines() == [f"ahstream serve: {message}"]
+    assert len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith(f"ahstream serve: {message}"), proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -191,6 +196,55 @@ def test_bench_send_and_listen_check_their_input(wav: str) -> None:
     assert stderr.startswith("ahstream send: --events /missing/e.jsonl: no such directory")
     stderr = refusal("listen", "http://127.0.0.1:99999/sessions/x/events")
     assert stderr.startswith("ahstream listen: invalid URL: ")
+    for command in ("send", "report"):  # a usage error, as in analyze, evaluate and score
+        proc = ahstream(
+            command, "/missing.mp4", *(["--out", "/tmp"] if command == "report" else [])
+        )
+        assert (proc.returncode, proc.stderr) == (
+            2,
+            f"ahstream {command}: no such file: /missing.mp4\n",
+        )
+        proc = ahstream(command, "/tmp", *(["--out", "/tmp"] if command == "report" else []))
+        assert proc.returncode == 2 and proc.stderr.endswith("/tmp is a directory, not a file\n")
+
+
+def test_analyze_never_writes_over_its_input(tmp_path: Path, wav: str) -> None:
+    """--out (or an --out-dir/--report file) that is the input would be overwritten before
+    the input is read: refused, and the input is left alone."""
+    before = Path(wav).read_bytes()
+    stderr = refusal("analyze", wav, "--out", wav)
+    assert stderr == f"ahstream analyze: --out would write {wav}, which is the input {wav}\n"
+    image = tmp_path / "call.png"
+    image.write_bytes(b"not really a png")
+    stderr = refusal("analyze", str(image), "--report", str(tmp_path))
+    assert "--report would write" in stderr and image.read_bytes() == b"not really a png"
+    assert Path(wav).read_bytes() == before
+
+
+def test_analyze_of_media_with_nothing_to_analyse_fails(tmp_path: Path) -> None:
+    """A WAV of no samples used to end with "no A/H (p=nan)" and exit 0."""
+    empty = tmp_path / "empty.wav"
+    with wave.open(str(empty), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+    proc = ahstream("analyze", str(empty), "--out", str(tmp_path / "out.jsonl"))
+    assert proc.returncode == 1, proc.stderr
+    assert "no decision: no audio or video was analysed" in proc.stderr
+    assert "no A/H" not in proc.stderr
+
+
+def test_evaluate_refuses_options_of_the_other_evaluation(tmp_path: Path) -> None:
+    split = tmp_path / "split.txt"
+    split.write_text("v1,0,hello there friend\n")
+    stderr = refusal("evaluate", "--split-file", str(split), "--submission", "s.csv")
+    assert stderr == (
+        "ahstream evaluate: --submission: only for the full evaluation (--bah-root DIR), "
+        "not --split-file\n"
+    )
+    stderr = refusal("evaluate", "--bah-root", str(tmp_path), "--context-from-question")
+    assert "--context-from-question: only for the lite evaluation" in stderr
+    assert not (tmp_path / "s.csv").exists()
 
 
 def test_send_publishes_to_where_serve_listens_by_default() -> None:
