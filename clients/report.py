@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from stream.record import create_private
+
 __all__ = ["MODALITY_ROWS", "load_events", "render_report", "summarize"]
 
 #: Cue rows of the timeline, top to bottom: (event modality, row label).
@@ -287,7 +289,8 @@ def _render_png(s: dict[str, Any], path: Path, title: str) -> None:
     ax_t.set_xlabel("media time (s)")
     for ax in (ax_p, ax_c):
         ax.tick_params(labelbottom=False)
-    fig.savefig(path, format="png")
+    with create_private(path, binary=True) as f:
+        fig.savefig(f, format="png")
 
 
 _CSS = """
@@ -416,7 +419,8 @@ def _render_html(s: dict[str, Any], png: Path, path: Path, title: str) -> None:
 may be kept.</p>
 </body></html>
 """
-    path.write_text(page, encoding="utf-8")
+    with create_private(path) as f:
+        f.write(page)
 
 
 def render_report(

@@ -40,6 +40,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
 
+from stream.record import create_private
 from stream.serving import ice_configuration
 
 __all__ = ["SendError", "clean_context", "send_file", "ws_url"]
@@ -446,7 +447,7 @@ async def send_file(
                 await call.subscribe(events_url)
                 if events_out:  # opened only now: a refused call leaves an old file alone
                     try:
-                        out = open(events_out, "w", encoding="utf-8")  # noqa: SIM115
+                        out = create_private(events_out)
                     except OSError as exc:
                         raise SendError(f"cannot write {events_out}: {exc}") from None
                 call.reader = asyncio.create_task(call.follow(events_url, out, on_event))

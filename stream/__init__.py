@@ -1,1 +1,3 @@
 """ahstream: stream."""
+
+import models  # noqa: F401  (first: its __init__ turns ONNX Runtime's telemetry off)

@@ -35,6 +35,8 @@ RANGES: dict[str, tuple[float, float]] = {
 #: the machine cannot see in the process list.
 ICE_SERVERS_ENV = "AHSTREAM_ICE_SERVERS"  # whitespace-separated --ice-server URLs
 TOKEN_ENV = "AHSTREAM_TOKEN"  # --token of `send` and `listen`
+#: Loggers kept at WARNING whatever --log-level says (see `main`).
+WEBRTC_LOGGERS = ("aiortc", "aioice")
 #: Numeric options (by dest) that must be > 0, whichever command has them.
 POSITIVE = ("idle_timeout", "max_sessions", "max_duration", "epochs", "audio_window")
 
@@ -67,7 +69,7 @@ def _dir_problem(flag: str, directory: str | Path) -> str | None:
     """Why files cannot be written in ``directory``, made if missing (None: they can)."""
     path = Path(directory)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)  # its files may be health data
     except OSError as exc:
         return f"cannot create the {flag} directory {path}: {_reason(exc)}"
     if not os.access(path, os.W_OK):
@@ -733,6 +735,7 @@ def _same_stem_problem(files: list[Path], args: argparse.Namespace) -> str | Non
 def cmd_analyze(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
+    from stream.record import create_private
     from stream.replay import MediaFileError
 
     files = [Path(f) for f in args.files]
@@ -770,7 +773,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                     target = Path(args.out_dir) / f"{path.stem}.jsonl"
                 else:
                     target = Path(args.out) if args.out else None
-                out = open(target, "w", encoding="utf-8") if target else None  # noqa: SIM115
+                out = create_private(target) if target else None
                 if out is None and not args.json:
                     out = sys.stdout
                 try:
@@ -1817,6 +1820,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Their INFO and DEBUG lines carry callers' IP addresses, ICE passwords and whole SDPs.
+    for name in WEBRTC_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     if not _may_use_hub(args):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return int(args.func(args) or 0)

@@ -39,7 +39,7 @@ import numpy as np
 from stream.events import Event, SessionEnded
 from stream.redaction import log_failure
 
-__all__ = ["SessionRecorder"]
+__all__ = ["SessionRecorder", "create_private"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,16 @@ AUDIO_CHUNK_S = 1.0  # audio held before it is queued (32 KB)
 # full queue stops the recording, and the log says so.
 MAX_QUEUED = 1000
 _END = ("end", None)
+
+
+def create_private(path: str | Path, binary: bool = False) -> IO[Any]:
+    """Open ``path`` for writing, created readable by its owner only (0600): every file
+    ahstream writes on request (recordings, events, reports) may hold health data. An
+    existing file is truncated and keeps its mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if binary:
+        return os.fdopen(fd, "wb")
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 class SessionRecorder:
@@ -227,10 +237,7 @@ class SessionRecorder:
         self._wav_file.flush()
 
     def _create(self, name: str, binary: bool = False) -> IO[Any]:
-        fd = os.open(self.dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        if binary:
-            return os.fdopen(fd, "wb")
-        return os.fdopen(fd, "w", encoding="utf-8")
+        return create_private(self.dir / name, binary)
 
     def _finish(self) -> None:
         """Close the files (each on its own: a failing one must not leave the others open)."""

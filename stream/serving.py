@@ -119,11 +119,14 @@ async def read_body(request: web.Request, limit: int, timeout_s: float = BODY_TI
 
 
 class AccessLogger(AbstractAccessLogger):
-    """Access log lines without query strings (they may carry tokens or context)."""
+    """Access log lines without query strings (they may carry tokens or context), with the
+    path as sent, percent-encoded: a decoded ``%0A`` would start a forged log line."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Log method, path, status and duration of one request."""
-        self.logger.info("%s %s %d %.3fs", request.method, request.path, response.status, time)
+        path = request.rel_url.raw_path.encode("ascii", "backslashreplace").decode("ascii")
+        path = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+        self.logger.info("%s %s %d %.3fs", request.method, path, response.status, time)
 
 
 def limit_malloc_arenas(n: int = 2) -> bool:

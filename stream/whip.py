@@ -121,6 +121,10 @@ class LiveSession:
                 return
 
 
+class OfferRefused(ValueError):
+    """An offer that parses but cannot be a session (the message is ours, no client text)."""
+
+
 def sent_media_problem(kinds: list[str]) -> str | None:
     """Why an offer whose sending media sections (sendonly/sendrecv) are of ``kinds``
     cannot be a session: a session analyses one audio and/or one video track (two audio
@@ -202,7 +206,7 @@ async def _answer_offer(request: web.Request, server: Server, body: bytes) -> we
         tune_receivers(pc)  # frames decoded at their last packet; REMB at most every 0.5 s
         problem = sent_media_problem([t.kind for t in tracks])
         if problem:
-            raise ValueError(problem)
+            raise OfferRefused(problem)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
     except Exception as exc:
@@ -216,7 +220,12 @@ async def _answer_offer(request: web.Request, server: Server, body: bytes) -> we
                 log, close_exc, "closing a refused peer connection failed", level=logging.INFO
             )
         server.discard(session_id)
-        reason = str(exc) or type(exc).__name__
+        # Our own reasons are said as they are; a parser's error quotes the client's SDP
+        # (addresses, names in it), which goes neither to the log nor back: its type only.
+        if isinstance(exc, OfferRefused):
+            reason = str(exc)
+        else:
+            reason = f"the SDP could not be used ({type(exc).__name__})"
         log.info("rejected WHIP offer: %s", reason)
         raise web.HTTPBadRequest(text=f"unusable SDP offer: {reason}\n") from None
 

@@ -54,7 +54,7 @@ def _committed(events):
 
 
 def test_analyze_matches_the_live_run(
-    tmp_path, talking_face_mp4, video_only_mp4, speech, live_call_events
+    tmp_path, talking_face_mp4, video_only_mp4, speech, live_call_events, server
 ):
     out_dir = tmp_path / "out"
     run = _analyze(
@@ -95,6 +95,10 @@ def test_analyze_matches_the_live_run(
     assert live_call_events[-1]["duration"] == pytest.approx(events[-1]["duration"], abs=0.03)
     frames = [e for e in events if e["type"] == "frame"]
     assert len(frames) >= 8 * (events[-1]["duration"] - 1)
+    # The server's INFO log of the call holds no caller address (aioice logged every
+    # candidate pair it checked) and nothing of aiortc's.
+    log = server.output
+    assert "CandidatePair" not in log and " aioice." not in log and " aiortc." not in log
 
 
 def test_analyze_is_deterministic(tmp_path, audio_only_wav):

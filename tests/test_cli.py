@@ -314,3 +314,36 @@ def test_help_gives_the_defaults_and_says_what_flags_do() -> None:
     assert "no per-model parity lines on stderr" in export and "always printed" in export
     assert "in total, across all worker processes" in _help("serve")
     assert "(default 17)" in export and "(default 60)" in train
+
+
+def test_analyze_writes_nothing_it_was_not_asked_for(tmp_path: Path) -> None:
+    """With a fresh HOME and TMPDIR, `analyze` of a spoken file leaves no file behind but
+    the font list matplotlib caches (mediapipe imports it): ONNX Runtime wrote a device id
+    and a queue of telemetry events under ~/.cache/Microsoft, and $TMPDIR/.ses. What it
+    is asked for (events, report) is its owner's only, as --record's files are."""
+    from tests.media import espeak_speech
+
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    speech = tmp_path / "speech.wav"
+    pcm = (espeak_speech("I want to, but I am not sure.") * 32767).astype("<i2")
+    with wave.open(str(speech), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm.tobytes())
+    out = tmp_path / "out"
+    proc = ahstream(
+        "analyze",
+        str(speech),
+        *("--json", "--out-dir", str(out), "--report", str(out)),
+        env={"HOME": str(home), "TMPDIR": str(tmp)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    asked = {"speech.wav", "out/speech.jsonl", "out/speech.png", "out/speech.html"}
+    assert asked <= set(written)
+    assert [w for w in written if w not in asked and "/.cache/matplotlib/" not in w] == []
+    assert out.stat().st_mode & 0o777 == 0o700
+    assert {oct((tmp_path / w).stat().st_mode & 0o777) for w in asked - {"speech.wav"}} == {"0o600"}

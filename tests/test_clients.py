@@ -459,6 +459,7 @@ async def test_a_dropped_events_socket_is_reopened_without_duplicates(audio_only
     ]
     assert fake.subscriptions == 2
     assert fake.deletes == [("/resources/abc", "Bearer RT")]
+    assert out.stat().st_mode & 0o777 == 0o600  # events hold transcripts: owner only
 
 
 async def test_identical_events_are_all_kept_and_only_the_replay_is_skipped(audio_only_wav):

@@ -496,3 +496,28 @@ def test_analyze_refuses_two_files_with_one_stem(tmp_path, flags):
     assert len(lines) == 1 and lines[0].startswith("ahstream analyze: ")
     assert str(a) in lines[0] and str(b) in lines[0] and flags[0] in lines[0]
     assert not list((tmp_path / "out").glob("*"))
+
+
+def test_a_path_cannot_forge_a_line_of_the_access_log(srv):
+    """The access log writes a path as it was sent: a %0A in it stays %0A, not a new line
+    that could pass for one of the server's (any client could write one, with a 404)."""
+    fake = "2026-11-23 07:30:00,000 INFO stream.record: session abc: recorded FAKE"
+    path = "/sessions/x%0A" + fake.replace(" ", "%20") + "/events"
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert _raw(srv.url, request.encode())[0] == 404
+    line = _log_line(srv, "/sessions/x%0A2026-11-23")
+    assert "aiohttp.access" in line and " 404 " in line
+    assert not [s for s in srv.output.splitlines() if s.startswith("2026-11-23 07:30:00,000")]
+
+
+async def test_an_offer_the_parser_refuses_is_not_quoted_back_or_logged(srv):
+    """aiortc's error for a malformed line quotes it (a name in a candidate, here): the 400
+    and the log give the error's type only. Our own reasons are still given in full."""
+    sdp = await _offer(("audio", "sendonly"))
+    odd = "a=candidate:1 1 udp 2113937151 192.0.2.7 patient-jane-doe typ host\r\n"
+    status, _, body = await asyncio.to_thread(_post, srv.url, sdp + odd)
+    assert status == 400, body
+    assert body == "unusable SDP offer: the SDP could not be used (ValueError)\n"
+    _log_line(srv, "rejected WHIP offer: the SDP could not be used (ValueError)")
+    assert "patient-jane-doe" not in srv.output
+    assert srv.health()["sessions"] == 0
