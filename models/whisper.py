@@ -28,7 +28,6 @@ __all__ = [
     "WindowDecode",
     "decode_window",
     "cut_collapsed_tail",
-    "repeats_at_end",
     "load_whisper",
     "resolve_whisper_path",
     "whisper_source",
@@ -303,30 +302,18 @@ def decode_window(
         prompt_ids = [h.sot_prev] + h.encode_text(" " + prompt.strip())[-MAX_PROMPT_TOKENS:]
     prefix_ids = h.encode_text(" " + prefix.strip()) if prefix.strip() else []
     start = prompt_ids + h.sot_sequence + [h.no_timestamps]
-
-    def generate(repetition_penalty: float = 1.0) -> tuple[Any, list[int]]:
-        result = cmodel.generate(
-            enc,
-            [start + prefix_ids],
-            beam_size=1,
-            max_length=len(start) + len(prefix_ids) + max_new_tokens,
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=not prefix_ids,
-            repetition_penalty=repetition_penalty,
-        )[0]
-        seq = list(result.sequences_ids[0])
-        if prefix_ids and seq[: len(prefix_ids)] == prefix_ids:
-            seq = seq[len(prefix_ids) :]  # CTranslate2 returns the forced prefix too
-        return result, seq
-
-    result, seq = generate()
-    if repeats_at_end(h.decode(prefix_ids), h.decode([t for t in seq if t < h.eot])):
-        # Greedy Whisper loops on short speech ("No." -> "No. No. No. ..."; the aligner
-        # spreads the copies over the speech, so no cut below catches them all): decode
-        # again, with the words said so far made less likely. A real "no, no, no" may lose
-        # a copy; a lone "no" no longer gains two.
-        result, seq = generate(LOOP_REPETITION_PENALTY)
+    result = cmodel.generate(
+        enc,
+        [start + prefix_ids],
+        beam_size=1,
+        max_length=len(start) + len(prefix_ids) + max_new_tokens,
+        return_scores=True,
+        return_no_speech_prob=True,
+        suppress_blank=not prefix_ids,
+    )[0]
+    seq = list(result.sequences_ids[0])
+    if prefix_ids and seq[: len(prefix_ids)] == prefix_ids:
+        seq = seq[len(prefix_ids) :]  # CTranslate2 returns the forced prefix too
     new_ids = [t for t in seq if t < h.eot]
     n_gen = max(1, len(seq))
     avg_logprob = float(result.scores[0]) * n_gen / (n_gen + 1) if result.scores else 0.0
@@ -378,23 +365,6 @@ def decode_window(
 
 def _key(w: str) -> str:
     return "".join(c for c in w.lower() if c.isalnum())
-
-
-def repeats_at_end(prefix: str, text: str, max_unit: int = 3) -> bool:
-    """Whether ``text`` (decoded after the forced ``prefix``) ends with a word or a phrase
-    of up to ``max_unit`` words said twice in a row, the last time in ``text``."""
-    before = [k for k in map(_key, prefix.split()) if k]
-    new = [k for k in map(_key, text.split()) if k]
-    keys = before + new
-    for n in range(1, max_unit + 1):
-        if len(new) >= n and len(keys) >= 2 * n and keys[-n:] == keys[-2 * n : -n]:
-            return True
-    return False
-
-
-#: Whisper's CTranslate2 repetition penalty for a decode that ended repeating itself
-#: (measured on short espeak-ng answers: 1.3 stops the loops, "No, no, no" keeps two).
-LOOP_REPETITION_PENALTY = 1.3
 
 
 def cut_collapsed_tail(

@@ -29,8 +29,7 @@ silence padded to >= 6 s instead of Whisper's 30 s, word times by alignment):
 - **Silence is never decoded.** Idle steps only read VAD flags. Noise that VAD
   lets through is caught by an unprompted no-speech check until the utterance
   has committed words; Whisper's loops and repeats at the end of the audio are
-  cut from the hypothesis (`models.whisper.cut_collapsed_tail`), and a decode
-  that ends repeating itself is done again with a repetition penalty.
+  cut from the hypothesis (`models.whisper.cut_collapsed_tail`).
 - **Early end.** A decode left with no new words (not judged no speech) keeps the
   previous step's hypothesis: tentative (it does not count as agreement), committed by
   the age rule or when the utterance ends. Greedy Whisper sometimes emits end-of-text
