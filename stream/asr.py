@@ -59,6 +59,19 @@ __all__ = ["ASRUpdate", "IncrementalASR", "Word"]
 _NORM_RE = re.compile(r"[^a-z0-9']+")
 
 
+def _loop_period(words: list[str], max_unit: int = 3) -> int | None:
+    """The length of the word or phrase (up to ``max_unit`` words) that ``words`` are
+    nothing but, said at least twice over (the last copy may be cut short); None if they
+    are not such a loop."""
+    keys = [_norm(w) for w in words]
+    if not all(keys):
+        return None
+    for n in range(1, max_unit + 1):
+        if len(keys) >= 2 * n and all(k == keys[i % n] for i, k in enumerate(keys)):
+            return n
+    return None
+
+
 def _norm(w: str) -> str:
     """Comparison key of a word: lowercase alphanumerics (punctuation ignored)."""
     return _NORM_RE.sub("", w.lower())
@@ -337,6 +350,13 @@ class IncrementalASR:
             window = self._window(utt, t_end)
             hyp, _ = self._hypothesis(utt, t_end)
             kept = [w for w in hyp if w.t0 < speech_end]
+            period = _loop_period([w.w for w in utt.in_window + kept])
+            if period is not None:
+                # The whole utterance is one word or phrase over and over: greedy Whisper
+                # loops on a lone short answer ("No." -> "No. No. No."), the aligner spreads
+                # the copies over the speech. It is said once (a real "no, no, no" alone
+                # loses its repeats; copies committed before the end stay).
+                kept = kept[: max(0, period - len(utt.in_window))]
             new = self._commit([Word(w.w, w.t0, min(w.t1, speech_end), w.prob) for w in kept])
             decoded = True
         self._close(t if idle_from is None else idle_from)

@@ -303,3 +303,22 @@ def test_pauses_between_steps_end_utterances_at_any_hop(model, answers):
         for w in words:  # each word inside one run of VAD speech (its hangover included)
             assert any(a - 0.03 <= w.t0 and w.t1 <= b + 0.03 for a, b in speech), (hop, w)
     assert keys[0.4] == keys[2.0]
+
+
+@pytest.mark.parametrize("answer", ["Right.", "Um."])
+def test_a_lone_short_answer_is_committed_once(model, answer):
+    """Greedy Whisper tiny loops on a lone short word ("Right. Right. Right."), and the
+    aligner spread the copies over the speech, so they were committed as a repetition (or
+    two fillers). An utterance that is nothing but one word over and over holds it once."""
+    audio = np.concatenate([silence(1.0), espeak_speech(answer, rate_wpm=160), silence(1.5)])
+    asr, _ = run_stream(model, audio)
+    assert normalize_words(asr.text) == normalize_words(answer), asr.text
+
+
+def test_loop_period():
+    from stream.asr import _loop_period
+
+    assert _loop_period(["No.", "No."]) == 1 and _loop_period(["Um,", "um."]) == 1
+    assert _loop_period("I want to, I want to, I want".split()) == 3  # cut inside a copy
+    assert _loop_period(["No."]) is None
+    assert _loop_period("I love love love horseback riding".split()) is None
