@@ -93,7 +93,7 @@ class SentAudio(MediaStreamTrack):
         try:
             frame = await self.source.recv()
         except MediaStreamError:
-            if self._last is None or self._pad <= 0:
+            if self._last is None or self._pad <= 1e-9:  # (0.1 - 5 x 0.02 > 0 in floats)
                 self.stop()
                 raise
             return await self._silence()

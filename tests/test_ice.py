@@ -75,6 +75,7 @@ def test_unusable_ice_server_urls_are_refused_without_the_password(url, message)
 def test_the_command_line_refuses_a_bad_ice_server_at_once(command, tmp_path):
     args = ["--ice-server", "turn:alice:hunter2@turn.example.org?transport=tls"]
     if command == "send":
+        (tmp_path / "call.mp4").write_bytes(b"")  # there: the ICE server is what is wrong
         args = [str(tmp_path / "call.mp4"), "--url", "http://127.0.0.1:9", *args]
     proc = _ahstream(command, *args)
     assert proc.returncode == 2, proc.stderr
