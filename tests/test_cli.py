@@ -38,16 +38,20 @@ def refusal(*args: str, env: dict[str, str] | None = None) -> str:
     return proc.stderr
 
 
-@pytest.fixture
-def wav(tmp_path: Path) -> str:
-    """A tenth of a second of silence."""
-    path = tmp_path / "silence.wav"
+def write_wav(path: Path, pcm: bytes) -> str:
+    """A 16 kHz mono 16-bit WAV of ``pcm`` at ``path``."""
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(16000)
-        w.writeframes(b"\0\0" * 1600)
+        w.writeframes(pcm)
     return str(path)
+
+
+@pytest.fixture
+def wav(tmp_path: Path) -> str:
+    """A tenth of a second of silence."""
+    return write_wav(tmp_path / "silence.wav", b"\0\0" * 1600)
 
 
 @pytest.mark.parametrize(
@@ -223,12 +227,8 @@ def test_analyze_never_writes_over_its_input(tmp_path: Path, wav: str) -> None:
 
 def test_analyze_of_media_with_nothing_to_analyse_fails(tmp_path: Path) -> None:
     """A WAV of no samples used to end with "no A/H (p=nan)" and exit 0."""
-    empty = tmp_path / "empty.wav"
-    with wave.open(str(empty), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-    proc = ahstream("analyze", str(empty), "--out", str(tmp_path / "out.jsonl"))
+    empty = write_wav(tmp_path / "empty.wav", b"")
+    proc = ahstream("analyze", empty, "--out", str(tmp_path / "out.jsonl"))
     assert proc.returncode == 1, proc.stderr
     assert "no decision: no audio or video was analysed" in proc.stderr
     assert "no A/H" not in proc.stderr
@@ -326,17 +326,12 @@ def test_analyze_writes_nothing_it_was_not_asked_for(tmp_path: Path) -> None:
     home, tmp = tmp_path / "home", tmp_path / "tmp"
     home.mkdir()
     tmp.mkdir()
-    speech = tmp_path / "speech.wav"
     pcm = (espeak_speech("I want to, but I am not sure.") * 32767).astype("<i2")
-    with wave.open(str(speech), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(pcm.tobytes())
+    speech = write_wav(tmp_path / "speech.wav", pcm.tobytes())
     out = tmp_path / "out"
     proc = ahstream(
         "analyze",
-        str(speech),
+        speech,
         *("--json", "--out-dir", str(out), "--report", str(out)),
         env={"HOME": str(home), "TMPDIR": str(tmp)},
     )
