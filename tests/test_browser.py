@@ -682,6 +682,28 @@ async def test_page_renders_a_long_sessions_replay_without_freezing_and_resubscr
         ]
         await page.js(f"__fake.sockets[0].deliver({json.dumps(frames)})")
         await page.wait("the live frames", lambda d: d["points"] == 30, 10)
+        # A status saying the analysis is behind the call: the page says so (it showed the
+        # numbers only).
+        behind = "analysis 1.6 s behind the call (CPU short): video frames are dropped"
+        status = {
+            "type": "status",
+            "t": 3593.0,
+            "lags": {"tick": 1.6},
+            "dropped_video_frames": 4,
+            "received_video_frames": 30,
+            "rtf": 0.41,
+            "asr_skipped": 2,
+            "message": behind,
+        }
+        shown_status = await page.js(
+            f"__fake.sockets[0].deliver([{json.dumps(status)}]); new Promise((r) => setTimeout("
+            "() => { const s = document.getElementById('status');"
+            " r([s.textContent, s.dataset.behind]); }, 100))"
+        )
+        assert shown_status == [
+            "analysis lag 1.60 s · ASR 0.41× real time · dropped video frames 4 · " + behind,
+            "true",
+        ], shown_status
         state = await page.js(
             "__fake.more(2400); __fake.sockets[0].close(); new Promise((r) => setTimeout("
             "() => r(document.getElementById('state').textContent), 100))"

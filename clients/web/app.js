@@ -110,9 +110,11 @@ function onEvent(ev, raw) {
     case "video":
       onVideo(ev);
       break;
-    case "status":
+    case "status": // its message says when a live session is behind the call (CPU short)
       $("status").textContent = "analysis lag " + fmt(ev.lags && ev.lags.tick, 2) + " s · ASR " +
-        fmt(ev.rtf, 2) + "× real time · dropped video frames " + ev.dropped_video_frames;
+        fmt(ev.rtf, 2) + "× real time · dropped video frames " + ev.dropped_video_frames +
+        (ev.message ? " · " + ev.message : "");
+      $("status").dataset.behind = ev.message ? "true" : "false";
       break;
     case "error": // the session goes on (degraded) unless session.ended follows
       showAlert("Server reported an error (" + ev.code + "): " + ev.message);
