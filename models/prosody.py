@@ -215,6 +215,10 @@ class SpeechTimeline(Protocol):
 
     def segments(self, t0: float, t1: float) -> list[tuple[float, float]]: ...
 
+    def lost(self, t0: float, t1: float) -> bool:
+        """Whether audio was missing (never arrived) anywhere in (t0, t1)."""
+        ...
+
 
 def hz_to_semitones(f0: np.ndarray | float) -> np.ndarray | float:
     """F0 in Hz to semitones relative to 100 Hz."""
@@ -467,7 +471,7 @@ class ProsodyTracker:
             starts = self._next + STEP_LEN * np.arange(n_new)
             times = (starts + FRAME_LEN / 2) / SAMPLE_RATE
             speech = self._speech_flags(times, db, vad)
-            self._track_pauses(times, speech)
+            self._track_pauses(times, speech, vad)
             self._append(times, db, np.asarray(hz_to_semitones(f0)), voiced & speech, speech)
             self._next += n_new * STEP_LEN
         # keep only what the next frame needs
@@ -497,19 +501,27 @@ class ProsodyTracker:
             flags[late] = bool(decided[-1]) if decided.size else prev
         return flags
 
-    def _track_pauses(self, times: np.ndarray, speech: np.ndarray) -> None:
-        """Complete the pauses that the new frames' speech flags end (before `_append`)."""
+    def _track_pauses(
+        self, times: np.ndarray, speech: np.ndarray, vad: SpeechTimeline | None
+    ) -> None:
+        """Complete the pauses that the new frames' speech flags end (before `_append`).
+        A silence across audio that never arrived is not the speaker's pause: it is
+        neither counted nor reported."""
         prev = bool(self._speech[-1]) if self._speech.size else False
         for s, e in _runs(speech):
-            if (s > 0 or not prev) and self._speech_end is not None:
+            resumed = (s > 0 or not prev) and self._speech_end is not None
+            if resumed:
                 gap_s = (self._n_frames + s - self._speech_end) * STEP_S
+                t_on = float(times[s])
+                resumed = vad is None or not vad.lost(t_on - gap_s, t_on)
+            if resumed:
                 z = math.nan
                 if PAUSE_MIN_S - 1e-9 <= gap_s <= PAUSE_MAX_S + 1e-9:
                     # vs the earlier pauses, then into the baseline: one update per pause
                     base = self.baselines["pause"]
                     z = base.z(math.log(gap_s))
                     base.update(math.log(gap_s), 1.0)
-                self._pause = (min(gap_s, PAUSE_MAX_S), float(times[s]), z)
+                self._pause = (min(gap_s, PAUSE_MAX_S), t_on, z)
             self._speech_end = self._n_frames + e
         self._n_frames += speech.size
 

@@ -64,7 +64,30 @@ def test_vad_push_silence_equals_pushing_zeros():
     for vad in (a, b):
         vad.push(speech)
     assert a.end_time == b.end_time
-    assert list(a._flags) == list(b._flags)
+    assert np.array_equal(a.flags(0, a.end_time), b.flags(0, b.end_time))
     assert a.segments(0, a.end_time) == b.segments(0, b.end_time)
     b.push_silence(16000 * 3600)  # an hour-long gap: bounded memory, time still advances
-    assert b.end_time > 3600 and len(b._flags) <= b._flags.maxlen
+    assert b.end_time > 3600 and b.held == b.flags(0, b.end_time).size == 20_000
+
+
+def test_vad_ring_wraps_without_changing_answers():
+    """A short span overwrites its oldest flags; within what it still holds it answers as a
+    long one (flags, segments, speech fraction, last speech end), in hops of any size."""
+    from tests.media import espeak_speech
+
+    speech = espeak_speech("I want to, but I do not know. Maybe next week, or the one after.")
+    audio = np.concatenate([speech, np.zeros(7_001, dtype=np.float32), speech])
+    short, long = VadTimeline(span_s=1.5), VadTimeline()
+    for i in range(0, len(audio), 4_000):
+        short.push(audio[i : i + 4_000])
+    long.push(audio)
+    end = short.end_time
+    assert end == long.end_time and short.held == 50
+    t0 = end - 1.5
+    assert np.array_equal(short.flags(0.0, end), long.flags(t0, end))
+    assert short.segments(0.0, end) == long.segments(t0, end) != []
+    for t in np.arange(t0, end, 0.07):
+        assert short.speech_fraction(t0, t) == long.speech_fraction(t0, t)
+        expected = long.last_speech_end(t)
+        assert short.last_speech_end(t) == (expected if expected and expected > t0 else None)
+    assert short.last_speech_end(t0 - 1.0) is None  # no longer held

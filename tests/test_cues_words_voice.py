@@ -120,17 +120,30 @@ def assert_silent(f: VoiceFeatures | None) -> None:
         assert m[FEATURE_NAMES.index(n)] == 1.0, n
 
 
-def pause_hits(segs: list[tuple[float, float]], until: float) -> list[CueHit]:
+def pause_hits(
+    segs: list[tuple[float, float]],
+    until: float,
+    lost: tuple[float, float] | None = None,
+    tracker: ProsodyTracker | None = None,
+) -> list[CueHit]:
     """Long-pause cues of a voiced tone during ``segs`` (silence elsewhere), through the
-    session's real VAD timeline, ticked every 0.1 s as a session does."""
+    session's real VAD timeline, ticked every 0.1 s as a session does. The 0.1 s hops
+    inside ``lost`` never arrive: they reach the VAD as a gap (`push_silence`) and the
+    ``tracker`` (if any) as the ring's silence, as in `Session.push_audio`."""
     audio = np.zeros(int(round(until * SR)), dtype=np.float32)
     for s, e in segs:
         i0, i1 = int(round(s * SR)), int(round(e * SR))
         audio[i0:i1] = harmonic(140.0, (i1 - i0) / SR)
     vad, det, out = VadTimeline(), VoiceCueDetector(), []
     for k in range(int(round(until * 10))):
-        vad.push(audio[k * HOP : (k + 1) * HOP])
-        out.extend(det.update((k + 1) / 10, None, vad))
+        x = audio[k * HOP : (k + 1) * HOP]
+        if lost is not None and lost[0] <= k / 10 < lost[1] - 1e-9:
+            vad.push_silence(len(x))
+            x = np.zeros_like(x)
+        else:
+            vad.push(x)
+        f = tracker.update(x, vad=vad) if tracker is not None else None
+        out.extend(det.update((k + 1) / 10, f, vad))
     return out
 
 
@@ -496,6 +509,22 @@ def test_long_pause_from_vad_timeline() -> None:
     # end of the answer (no speech after) and a turn-sized gap are not hesitations
     assert pause_hits([(0.0, 3.0)], until=12.0) == []
     assert pause_hits([(0.0, 3.0), (9.5, 11.0)], until=11.0) == []
+
+
+def test_lost_audio_is_no_pause() -> None:
+    """Audio that never arrived (lost packets: the session fills the gap with silence)
+    inside speech is neither a long_pause cue nor a pause of the speaker's baseline; the
+    same silence spoken is both."""
+    speech = [(0.0, 3.0), (4.5, 6.5)]
+    spoken, missing = ProsodyTracker(), ProsodyTracker()
+    hits = pause_hits(speech, until=6.5, tracker=spoken)
+    assert [h.cue for h in hits] == ["long_pause"]
+    assert spoken.baselines["pause"].weight == 1.0
+    assert pause_hits(speech, until=6.5, lost=(3.0, 4.5), tracker=missing) == []
+    assert missing.baselines["pause"].weight == 0.0
+    # a pause that ended before the lost audio is still the speaker's
+    before = pause_hits([(0.0, 2.0), (3.5, 5.0), (6.0, 7.0)], until=7.0, lost=(5.0, 6.0))
+    assert [(h.cue, round(h.t1, 1)) for h in before] == [("long_pause", 3.5)]
 
 
 def paced(rates: list[tuple[float, float]]) -> list[Word]:

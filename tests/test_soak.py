@@ -50,7 +50,7 @@ def sizes(session: Session) -> dict[str, int]:
     """Lengths of the session's growing structures."""
     az = session.analyzer
     return {
-        "vad_flags": len(session.vad._flags),
+        "vad_flags": session.vad.held,
         "slot": len(session.slot),
         "arrivals": len(session.clock._arrivals),
         "history": len(session.publisher._history),
