@@ -108,6 +108,7 @@ F0_MIN_HZ = 60.0
 F0_MAX_HZ = 400.0
 TAU_MIN = int(SAMPLE_RATE / F0_MAX_HZ)  # 40 samples
 TAU_MAX = int(math.ceil(SAMPLE_RATE / F0_MIN_HZ))  # 267 samples
+TAU_LOW = TAU_MIN // 2  # lags searched below the range, to refuse F0 above it (800 Hz)
 YIN_WIN = FRAME_LEN - TAU_MAX  # difference-function integration window (373 samples, 23 ms)
 _NFFT = 1024  # >= FRAME_LEN + TAU_MAX: no circular wrap into the lags we read
 # YIN's absolute threshold: the first CMNDF dip below it is the period (the paper uses
@@ -270,24 +271,31 @@ def estimate_f0(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     has = below.any(axis=1)
     first = np.argmax(below, axis=1)
     rising = dm[:, 1:] >= dm[:, :-1]
+    # A dip below the threshold that bottoms out at a lag under the range is a period
+    # above F0_MAX_HZ (whose double period would otherwise read an octave low): unvoiced.
+    low = cmndf[:, TAU_LOW : TAU_MIN + 1]
+    too_high = ((low[:, :-1] < YIN_PICK) & (low[:, 1:] >= low[:, :-1])).any(axis=1)
     m = dm.shape[1]
     f0 = np.full(n, np.nan)
     voiced = np.zeros(n, dtype=bool)
     for k in range(n):
         if has[k]:
             i0 = int(first[k])
-            i = i0 + int(np.argmax(rising[k, i0:])) if i0 < m - 1 else i0
+            rise = rising[k, i0:]
+            i = i0 + int(np.argmax(rise)) if rise.any() else m - 1
         else:
             i = int(np.argmin(dm[k]))
         best = dm[k, i]
-        if best >= YIN_VOICED or rms_db[k] <= SILENCE_DB:
+        if best >= YIN_VOICED or rms_db[k] <= SILENCE_DB or too_high[k]:
             continue
+        if i == m - 1 and dm[k, i] < dm[k, i - 1]:
+            continue  # still falling at the longest lag: a period below F0_MIN_HZ
         shift = 0.0
         if 0 < i < m - 1:
             a, b, c = dm[k, i - 1], best, dm[k, i + 1]
             den = a - 2.0 * b + c
             if den > 1e-12:
-                shift = 0.5 * (a - c) / den
+                shift = min(0.5, max(-0.5, 0.5 * (a - c) / den))  # the vertex lies between
         f0[k] = SAMPLE_RATE / (TAU_MIN + i + shift)
         voiced[k] = True
     return rms_db, f0, voiced

@@ -23,6 +23,7 @@ from models.prosody import (
     ProsodyTracker,
     VoiceFeatures,
     count_syllables,
+    estimate_f0,
     semitones_to_hz,
 )
 from models.voice_cues import VoiceCueDetector
@@ -428,6 +429,27 @@ def test_harmonic_tone_pitch_and_vector() -> None:
     early = feats[5]
     assert early is not None and np.isnan(early.get("energy_z"))
     assert not hits
+
+
+def test_pitch_at_the_edges_of_its_range() -> None:
+    """Inside 60-400 Hz a steady tone reads its F0 to 0.1 %; outside it the frames are
+    unvoiced, not extrapolated past the longest lag (55 Hz read ~50 Hz) nor an octave
+    low (its double period: 450 Hz read 225 Hz)."""
+    for f0, voiced in (
+        (55.0, False),
+        (62.0, True),
+        (100.0, True),
+        (390.0, True),
+        (450.0, False),
+        (600.0, False),
+    ):
+        x = harmonic(f0, 0.5, n_harm=3)
+        frames = np.lib.stride_tricks.sliding_window_view(x, 640)[::160]
+        _, hz, v = estimate_f0(frames)
+        if voiced:
+            assert v.all() and np.allclose(hz, f0, rtol=1e-3), (f0, np.nanmin(hz), np.nanmax(hz))
+        else:
+            assert not v.any() and np.isnan(hz).all(), (f0, np.nanmedian(hz))
 
 
 def test_chirp_rising_pitch() -> None:
