@@ -40,6 +40,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
 
+from stream.ingest import upright
 from stream.record import create_private
 from stream.serving import ice_configuration
 
@@ -119,6 +120,35 @@ class SentAudio(MediaStreamTrack):
         duration = last.samples / last.sample_rate
         self._pad -= duration
         await asyncio.sleep(duration)  # at the file's pace
+        return out
+
+    def stop(self) -> None:
+        self.source.stop()
+        super().stop()
+
+
+class SentVideo(MediaStreamTrack):
+    """A file's video as `send` publishes it: upright. A phone's recording stores its
+    frames sideways or upside down with a display rotation that players apply; WebRTC
+    carries no such tag, so the frames are turned before they are sent."""
+
+    kind = "video"
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self.source = source
+
+    async def recv(self) -> av.VideoFrame:
+        try:
+            frame = await self.source.recv()
+        except MediaStreamError:
+            self.stop()
+            raise
+        if int(round(frame.rotation / 90.0)) % 4 == 0:
+            return frame
+        rgb = upright(frame.to_ndarray(format="rgb24"), frame.rotation)
+        out = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        out.pts, out.time_base = frame.pts, frame.time_base
         return out
 
     def stop(self) -> None:
@@ -390,7 +420,8 @@ async def send_file(
     audio = player.audio
     if audio is not None:
         audio = SentAudio(audio, gain=2**0.5 if _is_mono(path) else 1.0)
-    tracks = [t for t in (audio, player.video) if t is not None]
+    video = None if player.video is None else SentVideo(player.video)
+    tracks = [t for t in (audio, video) if t is not None]
     if not tracks:
         raise SendError(f"{path} has no audio or video")
     pc = RTCPeerConnection(configuration)

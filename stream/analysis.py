@@ -30,6 +30,7 @@ from models.tcn import FusionTCN
 from models.voice_cues import VoiceCueDetector
 from models.word_cues import WordCueDetector
 from stream.buffers import AudioRing, VideoFrame
+from stream.ingest import upright
 from stream.vad import VadTimeline
 
 if TYPE_CHECKING:  # torch comes with the full profile only: serving lite does not import it
@@ -77,8 +78,10 @@ MAX_FACE_WIDTH = 640
 
 
 def frame_rgb(frame: VideoFrame, reformatter: VideoReformatter | None = None) -> np.ndarray:
-    """RGB pixels of a frame, scaled down to at most MAX_FACE_WIDTH wide (``reformatter``
-    keeps its scaler between frames of one size; without, one is made per frame)."""
+    """Upright RGB pixels of a frame, scaled down to at most MAX_FACE_WIDTH wide
+    (``reformatter`` keeps its scaler between frames of one size; without, one is made
+    per frame). A decoded frame's display rotation (a phone's recording: stored sideways
+    or upside down, with a tag saying how to show it) is applied, as players do."""
     image = frame.image
     if isinstance(image, np.ndarray):
         return image
@@ -88,8 +91,10 @@ def frame_rgb(frame: VideoFrame, reformatter: VideoReformatter | None = None) ->
         height = max(2, int(round(height * MAX_FACE_WIDTH / width / 2)) * 2)
         width = MAX_FACE_WIDTH
     if reformatter is None:
-        return image.to_ndarray(format="rgb24", width=width, height=height)
-    return reformatter.reformat(image, format="rgb24", width=width, height=height).to_ndarray()
+        rgb = image.to_ndarray(format="rgb24", width=width, height=height)
+    else:
+        rgb = reformatter.reformat(image, format="rgb24", width=width, height=height).to_ndarray()
+    return upright(rgb, getattr(image, "rotation", 0))
 
 
 def join_words(words: list[Any]) -> str:

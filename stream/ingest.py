@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from stream.record import SessionRecorder
     from stream.session import Session
 
-__all__ = ["AudioIngest", "MediaLimits", "VideoIngest", "drain_track", "push_frame"]
+__all__ = ["AudioIngest", "MediaLimits", "VideoIngest", "drain_track", "push_frame", "upright"]
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +289,13 @@ class VideoIngest:
             width = max(2, int(width * scale) // 2 * 2)
             height = max(2, int(height * scale) // 2 * 2)
         self.session.push_video(VideoFrame(t=t, image=frame, width=width, height=height))
+
+
+def upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
+    """Pixels turned as a display rotation says: ``rotation`` degrees counterclockwise
+    (PyAV's `VideoFrame.rotation`, FFmpeg's display matrix; multiples of 90 only)."""
+    k = int(round(rotation / 90.0)) % 4
+    return rgb if k == 0 else np.ascontiguousarray(np.rot90(rgb, k))
 
 
 def push_frame(

@@ -72,3 +72,35 @@ def write_media(
             container.mux(packet)
     container.close()
     return path
+
+
+# The display matrices (16.16 fixed point a, b, u, c, d, v, and 2.30 x, y, w) of an mp4
+# track header that show the stored frames turned by a quarter turn: what phones write
+# (FFmpeg's "rotate" metadata: clockwise degrees).
+_DISPLAY_MATRIX = {
+    90: (0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30),
+    180: (-(1 << 16), 0, 0, 0, -(1 << 16), 0, 0, 0, 1 << 30),
+    270: (0, -(1 << 16), 0, 1 << 16, 0, 0, 0, 0, 1 << 30),
+}
+
+
+def tag_rotation(path: Path, clockwise: int) -> Path:
+    """Mark the video track of an mp4 written by `write_media` to be shown turned
+    ``clockwise`` degrees (90, 180, 270), as a phone's recording is: its track header's
+    display matrix is rewritten in place (PyAV cannot write one)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    i = data.find(b"tkhd")
+    tagged = 0
+    while i > 0:
+        version = data[i + 4]
+        matrix = i + 4 + (40 if version == 0 else 52)  # after the fields before it
+        width, height = struct.unpack(">II", data[matrix + 36 : matrix + 44])
+        if width and height:  # the video track (an audio track has no size)
+            data[matrix : matrix + 36] = struct.pack(">9i", *_DISPLAY_MATRIX[clockwise])
+            tagged += 1
+        i = data.find(b"tkhd", i + 4)
+    assert tagged == 1, f"{path}: {tagged} video track headers"
+    path.write_bytes(data)
+    return path

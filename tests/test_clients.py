@@ -662,6 +662,31 @@ def test_send_refuses_to_overwrite_the_file_it_sends_and_urls_without_a_scheme(
     )
 
 
+async def test_a_phone_recording_is_sent_upright(tmp_path):
+    """WebRTC carries no display rotation: `send` turns a phone's sideways or upside-down
+    frames as its tag says before sending them, and leaves untagged frames alone."""
+    import numpy as np
+    from aiortc.contrib.media import MediaPlayer
+
+    from clients.send import SentVideo
+    from tests.mediafiles import astronaut_frames, tag_rotation, write_media
+
+    upright = astronaut_frames(1)[0]
+    for turn in (0, 90, 180, 270):
+        stored = np.ascontiguousarray(np.rot90(upright, turn // 90))
+        clip = write_media(tmp_path / f"phone_{turn}.mp4", None, [stored] * 3, fps=10)
+        if turn:
+            tag_rotation(clip, turn)
+        track = SentVideo(MediaPlayer(str(clip)).video)
+        try:
+            frame = await track.recv()
+        finally:
+            track.stop()
+        rgb = frame.to_ndarray(format="rgb24")
+        assert rgb.shape == upright.shape, turn
+        assert np.abs(rgb.astype(int) - upright).mean() < 6.0, turn
+
+
 async def test_a_mono_file_is_sent_at_its_own_level(tmp_path):
     """aiortc's MediaPlayer turns a mono file into stereo at -3 dB per channel; the server
     averages the channels (a browser's mono voice arrives as two equal channels at full

@@ -628,6 +628,32 @@ def test_face_then_no_face_in_a_real_video(expression):
     assert late and all(f is None for f in late)
 
 
+def test_a_phone_recording_is_analysed_upright(tmp_path, expression):
+    """A phone stores its frames sideways or upside down and tags the track with the turn
+    that shows them upright (players and FFmpeg apply it). Upside down, the face mesh still
+    finds a face but measures nonsense (the astronaut's smile read p_happy 0.15, roll -33).
+    The analysed pixels are the upright picture, for each quarter turn."""
+    import av
+
+    from stream.analysis import frame_rgb
+    from stream.buffers import VideoFrame
+    from tests.mediafiles import astronaut_frames, tag_rotation, write_media
+
+    upright = astronaut_frames(1)[0]
+    with FaceAnalyzer(expression, static_images=True) as fa:
+        for turn in (90, 180, 270):
+            stored = np.ascontiguousarray(np.rot90(upright, turn // 90))  # shown turned back
+            clip = write_media(tmp_path / f"phone_{turn}.mp4", None, [stored] * 3, fps=10)
+            tag_rotation(clip, turn)
+            with av.open(str(clip)) as container:
+                frame = next(container.decode(video=0))
+            rgb = frame_rgb(VideoFrame(0.0, frame, frame.width, frame.height))
+            assert rgb.shape == upright.shape, turn
+            assert np.abs(rgb.astype(int) - upright).mean() < 6.0, turn  # H.264's loss
+            f = fa.analyze(rgb, 0.0)
+            assert f is not None and f.p_happy > 0.8 and abs(f.roll) < 10, (turn, f)
+
+
 def test_onnxruntime_backend_matches_torch(expression, astronaut):
     """The served backend (ONNX Runtime, exported at load) gives the torch module's output."""
     crops = np.stack([_astronaut_crop(astronaut), _astronaut_crop(astronaut, 8, 5)])
