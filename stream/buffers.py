@@ -126,14 +126,17 @@ class LatestFrameSlot:
     a live worker a moment behind) evict the frame the tick needs, and the
     result would depend on timing; so one slot is kept per interval of
     ``interval_s`` (a newer frame in the same interval replaces the older one),
-    for at most ``max_intervals`` intervals (the oldest goes first). Every
-    frame that is never analysed is counted in ``dropped``.
+    for at most ``max_intervals`` intervals (the oldest goes first). A frame
+    no newer than one already taken (its timestamp stepped back, within the ingest's
+    jitter allowance) comes too late for the analysis, which goes forwards in media
+    time: it is dropped. Every frame that is never analysed is counted in ``dropped``.
     """
 
     def __init__(self, interval_s: float = 0.1, max_intervals: int = 40) -> None:
         self.interval_s = interval_s
         self.max_intervals = max_intervals
         self._slots: deque[tuple[int, VideoFrame]] = deque()
+        self._taken_t = -math.inf  # media time of the newest frame taken
         self.received = 0
         self.dropped = 0
         self.taken = 0
@@ -143,6 +146,9 @@ class LatestFrameSlot:
         self.received += 1
         # Interval k holds frames in ((k-1)*interval, k*interval]: exactly what the tick
         # at k*interval may analyse, so a later frame never evicts the one a tick needs.
+        if frame.t <= self._taken_t + 1e-9:  # behind what was analysed already
+            self.dropped += 1
+            return
         key = math.ceil(frame.t / self.interval_s - 1e-6)
         if self._slots and self._slots[-1][0] >= key:
             if frame.t < self._slots[-1][1].t:  # out of order: older than what we hold
@@ -164,6 +170,7 @@ class LatestFrameSlot:
             found = self._slots.popleft()[1]
         if found is not None:
             self.taken += 1
+            self._taken_t = found.t
         return found
 
     def take_all_until(self, t: float) -> list[VideoFrame]:
@@ -173,6 +180,8 @@ class LatestFrameSlot:
         while self._slots and self._slots[0][1].t <= t + 1e-9:
             out.append(self._slots.popleft()[1])
         self.taken += len(out)
+        if out:
+            self._taken_t = out[-1].t
         return out
 
     def count_dropped(self) -> None:

@@ -91,3 +91,20 @@ def test_vad_ring_wraps_without_changing_answers():
         expected = long.last_speech_end(t)
         assert short.last_speech_end(t) == (expected if expected and expected > t0 else None)
     assert short.last_speech_end(t0 - 1.0) is None  # no longer held
+
+
+def test_slot_drops_a_frame_behind_one_already_taken():
+    """The ingest lets a timestamp step back by a little (jitter); a frame behind one the
+    analysis has taken comes too late (the face cues go forwards in media time: it raised
+    "media time went back" there) and is dropped and counted, not analysed."""
+    slot = LatestFrameSlot(interval_s=0.1)
+    slot.put(VideoFrame(1.0, None, 2, 2))
+    assert slot.take_until(1.0).t == 1.0
+    slot.put(VideoFrame(0.95, None, 2, 2))  # stepped back 0.05 s
+    slot.put(VideoFrame(1.0, None, 2, 2))  # the same time again
+    assert len(slot) == 0 and slot.dropped == 2 and slot.take_until(1.1) is None
+    slot.put(VideoFrame(1.05, None, 2, 2))
+    assert [f.t for f in slot.take_all_until(1.1)] == [1.05]
+    slot.put(VideoFrame(1.04, None, 2, 2))
+    assert slot.take_all_until(1.2) == [] and slot.dropped == 3
+    assert slot.received == 5 and slot.taken == 2
