@@ -103,8 +103,10 @@ GAZE_MIN_EAR_FRACTION = 0.75
 #: undercount at low rates.
 BLINK_MAX_S = 0.5
 #: Blink rate window (resting blink rate is ~15-20 per minute, so 30 s holds ~10 blinks).
+#: The rate is blinks per minute of the time the face was seen in it: a step between two
+#: face frames counts up to BASELINE_MAX_DT_S, so time without a face is not observed time.
 BLINK_RATE_WINDOW_S = 30.0
-#: The rate is reported once this long has passed since the first face (else 0).
+#: The rate is reported once the face was seen this long in the window (else 0).
 BLINK_RATE_MIN_S = 10.0
 #: Median baseline over the first seconds of face (the BAH recordings start with the person
 #: listening to the avatar's question: mostly their resting face).
@@ -494,7 +496,8 @@ class FaceAnalyzer:
         self.baseline = RunningBaseline(np.array([f for _, f, _ in BASELINE_FEATURES]))
         self._closed_since: float | None = None
         self._blinks: deque[float] = deque()
-        self._first_face_t: float | None = None
+        self._seen: deque[tuple[float, float]] = deque()  # (t, face time it adds) in window
+        self._seen_s = 0.0  # their sum
         self._last_gaze = (0.0, 0.0)
         self.frames = 0
         self.faces = 0
@@ -545,8 +548,10 @@ class FaceAnalyzer:
         """The stateful part of ``analyze``: features from landmarks and expression
         probabilities at media time t (also usable with landmarks from elsewhere)."""
         self.faces += 1
-        if self._first_face_t is None:
-            self._first_face_t = t
+        last = self._seen[-1][0] if self._seen else t
+        dt = min(max(t - last, 0.0), BASELINE_MAX_DT_S)
+        self._seen.append((t, dt))
+        self._seen_s += dt
         probs = np.asarray(probs, dtype=np.float32)
         g = geometry_from_landmarks(pts)
         v: dict[str, float] = {k: g[k] for k in _RAW_NAMES if k in g}
@@ -568,10 +573,14 @@ class FaceAnalyzer:
             self._closed_since = None
         while self._blinks and self._blinks[0] < t - BLINK_RATE_WINDOW_S:
             self._blinks.popleft()
-        covered = min(t - self._first_face_t, BLINK_RATE_WINDOW_S)
+        while self._seen[0][0] < t - BLINK_RATE_WINDOW_S:
+            self._seen_s -= self._seen.popleft()[1]
+        covered = self._seen_s
         v["eyes_closed"] = float(closed)
         v["blink"] = blink
-        v["blink_rate"] = len(self._blinks) * 60.0 / covered if covered >= BLINK_RATE_MIN_S else 0.0
+        v["blink_rate"] = (
+            len(self._blinks) * 60.0 / covered if covered >= BLINK_RATE_MIN_S - 1e-6 else 0.0
+        )
         # Before the EAR baseline: take EYES_CLOSED_EAR / EYES_CLOSED_FRACTION as the open EAR.
         open_ear = base.mean[i_ear] if ready_ear else EYES_CLOSED_EAR / EYES_CLOSED_FRACTION
         gaze_ok = g["ear"] >= GAZE_MIN_EAR_FRACTION * open_ear

@@ -353,6 +353,25 @@ def test_roll_expressions_and_blink_rate_relative_to_the_baseline(expression, as
     assert frames[599].blink_rate > 40 and frames[599].blink_rate_z > 5  # 20 blinks in 20 s
 
 
+def test_blink_rate_counts_the_time_the_face_was_seen(expression, astronaut_features):
+    """A blink every 3 s (20 per minute) while the face is seen, 0-15 s and from 35 s; none
+    between (no face). Time without a face is not observed time: the rate stays near 20
+    when the face comes back (it read 6 per minute, as if the eyes were open and still)."""
+    pts, happy = astronaut_features.landmarks, astronaut_features.probs
+    frames: dict[int, FaceFeatures] = {}
+    with FaceAnalyzer(expression, static_images=True) as fa:
+        for k in range(450):
+            t = k / RATE
+            if 15 <= t < 35:
+                continue  # no face: the analyzer gets no landmarks
+            p = _eyes_shut(pts) if k % 30 == 15 else pts
+            frames[k] = fa.update(p, t, happy, 512)
+    assert frames[149].blink_rate == pytest.approx(20.0, abs=2.5)
+    # back after 20 s away: 3 blinks in the 10 + 1 s of face of the last 30 s, then more
+    assert frames[351].blink_rate == pytest.approx(60 * 3 / 11.0, abs=1.5)
+    assert all(15 < frames[k].blink_rate < 25 for k in range(351, 450))
+
+
 # ---------------------------------------------------------------- cue detectors, crafted features
 
 
