@@ -490,6 +490,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         batch_max=args.batch_max,
         batch_wait_ms=args.batch_wait_ms,
         ice_servers=tuple(args.ice_server or ()),
+        asr_skip=not args.no_asr_skip,
     )
     worker = os.environ.get("AHSTREAM_WORKER")
     if worker is None:
@@ -1490,6 +1491,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=3.0,
         help="end a session after this many seconds without media (default 3)",
+    )
+    s.add_argument(
+        "--no-asr-skip",
+        action="store_true",
+        help="a session whose speech recognition falls more than a hop behind decodes every "
+        "hop anyway (its transcript may then lag without bound); by default it skips to the "
+        "newest audio (counted in status.asr_skipped). For measuring the words exactly",
     )
     s.add_argument(
         "--max-sessions",

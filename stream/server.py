@@ -63,6 +63,7 @@ class ServerConfig:
     batch_max: int = 8  # cross-session batching of model runs (stream.batching); 1: off
     batch_wait_ms: float = 2.0  # longest a request is held for a batch; 0: off
     ice_servers: tuple[str, ...] = ()  # --ice-server URLs; none: host candidates only
+    asr_skip: bool = True  # --no-asr-skip: False (a session behind decodes every ASR hop)
 
 
 class Server:
@@ -105,6 +106,7 @@ class Server:
             executor=self.executor,
             asr_executor=self.asr_executor,
             live=True,
+            asr_skip=self.config.asr_skip,
         )
         self.publishers[session_id] = publisher
         return session

@@ -115,6 +115,7 @@ class Session:
         text_delay_s: float = TEXT_DELAY_S,
         audio_delay_s: float = AUDIO_DELAY_S,
         asr_hop_s: float | None = None,
+        asr_skip: bool = True,
     ) -> None:
         if not 1.0 <= analysis_hz <= 50.0:
             raise ValueError("analysis_hz must be between 1 and 50")
@@ -128,6 +129,9 @@ class Session:
         self.executor = executor
         self.asr_executor = asr_executor if asr_executor is not None else executor
         self.live = live
+        # A live session whose ASR falls more than a hop behind skips to the newest audio
+        # (False: it decodes every hop however late, e.g. to measure the words exactly).
+        self.asr_skip = asr_skip
         self.text_delay_s = text_delay_s
         self.audio_delay_s = audio_delay_s
         self.clock = SessionClock()
@@ -492,7 +496,7 @@ class Session:
                     await self._wake_asr.wait()
                 if self.ring.end_time < s - 1e-9:
                     break
-                if self.live:
+                if self.live and self.asr_skip:
                     newest = int(self.ring.end_time * 1000 + 1e-6) // hop_ms
                     if newest > k + 1:  # more than a hop behind: decode the newest audio
                         self.asr_skipped += newest - k

@@ -167,7 +167,10 @@ class ServeProcess:
 
 @pytest.fixture(scope="session")
 def server():
-    srv = ServeProcess()
+    # Decoding every ASR hop however late: the live-vs-analyze comparisons need the same
+    # step schedule, and a loaded test machine must not skip hops (the skipping itself is
+    # tested on a session, tests/test_session_faults.py).
+    srv = ServeProcess("--no-asr-skip")
     yield srv
     srv.stop()
 

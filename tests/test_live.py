@@ -37,7 +37,7 @@ def test_live_call_gives_transcript_probabilities_and_decision(live_call_events,
     assert all(e["v"] == 1 and e["session"] == events[0]["session"] for e in events)
 
     status = _of(events, "status")
-    assert status and status[-1]["asr_skipped"] == 0  # the ASR kept up: every hop decoded
+    assert status and status[-1]["asr_skipped"] == 0  # --no-asr-skip: every hop decoded
     assert wer(reference, _committed(events)) <= 0.15
 
     frames = _of(events, "frame")

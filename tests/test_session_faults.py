@@ -253,6 +253,27 @@ async def test_a_session_ended_right_after_its_video_track_closes_the_face_graph
         analyzer.prepare_face()
 
 
+async def test_a_live_asr_told_not_to_skip_decodes_every_hop(models: Any) -> None:
+    """`serve --no-asr-skip`: a live session 4 s behind (a backlog delivered at once) steps
+    its ASR at every hop of the backlog, none skipped, as a file session does."""
+    audio, _ = librivox_speech()
+    burst = 4 * RATE
+    run = Run(models, live=True, asr_skip=False)
+    s = run.session
+    steps: list[float] = []
+    step = s.asr.step
+    s.asr.step = lambda t: (steps.append(t), step(t))[1]  # type: ignore[method-assign]
+    s.add_track("audio")
+    s.start()
+    s.push_audio(audio[:burst], 0.0)
+    await run.feed(audio[burst : 6 * RATE], t0=burst / RATE)
+    await run.end("audio")
+    hop = s.asr.hop_s
+    assert run.of("status")[-1]["asr_skipped"] == 0
+    assert steps[: int(4 / hop)] == [round((k + 1) * hop, 3) for k in range(int(4 / hop))]
+    assert [e for e in run.of("transcript") if e["final"] and e["t0"] < 4.0]
+
+
 async def test_a_live_asr_that_falls_behind_skips_ahead_and_keeps_up(models: Any) -> None:
     audio, _ = librivox_speech()
     burst = 18 * RATE  # 18 s at once (a stalled connection delivering its backlog) ...
