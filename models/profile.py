@@ -52,8 +52,14 @@ class Models:
 
     @property
     def analysis_hz(self) -> float | None:
-        """The tick rate the weights need (the full profile's TCN), None: any."""
-        return None if self.full is None else self.full.hz
+        """The tick rate the weights need, None: any. The full profile's TCN, and the lite
+        TCN when its p is the one published (its dilations count ticks of the rate it was
+        trained at); the lite text model's p does not depend on the rate."""
+        if self.full is not None:
+            return self.full.hz
+        if self.tcn is not None and self.tcn.decision().get("source") == "tcn":
+            return float(self.tcn.metadata["hz"])
+        return None
 
     @property
     def frame_hz(self) -> float | None:

@@ -203,8 +203,11 @@ def fold_text_models(
 
 
 def aggregate(p: np.ndarray, method: str, hz: float = HZ) -> np.ndarray:
-    """Running video-level p after each tick (as `stream.aggregate.VideoAggregator`)."""
+    """Running video-level p after each tick (as `stream.aggregate.VideoAggregator`;
+    ValueError for a p that is not a number in [0, 1])."""
     p = np.asarray(p, dtype=np.float64)
+    if not np.all((p >= 0.0) & (p <= 1.0)):
+        raise ValueError("frame probabilities must be numbers in [0, 1]")
     n = np.arange(1, p.size + 1)
     if method == "last":
         return p.copy()

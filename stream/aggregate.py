@@ -34,7 +34,10 @@ class VideoAggregator:
         self._max_ma: float | None = None
 
     def add(self, p: float) -> None:
-        """Add the next frame probability."""
+        """Add the next frame probability (ValueError if it is not a number in [0, 1]:
+        a NaN would stay in the mean for good, and vanish from the 1 s maximum)."""
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"a frame probability must be in [0, 1], not {p}")
         self._n += 1
         self._sum += p
         self._last = p

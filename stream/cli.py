@@ -324,7 +324,8 @@ def _profile_models(args: argparse.Namespace, **options: Any) -> Any:
     if need is not None and args.analysis_hz is not None and abs(args.analysis_hz - need) > 1e-9:
         raise SystemExit(
             f"ahstream {args.command}: --analysis-hz {args.analysis_hz:g} differs from the "
-            f"{need:g} Hz the --weights-dir TCN was trained at (leave it out)"
+            f"{need:g} Hz the {'--weights-dir' if args.profile == 'full' else 'published'} TCN "
+            "was trained at (leave it out)"
         )
     args.analysis_hz = need or (10.0 if args.analysis_hz is None else args.analysis_hz)
     low, high = ANALYSIS_HZ_RANGE

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -725,6 +726,8 @@ class Session:
         """
         try:
             result = await self._analyzer_tick(t, committed, final, frame, audio_t, earlier)
+            if not math.isfinite(result.p):  # not a probability: nothing to publish or add
+                raise FloatingPointError("the model's probability is not a number")
         except Exception as exc:
             self._tick_failed("tick", t, exc)
             return None, None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,20 @@ def test_segments_need_evidence():
     assert len(spans) == 1 and spans[0].t0 == pytest.approx(0.4)
     with pytest.raises(ValueError):
         SegmentTracker(enter=0.4, exit=0.5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_frame_probability_that_is_not_a_number_is_refused(method):
+    """A NaN stayed in the mean for good and vanished from the 1 s maximum; the training
+    copy gave NaN. Both refuse it (the session skips such a tick, reported)."""
+    from models.train_tcn import aggregate
+
+    agg = VideoAggregator(0.5, method)
+    agg.add(0.2)
+    for bad in (math.nan, math.inf, -0.1, 1.5):
+        with pytest.raises(ValueError):
+            agg.add(bad)
+        with pytest.raises(ValueError):
+            aggregate(np.array([0.2, bad, 0.9]), method)
+    agg.add(0.9)
+    assert agg.frames == 2 and agg.p == pytest.approx(aggregate(np.array([0.2, 0.9]), method)[-1])

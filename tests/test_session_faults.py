@@ -442,6 +442,39 @@ async def test_ticks_that_keep_failing_end_the_session_with_its_final_events(
     assert s._asr_task is not None and s._asr_task.done()
 
 
+async def test_a_probability_that_is_not_a_number_skips_its_tick(
+    models: Any, sentences: np.ndarray
+) -> None:
+    """Five ticks whose model output is NaN (a broken model): each is skipped and reported,
+    never published (a NaN is not JSON) nor aggregated (it stayed in the mean for good);
+    the session goes on and decides on the other ticks."""
+    import dataclasses
+    import math
+
+    run = Run(models)
+    s = run.session
+    tick = s.analyzer.tick
+    calls: list[int] = []
+
+    def nan_from_the_20th_tick_to_the_24th(*args: Any, **kw: Any) -> Any:
+        result = tick(*args, **kw)
+        calls.append(1)
+        return dataclasses.replace(result, p=math.nan) if 20 <= len(calls) < 25 else result
+
+    s.analyzer.tick = nan_from_the_20th_tick_to_the_24th  # type: ignore[method-assign]
+    s.add_track("audio")
+    s.start()
+    await run.feed(sentences[: 6 * RATE], realtime=False)
+    await run.end("audio")
+    (error,) = run.of("error")
+    assert "FloatingPointError" in error["message"] and "tick skipped" in error["message"]
+    frames = run.of("frame")
+    assert all(math.isfinite(f["p"]) for f in frames)
+    assert len(frames) == len(calls) - 5
+    ended = run.events[-1]
+    assert ended["type"] == "session.ended" and math.isfinite(ended["decision"]["p"])
+
+
 async def test_a_closed_face_analyzer_stops_the_video_analysis_not_the_session(
     models: Any, sentences: np.ndarray
 ) -> None:

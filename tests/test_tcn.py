@@ -188,6 +188,23 @@ def test_shipped_weights_load_without_pickle(lite):
     assert lite.active == ("text",)
 
 
+def test_a_published_tcn_fixes_the_tick_rate(lite):
+    """The TCN's dilations count ticks: when its p is the published one (a retrain may
+    choose it), sessions must tick at the rate it was trained at; the text model's p does
+    not depend on the rate. (It was served at any --analysis-hz: final p moved by 0.10.)"""
+    from models.profile import Models
+
+    meta = lite.metadata
+    published = FusionTCN(
+        lite.config, lite.arrays, {**meta, "decision": {**meta["decision"], "source": "tcn"}}
+    )
+    text = FusionTCN(
+        lite.config, lite.arrays, {**meta, "decision": {**meta["decision"], "source": "text"}}
+    )
+    assert Models("lite", text=None, tcn=published).analysis_hz == meta["hz"] == 10.0
+    assert Models("lite", text=None, tcn=text).analysis_hz is None
+
+
 def test_shipped_weights_carry_nothing_for_face_voice_conflict(lite):
     from models.train_tcn import TorchFusionTCN
 
