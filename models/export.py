@@ -462,10 +462,11 @@ def export_full(
 
     tcn_file: Path | None = None
     if weights_dir is not None:
-        from models.train_full import HEAD_FILE, TCN_FILE, FullProfileError, read_weights
+        from models.train_full import HEAD_FILE, TCN_FILE, FullProfileError, read_tcn, read_weights
 
         try:
             meta = read_weights(weights_dir)
+            read_tcn(weights_dir, meta)  # a TCN the profile would refuse is not exported
         except FullProfileError as exc:
             raise ExportError(str(exc)) from exc
         wd = Path(weights_dir)
@@ -507,10 +508,11 @@ def _export_head(out: Path, ckpt: Path, opset: int, atol: float) -> dict[str, An
     import torch
 
     from models.conflict_head import ONNX_INPUTS, ONNX_OUTPUTS, export_onnx, load_checkpoint
+    from models.train_full import read_checkpoint
 
     if not ckpt.is_file():
         raise ExportError(f"head checkpoint not found: {ckpt}")
-    net, extra = load_checkpoint(ckpt)
+    net, extra = read_checkpoint(ckpt, load_checkpoint)
     stats = extra.get("stats")
     try:
         path = export_onnx(net, out / "conflict_head.onnx", opset=opset, stats=stats)
@@ -572,10 +574,11 @@ def _export_embedding_tcn(
         step_state_specs,
     )
     from models.embedding_tcn import load as load_tcn
+    from models.train_full import read_checkpoint
 
     if not tcn_file.is_file():
         raise ExportError(f"TCN weights not found: {tcn_file}")
-    tcn, extra = load_tcn(tcn_file)
+    tcn, extra = read_checkpoint(tcn_file, load_tcn)
     seq_path = export_onnx(tcn, out / "embedding_tcn.onnx", opset=opset)
     step_path = export_step_onnx(tcn, out / "embedding_tcn_step.onnx", opset=opset)
     specs = step_state_specs(tcn.cfg)

@@ -62,7 +62,6 @@ from models.bah_features import (
 )
 from models.bah_layout import AUDIO_RATE
 from models.embedding_tcn import EmbeddingTCN, RunnerTCNStream, TCNStream
-from models.embedding_tcn import load as load_tcn
 
 __all__ = [
     "BACKENDS",
@@ -170,8 +169,8 @@ def load_full_profile(
     missing ``engine_dir``, `models.export.ExportError` for an export of other weights,
     `models.tensorrt.TensorRTUnavailable` for "tensorrt" without TensorRT or a GPU."""
     from models.train_full import (
-        TCN_FILE,
         FullProfileError,
+        read_tcn,
         read_weights,
         served_threshold,
         weights_encoders,
@@ -208,10 +207,8 @@ def load_full_profile(
     # they stay on the CPU, off the GPU the graphs run on.
     encoders = weights_encoders(meta, encoders, device if backend == "native" else "cpu")
     wd = Path(weights_dir)
-    tcn, extra = load_tcn(wd / TCN_FILE)
+    tcn, extra = read_tcn(wd, meta)
     ticks = TickConfig(**meta["ticks"])
-    if abs(float(extra.get("hz", ticks.hz)) - ticks.hz) > 1e-9:
-        raise FullProfileError(f"{wd}: the TCN and {wd / 'full_profile.json'} disagree on hz")
     tcn_runner = None
     if manifest is not None and engine_dir is not None:
         tcn_runner = _use_exported(encoders, manifest, Path(engine_dir), backend, device)

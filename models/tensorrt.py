@@ -147,6 +147,10 @@ def shape_problem(
     )
 
 
+#: The TensorRT major version the engine builder is written for (pyproject's `gpu` extra).
+SUPPORTED_MAJOR = 10
+
+
 def import_tensorrt() -> Any:
     """The ``tensorrt`` module; TensorRTUnavailable (with the reason) when absent."""
     if importlib.util.find_spec("tensorrt") is None:
@@ -154,9 +158,17 @@ def import_tensorrt() -> Any:
             "TensorRT is not installed (pip install '.[gpu]' on a machine with an NVIDIA GPU)"
         )
     try:
-        return importlib.import_module("tensorrt")
+        trt = importlib.import_module("tensorrt")
     except (ImportError, OSError) as exc:  # e.g. libnvinfer or the CUDA driver missing
         raise TensorRTUnavailable(f"TensorRT does not load here: {exc}") from exc
+    version = str(getattr(trt, "__version__", "0"))
+    if version.split(".")[0] != str(SUPPORTED_MAJOR):
+        raise TensorRTUnavailable(
+            f"TensorRT {version} is not supported: the engines are built with TensorRT "
+            f"{SUPPORTED_MAJOR}'s FP16 flags and per-layer precisions (TensorRT 11 removed "
+            f"them); pip install 'tensorrt>={SUPPORTED_MAJOR},<{SUPPORTED_MAJOR + 1}'"
+        )
+    return trt
 
 
 def gpu_name() -> str:

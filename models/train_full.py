@@ -42,6 +42,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
 import numpy as np
@@ -627,7 +628,54 @@ def read_weights(weights_dir: str | Path) -> dict[str, Any]:
         raise FullProfileError(f"{d / PROFILE_JSON}: invalid JSON: {e}") from e
     if meta.get("format") != FORMAT_VERSION or meta.get("profile") != "full":
         raise FullProfileError(f"{d / PROFILE_JSON}: not a full-profile weights file")
+    try:
+        TickConfig(**meta["ticks"])
+        if len(meta["dims"]) != len(MODALITIES) or set(meta["encoders"]) != set(MODALITIES):
+            raise ValueError("dims and encoders must name the three modalities")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FullProfileError(
+            f"{d / PROFILE_JSON}: incomplete or from another version of ahstream "
+            f"({type(exc).__name__}: {exc}); retrain with `ahstream train --profile full`"
+        ) from exc
     return meta
+
+
+def read_checkpoint(
+    path: Path, load: Any, needs: Sequence[str] = ()
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``load(path)``: a checkpoint of a weights directory (the TCN's, the head's) and its
+    extras, with the extras ``needs``; FullProfileError naming the file when it is damaged,
+    truncated or written by another version of ahstream."""
+    try:
+        model, extra = load(path)
+    except (KeyError, TypeError, ValueError, EOFError, OSError, RuntimeError, UnpicklingError) as e:
+        raise FullProfileError(
+            f"{path}: cannot be read ({type(e).__name__}: {e}); retrain with "
+            "`ahstream train --profile full`"
+        ) from e
+    missing = [k for k in needs if k not in extra]
+    if missing:
+        raise FullProfileError(
+            f"{path}: lacks {', '.join(missing)} (another version of ahstream?); retrain with "
+            "`ahstream train --profile full`"
+        )
+    return model, extra
+
+
+def read_tcn(weights_dir: str | Path, meta: dict[str, Any]) -> tuple[EmbeddingTCN, dict[str, Any]]:
+    """The TCN of a weights directory and its extras, checked against ``meta`` (its
+    ``full_profile.json``): the encoder widths and the tick rate it was trained on."""
+    path = Path(weights_dir) / TCN_FILE
+    tcn, extra = read_checkpoint(path, load_tcn, needs=("threshold",))
+    assert isinstance(tcn, EmbeddingTCN)
+    if list(tcn.cfg.in_dims) != list(meta["dims"]):
+        raise FullProfileError(
+            f"{path}: takes embeddings of widths {list(tcn.cfg.in_dims)}, the encoders of "
+            f"{PROFILE_JSON} give {list(meta['dims'])}"
+        )
+    if abs(float(extra.get("hz", meta["ticks"]["hz"])) - float(meta["ticks"]["hz"])) > 1e-9:
+        raise FullProfileError(f"{path}: the TCN and {PROFILE_JSON} disagree on hz")
+    return tcn, extra
 
 
 def weights_encoders(
@@ -681,7 +729,7 @@ def evaluate_full(
     those of the service's video decision (the TCN's `SERVED_METHOD` aggregate against its
     video-level threshold: what `ahstream serve`/`analyze` decide). ``submission`` writes
     the challenge CSV of the split (the head's). The feature cache defaults to the one
-    training used.
+    training used, if it is there, else ``<weights_dir>/feature-cache``.
     """
     meta = read_weights(weights_dir)
     layout = BahLayout(bah_root)
@@ -689,13 +737,15 @@ def evaluate_full(
     wd = Path(weights_dir)
     encoders = weights_encoders(meta, encoders, device)
     ticks = TickConfig(**meta["ticks"])
-    cache = FeatureCache(
-        Path(cache_dir) if cache_dir else Path(meta.get("feature_cache", wd / "feature-cache"))
-    )
+    # The cache training used, where it still is (a weights directory copied from another
+    # machine names a path of that machine), else one in the weights directory.
+    recorded = meta.get("feature_cache")
+    default = Path(recorded) if recorded and Path(recorded).is_dir() else wd / "feature-cache"
+    cache = FeatureCache(Path(cache_dir) if cache_dir else default)
     extractor = FeatureExtractor(layout, encoders, cache, ticks)
     feats = _restrict(extractor.split(videos, progress), meta.get("modalities", MODALITIES))
 
-    head, extra = load_checkpoint(wd / HEAD_FILE)
+    head, extra = read_checkpoint(wd / HEAD_FILE, load_checkpoint, ("alpha", "threshold", "stats"))
     alpha, threshold = float(extra["alpha"]), float(extra["threshold"])
     rows = _head_rows(feats, str(extra.get("video_level", "windows")))
     full_l, text_l = _head_logits(head, _normalize(rows, extra["stats"]))
@@ -706,7 +756,7 @@ def evaluate_full(
         "alpha": alpha,
     }
 
-    tcn, tcn_extra = load_tcn(wd / TCN_FILE)
+    tcn, tcn_extra = read_tcn(wd, meta)
     tick_p = _tick_probs(tcn, feats)
     y_fr, p_fr = frame_scores(feats, tick_p, _frame_split(layout, split))
     frame_thr = float(tcn_extra["threshold"])

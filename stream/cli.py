@@ -30,6 +30,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "tick_hz": ANALYSIS_HZ_RANGE,
     "asr_hop": ASR_HOP_RANGE_S,
     "port": (1, 65535),
+    # HuBERT's inputs up to 30 s: the TensorRT engines' profile (models.tensorrt) stops there
+    "audio_window": (0.025, 30.0),
 }
 #: Secrets also read from the environment, which (unlike the command line) other users of
 #: the machine cannot see in the process list.
@@ -38,7 +40,7 @@ TOKEN_ENV = "AHSTREAM_TOKEN"  # --token of `send` and `listen`
 #: Loggers kept at WARNING whatever --log-level says (see `main`).
 WEBRTC_LOGGERS = ("aiortc", "aioice")
 #: Numeric options (by dest) that must be > 0, whichever command has them.
-POSITIVE = ("idle_timeout", "max_sessions", "max_duration", "epochs", "audio_window")
+POSITIVE = ("idle_timeout", "max_sessions", "max_duration", "epochs")
 
 
 def _number_problem(args: argparse.Namespace) -> str | None:
@@ -1066,6 +1068,10 @@ def _full_profile_call(command: str, call: Any) -> tuple[int, dict[str, Any] | N
     except BahLayoutError as exc:  # a malformed file of the layout
         print(f"ahstream {command}: {exc}", file=sys.stderr)
         return 1, None
+    except OSError as exc:  # e.g. a feature cache that cannot be written
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ahstream {command}: {where}{_reason(exc)}", file=sys.stderr)
+        return 1, None
     except RuntimeError as exc:  # e.g. torch failing on the device (no driver, out of memory)
         log.debug("%s failed", command, exc_info=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -1706,7 +1712,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=2.0,
         metavar="S",
-        help="full: seconds of audio each tick's voice embedding hears (default %(default)g)",
+        help="full: seconds of audio each tick's voice embedding hears, up to 30 (the "
+        "TensorRT engines' limit; default %(default)g)",
     )
     t.add_argument(
         "--json", action="store_true", help="no progress bar (the JSON metrics are always printed)"

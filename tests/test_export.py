@@ -494,6 +494,25 @@ class _Scaled(torch.nn.Module):
         return h, torch.sigmoid(h[:, :2] / 40.0)
 
 
+def test_a_tensorrt_of_another_major_version_is_refused_with_the_reason(monkeypatch):
+    """TensorRT 11 removed the FP16 builder flags and layer precisions the engines are
+    built with (export failed with AttributeError: FP16): any other major version is
+    refused when imported, with what to install."""
+    import types
+
+    import models.tensorrt as trt_module
+
+    for version, ok in (("10.16.1.11", True), ("11.4.0.106", False), ("9.3.0", False)):
+        fake = types.SimpleNamespace(__version__=version)
+        monkeypatch.setattr(trt_module.importlib.util, "find_spec", lambda name: object())
+        monkeypatch.setattr(trt_module.importlib, "import_module", lambda name, m=fake: m)
+        if ok:
+            assert trt_module.import_tensorrt() is fake
+        else:
+            with pytest.raises(TensorRTUnavailable, match=f"TensorRT {version} is not supported"):
+                trt_module.import_tensorrt()
+
+
 def _fake_tensorrt(monkeypatch, error=None):
     """models.tensorrt without a GPU: its engine is ONNX Runtime plus ``error`` (output name
     -> what to add); building and caching run as on a GPU."""

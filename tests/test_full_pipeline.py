@@ -467,6 +467,50 @@ def test_train_and_evaluate_refuse_an_unusable_device_in_one_line(
     assert capsys.readouterr().err == "ahstream train: CUDA error: no kernel image is available\n"
 
 
+def test_a_weights_dir_from_another_machine_caches_its_features_beside_itself(
+    full_trained: dict[str, Any],
+    bah_fx: BahFixture,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`evaluate` caches features where training did: a weights directory copied from
+    another machine names a path of that machine (it created it, or failed with a
+    traceback where it could not). It uses its own `feature-cache` then; a --cache-dir
+    that cannot be made is one line."""
+    moved = tmp_path / "moved"
+    shutil.copytree(full_trained["out"], moved, ignore=shutil.ignore_patterns("feature-cache"))
+    meta = json.loads((moved / "full_profile.json").read_text())
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    meta["feature_cache"] = str(blocker / "elsewhere" / "cache")  # unusable here
+    (moved / "full_profile.json").write_text(json.dumps(meta))
+    evaluate = ["evaluate", "--bah-root", str(bah_fx.root), "--weights-dir", str(moved), "--json"]
+    assert main(evaluate) == 0
+    assert (moved / "feature-cache").is_dir() and not (blocker.parent / "elsewhere").exists()
+    capsys.readouterr()
+    assert main([*evaluate, "--cache-dir", str(blocker / "x")]) == 1
+    assert capsys.readouterr().err.endswith(": Not a directory\n")
+
+
+def test_an_audio_window_the_engines_cannot_take_is_refused(
+    bah_fx: BahFixture,
+    tiny_encoders: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The TensorRT engines take up to 30 s of audio: a longer --audio-window trained fine
+    and then failed every tick under TensorRT."""
+    argv = _train_argv(bah_fx, tiny_encoders, tmp_path / "w")
+    i = argv.index("--audio-window")
+    for value in ("40", "0"):
+        argv[i + 1] = value
+        assert main(argv) == 2
+        assert f"--audio-window must be between 0.025 and 30 (got {value})" in (
+            capsys.readouterr().err
+        )
+    assert not (tmp_path / "w").exists()
+
+
 # --- features: what each tick sees ----------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ The pure-tone audio gives Whisper no words: text is masked live, face and voice 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import threading
 from collections import defaultdict
@@ -239,6 +240,72 @@ def test_the_full_profile_refuses_to_run_without_trained_weights(
     with pytest.raises(SystemExit, match="--analysis-hz 10 differs from the 2 Hz"):
         main(["analyze", mp4, "--profile", "full", "--weights-dir", ckpt, "--analysis-hz", "10"])
     assert not (tmp_path / "e.jsonl").exists()
+
+
+def _damaged(src: Path, dst: Path, damage: str) -> Path:
+    """A copy of the weights directory ``src`` with one kind of ``damage``."""
+    import shutil
+
+    from models.embedding_tcn import EmbeddingTCN, EmbeddingTCNConfig
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("feature-cache"))
+    tcn_file, meta_file = dst / "embedding_tcn.pt", dst / "full_profile.json"
+    meta = json.loads(meta_file.read_text())
+    if damage == "truncated":
+        tcn_file.write_bytes(tcn_file.read_bytes()[:1000])
+    elif damage == "empty":
+        tcn_file.write_bytes(b"")
+    elif damage in ("no threshold", "other widths", "newer config"):
+        tcn, extra = load_tcn(tcn_file)
+        if damage == "no threshold":
+            extra.pop("threshold")
+        if damage == "other widths":  # e.g. trained with other encoders
+            tcn = EmbeddingTCN(EmbeddingTCNConfig(64, 64, 64, d=8, channels=8))
+        tcn.save(tcn_file, **extra)
+        if damage == "newer config":  # a field this version does not know
+            ckpt = torch.load(tcn_file, weights_only=True)
+            ckpt["config"]["norm"] = "rms"
+            torch.save(ckpt, tcn_file)
+    elif damage == "no ticks":
+        del meta["ticks"]
+    elif damage == "no audio encoder":
+        del meta["encoders"]["audio"]
+    meta_file.write_text(json.dumps(meta))
+    return dst
+
+
+DAMAGE = {
+    "truncated": "embedding_tcn.pt: cannot be read (RuntimeError",
+    "empty": "embedding_tcn.pt: cannot be read (EOFError",
+    "no threshold": "embedding_tcn.pt: lacks threshold",
+    "other widths": "embedding_tcn.pt: takes embeddings of widths [64, 64, 64], the encoders",
+    "newer config": "embedding_tcn.pt: cannot be read (TypeError",
+    "no ticks": "full_profile.json: incomplete or from another version",
+    "no audio encoder": "full_profile.json: incomplete or from another version",
+}
+
+
+def test_a_damaged_weights_directory_is_one_line_naming_its_file(
+    tmp_path: Path, full_trained: dict[str, Any], bah_fx: BahFixture, capsys: Any
+) -> None:
+    """Weights from another version, a truncated copy, a TCN trained on other encoders:
+    each is refused when loaded, by `serve`/`analyze`, `evaluate` and `export`, in one line
+    naming the file (they were tracebacks: KeyError, EOFError, TypeError; the TCN of other
+    widths loaded and then failed every tick)."""
+    mp4 = str(bah_fx.root / bah_fx.by_split("test")[0].video_id)
+    for damage, message in DAMAGE.items():
+        wd = _damaged(full_trained["out"], tmp_path / damage.replace(" ", "_"), damage)
+        with pytest.raises(FullProfileError, match=re.escape(message)):
+            load_models("full", weights_dir=str(wd), asr=False, face=False)
+        with pytest.raises(SystemExit) as exited:
+            main(["analyze", mp4, "--profile", "full", "--weights-dir", str(wd), "--json"])
+        assert message in str(exited.value), damage
+        evaluate = ["evaluate", "--bah-root", str(bah_fx.root), "--weights-dir", str(wd)]
+        assert main([*evaluate, "--json"]) == 2, damage
+        assert message in capsys.readouterr().err, damage
+        assert main(["export", "--profile", "full", "--weights-dir", str(wd), "--backend",
+                     "onnx", "--out", str(tmp_path / "x"), "--json"]) == 1  # fmt: skip
+        assert message in capsys.readouterr().err, damage
 
 
 def test_the_full_profile_encoders_are_batched_across_sessions(
