@@ -130,6 +130,10 @@ class Encoders:
         """Model id or path of each encoder."""
         return {m: str(getattr(self, m).name) for m in MODALITIES}
 
+    def fingerprints(self) -> dict[str, str | None]:
+        """SHA-256 of each encoder's weights (None: not known)."""
+        return {m: getattr(getattr(self, m), "fingerprint", None) for m in MODALITIES}
+
 
 def _model_config(encoder: Any) -> str:
     """The transformers config of an encoder (on it, or on the network its runner wraps)."""
@@ -141,13 +145,15 @@ def _model_config(encoder: Any) -> str:
 
 
 def encoder_key(modality: str, encoder: Any, ticks: TickConfig) -> str:
-    """Cache key: modality, encoder name and a hash of its config and the tick settings."""
+    """Cache key: modality, encoder name and a hash of its config, its weights and the tick
+    settings."""
     plain = {k: getattr(encoder, k, None) for k in ("dim", "num_frames", "image_size", "normalize")}
     body = json.dumps(
         {
             "cfg": _model_config(encoder),
             "plain": plain,
             "name": str(getattr(encoder, "name", "")),
+            "weights": getattr(encoder, "fingerprint", None),  # other weights, same name
             "class": type(encoder).__name__,
             "ticks": {k: v for k, v in ticks.as_dict().items() if k != "batch"},
             "v": 1,

@@ -35,6 +35,7 @@ Nothing here serves a probability: these are feature extractors for heads traine
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -288,6 +289,21 @@ class _HubEncoder:
         self.runner: Runner = _DeviceRunner(
             self.graph, self.input_names, self.output_names, name, device
         )
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str | None:
+        """SHA-256 of the network's weights (names, dtypes, shapes, values): what a weights
+        directory records of the encoders it was trained on, so that other weights behind
+        the same name or path are noticed. None once the network is released uncomputed."""
+        if self._fingerprint is None and self.graph is not None:
+            digest = hashlib.sha256()
+            for key, tensor in sorted(self.graph.state_dict().items()):
+                t = tensor.detach().to("cpu").contiguous()
+                digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+                digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     def use_runner(self, runner: Runner, release: bool = False) -> None:
         """Run the network through ``runner`` (e.g. an ``OrtRunner`` over ``export_onnx``).

@@ -581,6 +581,8 @@ def train_full(
         "format": FORMAT_VERSION,
         "profile": "full",
         "encoders": encoders.names(),
+        # Their weights: other files behind the same names are refused when loaded.
+        "encoder_sha256": encoders.fingerprints(),
         # Preprocessing that is not in the model files everywhere: serving must repeat it.
         "audio_normalize": getattr(encoders.audio, "normalize", None),
         "dims": list(dims),
@@ -685,7 +687,9 @@ def weights_encoders(
 
     The speech encoder normalises its input as in training: loaded with the recorded
     ``audio_normalize``, or refused (FullProfileError) if ``encoders`` does otherwise.
-    Weights written before it was recorded (no ``audio_normalize``) are not checked.
+    Encoders whose weights are not the ones trained on (``encoder_sha256``: another model
+    saved under the same path, a newer hub revision) are refused. Weights written before
+    these were recorded are not checked.
     """
     recorded = meta.get("audio_normalize")
     if encoders is None:
@@ -697,6 +701,14 @@ def weights_encoders(
         raise FullProfileError(
             f"encoder widths {list(encoders.dims)} differ from the weights' {meta['dims']}"
         )
+    for modality, trained in meta.get("encoder_sha256", {}).items():
+        now = getattr(getattr(encoders, modality), "fingerprint", None)
+        if trained and now and now != trained:
+            raise FullProfileError(
+                f"the {modality} encoder {getattr(encoders, modality).name} is not the one "
+                f"these weights were trained on (its weights differ: {now[:12]}, trained on "
+                f"{trained[:12]}); give that model or retrain"
+            )
     used = getattr(encoders.audio, "normalize", None)
     if recorded is not None and used != recorded:
         raise FullProfileError(

@@ -308,6 +308,37 @@ def test_a_damaged_weights_directory_is_one_line_naming_its_file(
         assert message in capsys.readouterr().err, damage
 
 
+def test_encoders_other_than_the_ones_trained_on_are_refused(
+    tmp_path: Path, full_trained: dict[str, Any]
+) -> None:
+    """A weights directory records its encoders' weights (SHA-256), not only their paths:
+    other weights saved under the same path (or a newer hub revision) were served silently
+    with the TCN trained on the old embeddings. Now they are refused when loaded, and the
+    feature cache keys on the weights too."""
+    import shutil
+
+    from models.bah_features import encoder_key
+    from tests.tiny_models import make_tiny_encoders
+
+    wd = tmp_path / "w"
+    shutil.copytree(full_trained["out"], wd, ignore=shutil.ignore_patterns("feature-cache"))
+    meta = json.loads((wd / "full_profile.json").read_text())
+    assert all(len(meta["encoder_sha256"][m]) == 64 for m in ("video", "audio", "text"))
+    moved = {}
+    for m, src in meta["encoders"].items():  # the same models, at paths of this test's own
+        moved[m] = str(tmp_path / "enc" / Path(src).name)
+        shutil.copytree(src, moved[m])
+    meta["encoders"] = moved
+    (wd / "full_profile.json").write_text(json.dumps(meta))
+    before = load_full_profile(wd, face_crop="centre")
+    key = encoder_key("audio", before.encoders.audio, TickConfig())
+    make_tiny_encoders(tmp_path / "enc", seed=7)  # same configs, other weights, same paths
+    with pytest.raises(FullProfileError, match="the video encoder .* is not the one these"):
+        load_full_profile(wd, face_crop="centre")
+    other = load_encoders(moved["video"], moved["audio"], moved["text"])
+    assert encoder_key("audio", other.audio, TickConfig()) != key
+
+
 def test_the_full_profile_encoders_are_batched_across_sessions(
     full_trained: dict[str, Any],
 ) -> None:
