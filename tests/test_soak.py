@@ -1,12 +1,13 @@
 """Soak: one session on an hour of media, fed as fast as it is analysed, keeps memory flat.
 
 An hour of audio (silence with a short espeak-ng sentence every five minutes,
-so the ASR, the transcript and the word/voice cues all work) and small video
-frames at 1 fps go through one `Session` with the lite models at 2 analysis
-ticks per second. After a 10-minute warm-up the process RSS must stay flat to
-the end; the Python heap allocated during the last 20 minutes (tracemalloc, on
-only then: it doubles the run time) and still held at the end must be small; and
-every per-session buffer must stay within its bound.
+so the ASR, the transcript and the word/voice cues all work) and video frames of a
+real face (scikit-image's astronaut, so the face mesh, the expression model, the
+face baselines and the face and cross-modal cues all work) at 1 fps go through one
+`Session` with the lite models at 2 analysis ticks per second. After a 10-minute
+warm-up the process RSS must stay flat to the end; the Python heap allocated during
+the last 20 minutes (tracemalloc, on only then: it doubles the run time) and still
+held at the end must be small; and every per-session buffer must stay within its bound.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from models.cross_cues import FACE_HISTORY_S, FACE_WINDOW_S
+from models.face import BLINK_RATE_WINDOW_S
+from models.face_cues import OSC_WINDOW_S
 from models.word_cues import CONTEXT_BEFORE, CONTRAST_LOOKAHEAD
 from stream.buffers import VideoFrame
 from stream.publisher import Publisher
 from stream.session import Session
+from tests.mediafiles import astronaut_frames
 
 HOUR_S = 3600
 WARMUP_S = 600
@@ -49,6 +54,7 @@ def models():
 def sizes(session: Session) -> dict[str, int]:
     """Lengths of the session's growing structures."""
     az = session.analyzer
+    face = az.face
     return {
         "vad_flags": session.vad.held,
         "slot": len(session.slot),
@@ -58,6 +64,12 @@ def sizes(session: Session) -> dict[str, int]:
         "asr_words": len(session.asr.committed_words),
         "word_cue_tokens": len(az.word_cues._toks),
         "prosody_words": len(az.prosody._words) if az.prosody is not None else 0,
+        "face_blinks": len(face._blinks) if face is not None else 0,
+        "face_seen": len(face._seen) if face is not None else 0,
+        "shake_samples": len(az.face_cues._shake.samples),
+        "nod_samples": len(az.face_cues._nod.samples),
+        "cross_words": len(az.cross_cues._words),
+        "cross_pending": len(az.cross_cues._pending) + len(az.cross_cues._recent),
     }
 
 
@@ -79,14 +91,15 @@ async def test_one_hour_session_keeps_memory_flat(models):
 
     def count(event: Any) -> None:
         counts[event.type] = counts.get(event.type, 0) + 1
+        if event.type == "frame" and event.modalities.get("face"):
+            counts["face"] = counts.get("face", 0) + 1
 
     publisher.listeners.append(count)
     session = Session("soak", models, publisher, analysis_hz=2.0)
     session.add_track("audio")
     session.add_track("video")
     session.start()
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    image = astronaut_frames(1)[0]  # 320 x 240
     silence = np.zeros(16000, dtype=np.float32)
     samples: list[tuple[int, float, int, dict[str, int]]] = []
     started = time.perf_counter()
@@ -98,7 +111,7 @@ async def test_one_hour_session_keeps_memory_flat(models):
             else:
                 session.push_audio(silence, None)
             t_video = session.ring.end_time - 1.0
-            session.push_video(VideoFrame(t=t_video, image=image.copy(), width=64, height=48))
+            session.push_video(VideoFrame(t=t_video, image=image.copy(), width=320, height=240))
             while session.ring.end_time - session.processed_t > 3.0 and not session.done:
                 await _pause(started)
             if sec == TRACE_FROM_S:
@@ -130,6 +143,7 @@ async def test_one_hour_session_keeps_memory_flat(models):
     assert counts["session.ended"] == 1 and counts.get("error", 0) == 0
     assert counts["frame"] >= HOUR_S * 2 - 2
     assert counts.get("transcript", 0) >= HOUR_S // SPEECH_EVERY_S  # the speech was heard
+    assert counts.get("face", 0) >= 0.9 * counts["frame"]  # and the face seen
     first, last = samples[0], samples[-1]
     # Python heap allocated in the last 20 minutes and still held: the newest transcript
     # words and the entries that replaced old ones in bounded deques, well under 1 MB
@@ -144,3 +158,8 @@ async def test_one_hour_session_keeps_memory_flat(models):
     assert size["prosody_words"] <= 200
     # the word cues keep the words their rules can still look back at, not the session's
     assert size["word_cue_tokens"] <= 64 + CONTEXT_BEFORE + 8 + CONTRAST_LOOKAHEAD + 20
+    # the face's windows hold their seconds of frames (1 per second here), not the session's
+    assert size["face_seen"] <= BLINK_RATE_WINDOW_S + 2 and size["face_blinks"] <= size["face_seen"]
+    assert max(size["shake_samples"], size["nod_samples"]) <= OSC_WINDOW_S + 2
+    assert size["cross_pending"] <= 2 * (FACE_HISTORY_S + FACE_WINDOW_S) + 4
+    assert size["cross_words"] <= 40  # the words of the last sentence at most
