@@ -1,8 +1,9 @@
 """The benchmarks judge what they claim and refuse bad input with one clear line.
 
-Throughput verdicts on synthetic event lists (commit lag over the speech, per word, not
-judged when too few words; ticks without a frame beside the server's dropped frames; CPU
-per media second; a capped round count), the publisher against a real server with a clip
+Throughput verdicts on synthetic event lists (frame events late or without a frame; commit
+lag over the speech, per word, not judged when too few words; ticks without a frame beside
+the server's dropped frames; CPU per media second; the memory slope; a capped round count),
+the server's memory over its processes, the publisher against a real server with a clip
 whose audio is shorter than its video, the idle memory reading, the clip builder (with a
 wheel-shaped zip of a small video built here) and the command lines' errors."""
 
@@ -87,6 +88,87 @@ def test_ticks_without_a_frame_are_not_the_servers_dropped_frames() -> None:
     summary = _round_summary(1, {"rss_peak_mb": None, "cpu_s": 1.0}, [report], None, 5.0)
     assert summary["ticks_without_frame_max"] == 0.0
     assert summary["server_dropped_video_frames"] == [7]
+
+
+def _video_session(latency: Any, frameless: Any = lambda k: False) -> Publication:
+    """A 30 s session: a frame sent every 0.1 s from wall 100, its tick's event ``latency(k)``
+    s after it, with no video frame where ``frameless(k)``."""
+    sent = [(k / 10, 100.0 + k / 10) for k in range(300)]
+    events = [
+        (100.0 + k / 10 + latency(k), {"type": "frame", "t": k / 10, "video_t": k / 10})
+        for k in range(1, 300)
+    ]
+    for _, e in events:
+        if frameless(round(e["t"] * 10)):
+            e["video_t"] = None
+    return Publication(sent=sent, events=sorted(events, key=lambda e: e[0]))
+
+
+def test_frames_late_or_missing_are_not_real_time() -> None:
+    """Each video criterion fails on its own: frame events 1.5 s behind their frames (p95
+    over the 1 s limit, steady, so the lag drift passes), then half the ticks without a
+    frame (on time); an on-time session with every frame passes."""
+    on_time = session_report(_video_session(lambda k: 0.05), 30.0, 10.0, has_video=True)
+    assert on_time["realtime"] and all(v is True for k, v in on_time["criteria"].items()
+                                       if k != "commit_drift")  # fmt: skip
+    late = session_report(_video_session(lambda k: 1.5), 30.0, 10.0, has_video=True)
+    assert late["frame_to_event_ms"]["p95"] == pytest.approx(1500.0, abs=1.0)
+    assert late["criteria"]["frame_to_event_p95"] is False and not late["realtime"]
+    assert late["criteria"]["lag_drift"] is True
+    half = session_report(
+        _video_session(lambda k: 0.05, lambda k: k % 2 == 0), 30.0, 10.0, has_video=True
+    )
+    assert half["ticks_without_frame"] == pytest.approx(0.5, abs=0.01)
+    assert half["criteria"]["ticks_without_frame"] is False and not half["realtime"]
+    assert half["criteria"]["frame_to_event_p95"] is True
+
+
+def test_the_memory_slope_is_over_the_real_time_rounds() -> None:
+    """+100 MB per session over the real-time rounds; a round that was not real time (its
+    memory is the overloaded server's) is left out; one round has no slope."""
+    from benchmarks.throughput import _rss_slope
+
+    rounds = [{"sessions": n, "rss_peak_mb": 700.0 + 100 * n, "realtime": True} for n in (1, 2, 3)]
+    assert _rss_slope(rounds) == pytest.approx(100.0)
+    overloaded = {"sessions": 4, "rss_peak_mb": 2000.0, "realtime": False}
+    assert _rss_slope([*rounds, overloaded]) == pytest.approx(100.0)
+    assert _rss_slope(rounds[:1]) is None
+
+
+def test_server_memory_counts_every_process_of_the_server(tmp_path: Path) -> None:
+    """`serve --processes N` is a front with worker children: their memory is the server's.
+    A parent holding 40 MB and a child holding 60 MB read as about 100 MB, theirs only."""
+    import subprocess
+    import sys
+
+    from benchmarks.live import ServerProcess
+
+    child = "import time; b = b'x' * 60_000_000; time.sleep(60)"
+    parent = (
+        "import subprocess, sys, time; b = b'x' * 40_000_000; "
+        f"c = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+        "print(c.pid, flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    try:
+        child_pid = int(proc.stdout.readline())
+        server = object.__new__(ServerProcess)  # its process handling, on these processes
+        server.proc = proc
+        assert sorted(server.pids()) == sorted([proc.pid, child_pid])
+        reading = settled(server.rss_mb, window_s=0.3, every_s=0.1, timeout_s=10.0)
+        own = sum(
+            int(line.split()[1]) / 1024
+            for pid in (proc.pid, child_pid)
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if line.startswith("VmRSS:")
+        )
+        assert reading is not None and 100 <= reading <= 160
+        assert reading == pytest.approx(own, abs=5.0)
+    finally:
+        subprocess.run(["pkill", "-P", str(proc.pid)], check=False)
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
 
 
 def _session(realtime: bool = True) -> dict[str, Any]:
