@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -72,13 +73,24 @@ RESULTS = Path("benchmarks") / "results"  # relative to where the benchmark runs
 
 
 def machine() -> dict[str, Any]:
-    """Cores, CPU model and memory of this machine (for the results table)."""
-    model = "unknown"
+    """Cores, CPU and memory of this machine (for the results table). Machines whose CPUs
+    share a marketing name ("AMD EPYC") differ in their ``cpu_id`` (family, model, stepping
+    and a hash of the instruction-set flags: int8 kernels pick code paths by them) and
+    ``host`` (a hash of /etc/machine-id, not the id itself)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model", "stepping", "flags"):
+                fields.setdefault(key, value.strip())
+    except OSError:
+        pass
+    flags = hashlib.sha256(fields.get("flags", "").encode()).hexdigest()[:8]
+    cpu_id = "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping"))
+    host = None
+    try:
+        host = hashlib.sha256(Path("/etc/machine-id").read_bytes().strip()).hexdigest()[:12]
     except OSError:
         pass
     mem_gb = None
@@ -87,7 +99,13 @@ def machine() -> dict[str, Any]:
         mem_gb = round(kb / 1024 / 1024, 1)
     except (OSError, ValueError, IndexError):
         pass
-    return {"cores": os.cpu_count(), "cpu": model, "memory_gb": mem_gb}
+    return {
+        "cores": os.cpu_count(),
+        "cpu": fields.get("model name", "unknown"),
+        "cpu_id": f"{cpu_id} flags {flags}",
+        "host": host,
+        "memory_gb": mem_gb,
+    }
 
 
 def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float | None]:

@@ -61,14 +61,15 @@ def _git(*args: str) -> str:
 
 def _commit() -> str | None:
     """The checkout's commit (``+dirty`` with uncommitted changes outside
-    ``benchmarks/results/``, whose files a series of runs rewrites); None when this code is
-    not a git checkout of ahstream (an installed copy has no commit of its own)."""
+    ``benchmarks/results/``, whose files a series of runs rewrites, new files not yet added
+    included); None when this code is not a git checkout of ahstream (an installed copy has
+    no commit of its own)."""
     if not (REPO / "pyproject.toml").is_file() or not (REPO / "stream").is_dir():
         return None
     try:
         head = _git("rev-parse", "--short=12", "HEAD")
         dirty = _git(
-            "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"
+            "status", "--porcelain", "--untracked-files=all", "--", ".", ":!benchmarks/results"
         )
     except (OSError, subprocess.SubprocessError):
         return None

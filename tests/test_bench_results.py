@@ -83,6 +83,12 @@ def test_a_checkout_records_its_commit_and_whether_it_was_changed(
     assert output.run_info()["commit"] == head  # a rewritten result is not a code change
     (repo / "stream" / "session.py").write_text("x = 2\n")
     assert output.run_info()["commit"] == head + "+dirty"
+    subprocess.run([*git, "checkout", "-q", "--", "stream/session.py"], check=True)
+    (repo / "stream" / "new_module.py").write_text("y = 1\n")  # code not added yet
+    assert output.run_info()["commit"] == head + "+dirty"
+    (repo / "benchmarks" / "results" / "new.json").write_text("{}\n")
+    (repo / "stream" / "new_module.py").unlink()
+    assert output.run_info()["commit"] == head  # a new result is not a code change
 
 
 def test_an_installed_copy_claims_no_commit(tmp_path: Path, monkeypatch: Any) -> None:
