@@ -58,7 +58,13 @@ import numpy as np
 from models.face import FEATURE_NAMES as FACE_FEATURES
 from models.prosody import FEATURE_NAMES as VOICE_FEATURES
 from models.prosody import PAUSE_FEATURES
-from models.text_ah import CUE_NAMES, context_question, count_words, lexical_cues, tokenize
+from models.text_ah import (
+    CUE_NAMES,
+    content_tokens,
+    context_question,
+    count_words,
+    lexical_cues,
+)
 
 __all__ = [
     "TEXT_FEATURES",
@@ -183,11 +189,16 @@ class TextStream:
         self.usable = False
 
     def _text_block(self, text: str) -> np.ndarray:
-        n = count_words(text)
+        # The words the text model reads: without fillers when its weights drop them (the
+        # live Whisper writes "um" the training transcripts almost never have), so they
+        # move neither model (one "um" put the TCN's filler cue 11 SD out).
+        drop = self.model.spec.drop_fillers
+        toks = content_tokens(text, drop)
+        n = len(toks) if drop else count_words(text)
         usable = self.model.usable(text)
         z_text, z_q = self.model.scores(text) if usable else self._empty
         p = self.model.combine(z_text, z_q, self.question)
-        cues = lexical_cues(tokenize(text)[-RECENT_WORDS:])
+        cues = lexical_cues(toks[-RECENT_WORDS:])
         self.p_text, self.usable = p, usable
         return np.array(
             [

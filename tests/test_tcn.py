@@ -259,6 +259,29 @@ def test_lite_p_does_not_depend_on_face_or_voice(lite):
         assert shipped.step(x_lite) == p
 
 
+def test_fillers_move_neither_the_text_model_nor_the_tcn(lite):
+    """The live Whisper writes "um" and "uh", which the training transcripts almost never
+    have; the text model drops them, and so do the TCN's text inputs (its filler cue, the
+    word count): one "um" put the filler cue 11 SD out and raised the TCN's final p by
+    0.17 on average over val. The words' timing inputs still see them (they were spoken)."""
+    from models.fusion import TEXT_FEATURES, TextStream
+    from models.text_ah import load as load_text
+
+    model = load_text()
+    assert model.spec.drop_fillers
+    plain, filled = TextStream(model), TextStream(model)
+    said = "well i guess i should exercise more but honestly i never find the time"
+    with_fillers = "well um i guess uh i should exercise more but um honestly i never find the time"
+    a = plain._text_block(said)
+    b = filled._text_block(with_fillers)
+    assert np.array_equal(a, b), [n for n, x, y in zip(TEXT_FEATURES, a, b, strict=False) if x != y]
+    assert plain.p_text == filled.p_text
+    tcn_plain, tcn_filled = lite.fresh(), lite.fresh()
+    x_plain = fusion_input(np.concatenate([a, [0.0, 2.0]]), None, None)
+    x_filled = fusion_input(np.concatenate([b, [0.0, 2.0]]), None, None)
+    assert tcn_plain.step(x_plain) == tcn_filled.step(x_filled)
+
+
 def test_analyzer_p_same_with_and_without_face_and_voice(lite, monkeypatch):
     """The session's per-tick path: face and voice reach the cues, never the probability."""
     from types import SimpleNamespace
