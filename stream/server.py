@@ -139,6 +139,7 @@ class Server:
             except Exception as exc:  # its connection is gone anyway; the rest must go too
                 log_failure(log, exc, "session %s: closing the ended session failed", sid)
             self.live.pop(sid, None)
+            del live  # only its publisher lingers (late subscribers): the session is freed
             # Hand the session's freed heap back to the system (about 15 ms, off the loop).
             await asyncio.get_running_loop().run_in_executor(None, trim_heap)
             await asyncio.sleep(self.config.linger_s)

@@ -105,6 +105,11 @@ class LiveSession:
         if self._watchdog is not None:
             self._watchdog.cancel()
         await self.session.finish(reason)
+        # Nothing may keep the ended session in a reference cycle, which only Python's full
+        # garbage collection (rare on a server) frees: a cancelled task's exception holds
+        # its frame (the watchdog's holds this object), the connection's handlers hold it.
+        self._tasks, self._watchdog = [], None
+        self.pc.remove_all_listeners()
 
     async def watchdog(self) -> None:
         """End the session when media stops arriving or it reaches its maximum duration."""
