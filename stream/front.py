@@ -48,8 +48,10 @@ from stream.serving import (
     WS_MAX_MSG,
     AccessLogger,
     add_routes,
+    close_subscriber,
     new_event_loop,
     read_body,
+    send_to_subscriber,
     static_name_ok,
 )
 
@@ -433,15 +435,16 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
         raise
 
     ended = False  # the session's last event (session.ended) was relayed
+    stuck = False  # the subscriber read nothing for SEND_TIMEOUT_S
 
     async def pump() -> None:
-        nonlocal ended
+        nonlocal ended, stuck
         async for msg in upstream:
             if msg.type == WSMsgType.TEXT:
-                await ws.send_str(msg.data)
+                if not await send_to_subscriber(ws, request, msg.data):
+                    stuck = True  # it reads nothing: cut off (aborted), as a worker does
+                    return
                 ended = ended or _is_session_end(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await ws.send_bytes(msg.data)
 
     async def drain_client() -> None:
         async for msg in ws:  # subscribers have nothing to say; ignore what they send
@@ -460,10 +463,12 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
                 # a subscriber or worker that went away mid-send: the relay just ends
                 log.debug("event relay ended: %r", task.exception())
         await upstream.close()
-        if ended or ws.closed:
-            await ws.close()
+        if ended or ws.closed or stuck:
+            await close_subscriber(ws, request)
         else:  # the worker went away mid-session (it died): not a normal end of the stream
-            await ws.close(code=aiohttp.WSCloseCode.INTERNAL_ERROR, message=WORKER_LOST.encode())
+            await close_subscriber(
+                ws, request, code=aiohttp.WSCloseCode.INTERNAL_ERROR, message=WORKER_LOST.encode()
+            )
     return ws
 
 

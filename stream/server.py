@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,11 +20,14 @@ from stream.metrics import ServerMetrics, metrics_endpoint
 from stream.publisher import Publisher
 from stream.redaction import log_failure, redact_server_log
 from stream.serving import (
+    SEND_TIMEOUT_S,
     SERVER,
     AccessLogger,
     add_routes,
+    close_subscriber,
     ice_configuration,
     new_event_loop,
+    send_to_subscriber,
     static_name_ok,
     tls_context,
     trim_heap,
@@ -38,6 +42,13 @@ log = logging.getLogger(__name__)
 
 ASR_WORKERS = 2  # concurrent Whisper decodes (models.profile.load_models asr_workers)
 ASR_NICE = 10  # Whisper's threads yield the CPU to frame analysis, decoding and the loop
+#: Event websockets per session at once (more get 503): each costs a queue and, on joining,
+#: a replay of the session's critical events.
+MAX_SUBSCRIBERS = 32
+#: Messages sent in a row before the handler lets the event loop run other work (a late
+#: joiner's replay is thousands of messages, each sent without waiting while the socket
+#: takes them).
+SEND_BURST = 64
 
 
 @dataclass
@@ -85,6 +96,7 @@ class Server:
         # would send a STUN request to Google with every offer).
         self.rtc_configuration = ice_configuration(config.ice_servers)
         self._reapers: set[asyncio.Task[None]] = set()
+        self.watchers: Counter[str] = Counter()  # event websockets open, per session
         self.metrics = ServerMetrics(
             active_sessions=lambda: self.active_sessions,
             subscribers=lambda: sum(p.subscribers for p in self.publishers.values()),
@@ -164,15 +176,25 @@ class Server:
 
 
 async def events_ws(request: web.Request) -> web.StreamResponse:
-    """Websocket stream of one session's events (critical ones replayed on join)."""
+    """Websocket stream of one session's events (critical ones replayed on join).
+
+    At most `MAX_SUBSCRIBERS` per session (503 beyond); a subscriber that reads nothing
+    for `SEND_TIMEOUT_S` while its buffers are full is cut off (its connection aborted);
+    the sends yield to the event loop every `SEND_BURST` messages."""
     server: Server = request.app[SERVER]
     session_id = request.match_info["session"]
     publisher = server.publishers.get(session_id)
     if publisher is None:
         raise web.HTTPNotFound(text="unknown session\n")
     server.auth.require_read(request, session_id, query=True)
+    if server.watchers[session_id] >= MAX_SUBSCRIBERS:
+        raise web.HTTPServiceUnavailable(
+            text=f"this session has {MAX_SUBSCRIBERS} subscribers already\n",
+            headers={"Retry-After": "10"},
+        )
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=server.config.ws_max_msg)
     await ws.prepare(request)
+    server.watchers[session_id] += 1
     sub = publisher.subscribe()
 
     async def read() -> None:
@@ -183,15 +205,25 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
 
     reader = asyncio.get_running_loop().create_task(read())
     try:
+        sent = 0
         while (msg := await sub.get()) is not None:
-            await ws.send_str(msg)
-    except (ConnectionResetError, asyncio.CancelledError):
+            if not await send_to_subscriber(ws, request, msg):
+                log.info("session %s: a subscriber read nothing for %.0f s: disconnected",
+                         session_id, SEND_TIMEOUT_S)  # fmt: skip
+                break
+            sent += 1
+            if sent % SEND_BURST == 0:
+                await asyncio.sleep(0)
+    except ConnectionResetError:
         pass
     finally:
         publisher.unsubscribe(sub)
         server.metrics.subscriber_left(sub.dropped)
+        server.watchers[session_id] -= 1
+        if server.watchers[session_id] <= 0:
+            del server.watchers[session_id]
         reader.cancel()
-        await ws.close()
+        await close_subscriber(ws, request)
     return ws
 
 

@@ -27,17 +27,20 @@ if TYPE_CHECKING:
 __all__ = [
     "BODY_TIMEOUT_S",
     "EXIT_CANNOT_LISTEN",
+    "SEND_TIMEOUT_S",
     "FRONT",
     "ROUTES",
     "SERVER",
     "WS_MAX_MSG",
     "AccessLogger",
     "add_routes",
+    "close_subscriber",
     "ice_configuration",
     "ice_server",
     "limit_malloc_arenas",
     "new_event_loop",
     "read_body",
+    "send_to_subscriber",
     "static_name_ok",
     "tls_context",
     "trim_heap",
@@ -54,6 +57,11 @@ WS_MAX_MSG: web.AppKey[int] = web.AppKey("ws_max_msg", int)
 #: A request body (a WHIP offer) must have arrived this long after its headers: a client
 #: that sends the headers and stalls holds no slot and no handler for longer (408).
 BODY_TIMEOUT_S = 10.0
+
+#: An event subscriber whose socket has taken nothing for this long (its buffers full: a
+#: paused or suspended reader, e.g. `ahstream listen … | less`) is disconnected, so that
+#: its handler, queue and socket are not held until it goes away.
+SEND_TIMEOUT_S = 15.0
 
 #: Exit status of `ahstream serve` that could not listen on its address (the front starts
 #: a worker again on another port then; any other failure to start is not retried).
@@ -127,6 +135,32 @@ class AccessLogger(AbstractAccessLogger):
         path = request.rel_url.raw_path.encode("ascii", "backslashreplace").decode("ascii")
         path = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
         self.logger.info("%s %s %d %.3fs", request.method, path, response.status, time)
+
+
+async def send_to_subscriber(ws: web.WebSocketResponse, request: web.Request, data: str) -> bool:
+    """Send one event message to a subscriber; False (its connection aborted) when its
+    socket took nothing for `SEND_TIMEOUT_S`."""
+    try:
+        await asyncio.wait_for(ws.send_str(data), SEND_TIMEOUT_S)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()  # a close would wait for the buffers it never reads
+        return False
+    return True
+
+
+async def close_subscriber(
+    ws: web.WebSocketResponse, request: web.Request, **close: object
+) -> None:
+    """Close a subscriber's websocket (``close``: code, message), aborting the connection
+    when the close cannot be sent in `SEND_TIMEOUT_S` or the connection is gone."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return
+    try:
+        await asyncio.wait_for(ws.close(**close), SEND_TIMEOUT_S)  # type: ignore[arg-type]
+    except (TimeoutError, ConnectionError):
+        transport.abort()
 
 
 def limit_malloc_arenas(n: int = 2) -> bool:
