@@ -89,6 +89,13 @@ STARTUP_TIMEOUT_S = 240.0  # model loading on a loaded 2-core machine takes a wh
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 WORKER_TIMEOUT = aiohttp.ClientTimeout(total=30.0, sock_connect=5.0)
 HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+#: The page, its files and /metrics: a worker that does not answer this fast is skipped.
+QUICK_TIMEOUT = aiohttp.ClientTimeout(total=5.0, sock_connect=2.0)
+#: Each worker's /healthz is asked this often; one that has answered no check for
+#: HUNG_AFTER_S is taken as hung (alive, not answering), killed and started again.
+#: Offers, the page and /metrics skip a worker whose last check failed.
+HEALTH_EVERY_S = 5.0
+HUNG_AFTER_S = 60.0
 
 
 def relayed_headers(request: web.Request, keep: frozenset[str] | None = None) -> dict[str, str]:
@@ -133,8 +140,10 @@ class Worker:
     restarts: int = 0
     pending: int = 0  # WHIP offers forwarded to it and not answered yet
     sessions: int | None = None  # live sessions at its last /healthz answer
+    unanswered_since: float | None = None  # monotonic time of its first unanswered check
     started_at: float = 0.0
     supervisor: asyncio.Task[None] | None = field(default=None, repr=False)
+    watcher: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -174,8 +183,10 @@ class Front:
         except BaseException:
             await self.stop()  # the workers that did start, and the client
             raise
+        loop = asyncio.get_running_loop()
         for w in self.workers:
-            w.supervisor = asyncio.get_running_loop().create_task(self._supervise(w))
+            w.supervisor = loop.create_task(self._supervise(w))
+            w.watcher = loop.create_task(self._watch(w))
 
     async def _spawn(self, w: Worker) -> None:
         for _attempt in range(3):  # a port taken between probe and bind: try another
@@ -201,7 +212,7 @@ class Front:
             )
             w.started_at = time.monotonic()
             if await self._wait_ready(w):
-                w.ready = True
+                w.ready, w.unanswered_since = True, None
                 log.info("worker %d ready (pid %d, port %d)", w.index, w.proc.pid, w.port)
                 return
             if w.proc.returncode != EXIT_CANNOT_LISTEN:  # it would fail again the same way
@@ -253,9 +264,32 @@ class Front:
             except RuntimeError as exc:
                 log.error("%s", exc)
 
+    async def _watch(self, w: Worker) -> None:
+        """Ask ``w``'s health every HEALTH_EVERY_S; kill it when it has answered none for
+        HUNG_AFTER_S (its supervisor starts it again): a hung worker never exits by itself."""
+        while not self.stopping:
+            await asyncio.sleep(HEALTH_EVERY_S)
+            if not w.ready or w.proc is None or w.proc.returncode is not None:
+                continue
+            await self.health(w)
+            since = w.unanswered_since
+            if since is not None and time.monotonic() - since >= HUNG_AFTER_S:
+                log.error(
+                    "worker %d (pid %d) has answered no health check for %.0f s: killing it",
+                    w.index,
+                    w.proc.pid,
+                    time.monotonic() - since,
+                )
+                w.ready = False
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.kill()
+
     async def stop(self) -> None:
         """SIGTERM every worker (they finalize their sessions), then wait for them."""
         self.stopping = True
+        for w in self.workers:
+            if w.watcher is not None:
+                w.watcher.cancel()
         procs = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -282,19 +316,24 @@ class Front:
                 if r.status == 200:
                     body = dict(await r.json())
                     w.sessions = int(body.get("sessions", 0))
+                    w.unanswered_since = None
                     return body
         except (TimeoutError, aiohttp.ClientError, ValueError):
             pass
+        if w.unanswered_since is None:
+            w.unanswered_since = time.monotonic()
         return None
 
+    def answering(self) -> list[Worker]:
+        """The ready workers whose last health check was answered (or none was asked yet)."""
+        return [w for w in self.workers if w.ready and w.unanswered_since is None]
+
     async def loads(self) -> dict[int, int]:
-        """Live sessions of each ready worker, by worker index."""
-        healths = await asyncio.gather(*(self.health(w) for w in self.workers))
-        return {
-            w.index: int(h["sessions"])
-            for w, h in zip(self.workers, healths, strict=True)
-            if h is not None
-        }
+        """Live sessions of each answering worker, by worker index (one whose last health
+        check failed is not asked: each offer would wait HEALTH_TIMEOUT for it)."""
+        workers = self.answering()
+        healths = await asyncio.gather(*(self.health(w) for w in workers))
+        return {w.index: int(h["sessions"]) for w, h in zip(workers, healths, strict=True) if h}
 
     def least_loaded(self, loads: dict[int, int]) -> Worker | None:
         """Of the workers in ``loads``, the one with the fewest sessions plus offers on their
@@ -328,9 +367,14 @@ class Front:
         return w
 
     async def forward(
-        self, request: web.Request, w: Worker, body: bytes | None = None
+        self,
+        request: web.Request,
+        w: Worker,
+        body: bytes | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> web.Response:
-        """Send ``request`` (method, path, query, headers, body) to ``w``; its answer back."""
+        """Send ``request`` (method, path, query, headers, body) to ``w``; its answer back
+        (502 when it does not answer within ``timeout``, default WORKER_TIMEOUT)."""
         assert self.client is not None
         headers = relayed_headers(request)
         if body is None and request.can_read_body:
@@ -343,6 +387,7 @@ class Front:
                 headers=headers,
                 data=body,
                 allow_redirects=False,
+                timeout=timeout or WORKER_TIMEOUT,
             ) as r:
                 payload = await r.read()
                 out = {k: v for k, v in r.headers.items() if k.lower() not in HOP_HEADERS}
@@ -557,7 +602,10 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     for w in front.workers:
         if not w.ready:
             continue
-        resp = await front.forward(request, w)
+        try:
+            resp = await front.forward(request, w, timeout=QUICK_TIMEOUT)
+        except web.HTTPBadGateway:  # a hung worker: the others' metrics, and this gauge
+            continue
         if resp.status != 200:
             return resp
         assert resp.body is not None
@@ -568,6 +616,10 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         "# HELP ahstream_worker_processes Worker processes ready\n"
         "# TYPE ahstream_worker_processes gauge\n"
         f"ahstream_worker_processes {up}\n"
+        "# HELP ahstream_worker_processes_answering Worker processes whose metrics are in this "
+        "answer\n"
+        "# TYPE ahstream_worker_processes_answering gauge\n"
+        f"ahstream_worker_processes_answering {len(texts)}\n"
         "# HELP ahstream_worker_restarts Worker processes started again after dying\n"
         "# TYPE ahstream_worker_restarts counter\n"
         f"ahstream_worker_restarts_total {restarts}\n"
@@ -578,10 +630,16 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 async def from_any_worker(request: web.Request) -> web.StreamResponse:
     """The browser page and its files, as any ready worker serves them."""
     front: Front = request.app[FRONT]
-    for w in front.workers:
-        if w.ready:
-            return await front.forward(request, w)
-    raise web.HTTPServiceUnavailable(text="no worker process is ready\n")
+    ready = [w for w in front.workers if w.ready]
+    if not ready:
+        raise web.HTTPServiceUnavailable(text="no worker process is ready\n")
+    # the ones that answered their last health check first; a hung one is skipped
+    for w in sorted(ready, key=lambda w: w.unanswered_since is not None):
+        try:
+            return await front.forward(request, w, timeout=QUICK_TIMEOUT)
+        except web.HTTPBadGateway:
+            continue
+    raise web.HTTPBadGateway(text="no worker process answers\n")
 
 
 async def static(request: web.Request) -> web.StreamResponse:

@@ -202,6 +202,69 @@ async def test_plain_gets_of_an_events_url_leave_no_subscription_behind(front):
                 assert r.status == 200
 
 
+def test_a_hung_worker_does_not_take_the_page_and_metrics_down(front):
+    """A worker that is alive but answers nothing (SIGSTOP): the page, its files and
+    /metrics come from the other worker (they were 502 after 30 s); /healthz says
+    degraded; when it answers again all is as before."""
+    pids = [p["pid"] for p in _health(front)["processes"]]
+    os.kill(pids[0], signal.SIGSTOP)  # the first worker: the one the page came from
+    try:
+        for path in ("/", "/static/app.js"):
+            status, body = _get(front, path, token=None)
+            assert status == 200 and body, path
+        status, text = _get(front, "/metrics")
+        assert status == 200
+        assert "ahstream_worker_processes 2" in text  # both alive ...
+        assert "ahstream_worker_processes_answering 1" in text  # ... one answering
+        h = _health(front)
+        assert h["status"] == "degraded" and [p["ready"] for p in h["processes"]] == [False, True]
+    finally:
+        os.kill(pids[0], signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while _health(front)["status"] != "ok" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [p["pid"] for p in _health(front)["processes"]] == pids  # nothing was restarted
+    assert "ahstream_worker_processes_answering 2" in _get(front, "/metrics")[1]
+
+
+async def test_a_worker_that_answers_no_health_check_is_killed(monkeypatch):
+    """A worker process that is alive but has answered no health check for HUNG_AFTER_S
+    never exits by itself: the front kills it (its supervisor then starts it again).
+    Here a real process that listens on the worker's port and never answers."""
+    import sys
+
+    import stream.front as front_module
+    from stream.front import Front, Worker
+    from tests.conftest import free_port
+
+    monkeypatch.setattr(front_module, "HEALTH_EVERY_S", 0.2)
+    monkeypatch.setattr(front_module, "HUNG_AFTER_S", 1.5)
+    port = free_port()
+    listens = (
+        "import socket, time; s = socket.socket(); "
+        f"s.bind(('127.0.0.1', {port})); s.listen(); print('up', flush=True); time.sleep(120)"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", listens, stdout=asyncio.subprocess.PIPE
+    )
+    front = Front(["serve"], processes=1)
+    front.client = aiohttp.ClientSession()
+    w = Worker(0, port=port, proc=proc, ready=True)
+    front.workers = [w]
+    watcher = asyncio.get_running_loop().create_task(front._watch(w))
+    try:
+        assert await proc.stdout.readline() == b"up\n"
+        assert await asyncio.wait_for(proc.wait(), 30) == -signal.SIGKILL
+        assert not w.ready and w.unanswered_since is not None
+    finally:
+        front.stopping = True
+        watcher.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        await front.client.close()
+
+
 async def test_a_dead_worker_is_restarted_and_other_sessions_go_on(front, audio_only_wav):
     """SIGKILL the worker of one call during a call on the other: that call ends normally,
     the killed call's subscriber sees its stream close with 1011 and the front's reason
