@@ -216,8 +216,8 @@ class SpeechTimeline(Protocol):
 
     def segments(self, t0: float, t1: float) -> list[tuple[float, float]]: ...
 
-    def lost(self, t0: float, t1: float) -> bool:
-        """Whether audio was missing (never arrived) anywhere in (t0, t1)."""
+    def lost(self, t0: float, t1: float) -> float:
+        """Seconds of (t0, t1) whose audio was missing (never arrived)."""
         ...
 
 
@@ -513,16 +513,15 @@ class ProsodyTracker:
         self, times: np.ndarray, speech: np.ndarray, vad: SpeechTimeline | None
     ) -> None:
         """Complete the pauses that the new frames' speech flags end (before `_append`).
-        A silence across audio that never arrived is not the speaker's pause: it is
-        neither counted nor reported."""
+        Audio that never arrived (lost packets) inside a silence is not the speaker's
+        pause: a pause is the silence heard."""
         prev = bool(self._speech[-1]) if self._speech.size else False
         for s, e in _runs(speech):
-            resumed = (s > 0 or not prev) and self._speech_end is not None
-            if resumed:
-                gap_s = (self._n_frames + s - self._speech_end) * STEP_S
+            if (s > 0 or not prev) and self._speech_end is not None:
                 t_on = float(times[s])
-                resumed = vad is None or not vad.lost(t_on - gap_s, t_on)
-            if resumed:
+                gap_s = (self._n_frames + s - self._speech_end) * STEP_S
+                if vad is not None:
+                    gap_s = max(0.0, gap_s - vad.lost(t_on - gap_s, t_on))
                 z = math.nan
                 if PAUSE_MIN_S - 1e-9 <= gap_s <= PAUSE_MAX_S + 1e-9:
                     # vs the earlier pauses, then into the baseline: one update per pause

@@ -12,7 +12,8 @@ Rules:
 - ``long_pause``: silence between two VAD speech runs lasting `LONG_PAUSE_S` to
   `MAX_HESITATION_PAUSE_S`, reported once speech has resumed for `RESUME_MIN_S`
   (so the silence after the last answer, which never resumes, is not reported).
-  A silence across audio that never arrived (`SpeechTimeline.lost`) is not reported.
+  The silence is the one heard: audio that never arrived (`SpeechTimeline.lost`, lost
+  packets) inside it does not count.
   Speech runs shorter than `MIN_SPEECH_RUN_S` (clicks, breaths) do not split a pause.
   Strength (L - 0.5) / 2.5 clipped to [0, 1]: 1 s -> 0.2, 2 s -> 0.6, >= 3 s -> 1.
   The VAD's hold-over (about 0.25 s after the last voiced frame, measured) is inside
@@ -131,13 +132,12 @@ class VoiceCueDetector:
         ]
         out: list[CueHit] = []
         for (_, a_end), (b_start, b_end) in zip(runs[:-1], runs[1:], strict=True):
-            gap = b_start - a_end
+            # the silence heard: audio that never arrived (lost packets) is no hesitation
+            gap = max(0.0, b_start - a_end - vad.lost(a_end, b_start))
             if b_start <= self._last_pause_end + 1e-9:
                 continue
             if not LONG_PAUSE_S <= gap <= MAX_HESITATION_PAUSE_S:
                 continue
-            if vad.lost(a_end, b_start):
-                continue  # audio that never arrived (lost packets) is not a hesitation
             if b_end - b_start < RESUME_MIN_S:
                 continue
             lo, hi = PAUSE_STRENGTH_S

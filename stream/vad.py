@@ -23,7 +23,7 @@ class VadTimeline:
     ``span_s`` seconds of flags are kept (a ring: oldest overwritten), so a query
     costs what its window holds, not what the session has held. The spans filled
     by `push_silence` (audio that never arrived) are remembered too (the newest
-    `LOST_KEPT`): a pause across one is lost audio, not the speaker's.
+    `LOST_KEPT`): silence there is lost audio, not the speaker's.
     """
 
     def __init__(
@@ -112,10 +112,10 @@ class VadTimeline:
             self._n += n_frames - keep  # frames that would be overwritten at once
             self._extend(new)
 
-    def lost(self, t0: float, t1: float) -> bool:
-        """Whether audio was missing (filled by `push_silence`) anywhere in (t0, t1)."""
+    def lost(self, t0: float, t1: float) -> float:
+        """Seconds of (t0, t1) whose audio was missing (filled by `push_silence`)."""
         with self._lock:
-            return any(g0 < t1 and t0 < g1 for g0, g1 in self._lost)
+            return sum(max(0.0, min(t1, g1) - max(t0, g0)) for g0, g1 in self._lost)
 
     def _index(self, t: float) -> int:
         return int(t / self.frame_s + 1e-9)

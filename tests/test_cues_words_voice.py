@@ -536,7 +536,9 @@ def test_long_pause_from_vad_timeline() -> None:
 def test_lost_audio_is_no_pause() -> None:
     """Audio that never arrived (lost packets: the session fills the gap with silence)
     inside speech is neither a long_pause cue nor a pause of the speaker's baseline; the
-    same silence spoken is both."""
+    same silence spoken is both. A pause is the silence heard: a lost packet inside one
+    takes its length off, not the pause away (at 1 % packet loss half the long pauses
+    had one)."""
     speech = [(0.0, 3.0), (4.5, 6.5)]
     spoken, missing = ProsodyTracker(), ProsodyTracker()
     hits = pause_hits(speech, until=6.5, tracker=spoken)
@@ -544,6 +546,11 @@ def test_lost_audio_is_no_pause() -> None:
     assert spoken.baselines["pause"].weight == 1.0
     assert pause_hits(speech, until=6.5, lost=(3.0, 4.5), tracker=missing) == []
     assert missing.baselines["pause"].weight == 0.0
+    # a packet or two lost inside a pause leave the pause, less what was lost
+    dropped = ProsodyTracker()
+    (h,) = pause_hits(speech, until=6.5, lost=(3.7, 3.8), tracker=dropped)
+    assert h.cue == "long_pause" and h.detail == f"{h.t1 - h.t0 - 0.1:.2f} s"
+    assert dropped.baselines["pause"].weight == 1.0
     # a pause that ended before the lost audio is still the speaker's
     before = pause_hits([(0.0, 2.0), (3.5, 5.0), (6.0, 7.0)], until=7.0, lost=(5.0, 6.0))
     assert [(h.cue, round(h.t1, 1)) for h in before] == [("long_pause", 3.5)]
