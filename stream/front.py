@@ -470,7 +470,7 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     except aiohttp.WSServerHandshakeError as exc:
         if exc.status == 404:
             front.routes.pop(session_id, None)
-        raise _status(exc.status) from None
+        raise _status(exc.status, exc.headers) from None
     except (TimeoutError, aiohttp.ClientError):
         raise web.HTTPBadGateway(text="the session's worker does not answer\n") from None
     try:
@@ -526,8 +526,14 @@ def _is_session_end(data: str) -> bool:
     return isinstance(event, dict) and event.get("type") == "session.ended"
 
 
-def _status(code: int) -> web.HTTPException:
-    """The worker's refusal of a websocket, as the same HTTP status."""
+def _status(code: int, headers: Any = None) -> web.HTTPException:
+    """The worker's refusal of a websocket, as the same HTTP status (``headers``: the
+    refusal's, for its Retry-After)."""
+    if code == 503:  # its subscribers' limit
+        retry = (headers or {}).get("Retry-After", "10")
+        return web.HTTPServiceUnavailable(
+            text="this session has all the subscribers it takes\n", headers={"Retry-After": retry}
+        )
     if code == 401:
         return web.HTTPUnauthorized(
             text="a valid bearer token is required\n", headers={"WWW-Authenticate": CHALLENGE}

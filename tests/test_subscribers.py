@@ -137,3 +137,29 @@ async def test_a_late_joiners_replay_lets_the_event_loop_run(served, monkeypatch
     gaps = [b - a for a, b in zip(during, during[1:], strict=False)]
     assert len(during) >= 3000 // server_module.SEND_BURST - 5
     assert max(gaps) <= server_module.SEND_BURST
+
+
+async def test_through_the_front_the_cap_is_503_with_retry_after(served, monkeypatch) -> None:
+    """The front relays a worker's refusal as it is: a session's 33rd subscriber got 502
+    there (any refusal but 401/403/404 was), without Retry-After."""
+    from stream.front import Front, Worker, make_front_app
+
+    server, url = served
+    monkeypatch.setattr(server_module, "MAX_SUBSCRIBERS", 1)
+    front = Front(["serve"], processes=1)
+    front.client = aiohttp.ClientSession()
+    worker = Worker(0, port=int(url.rsplit(":", 1)[1]), ready=True)  # the served worker
+    front.workers = [worker]
+    front.routes["s"] = worker
+    app = make_front_app(front)
+    app.on_startup.clear()  # its worker is the one served above, not a process of its own
+    app.on_shutdown.clear()
+    try:
+        async with app_on_loopback(app) as front_url, aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"{front_url}/sessions/s/events"):
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(f"{front_url}/sessions/s/events")
+                assert refused.value.status == 503
+                assert (refused.value.headers or {}).get("Retry-After") == "10"
+    finally:
+        await front.client.close()
