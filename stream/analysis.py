@@ -87,14 +87,18 @@ def frame_rgb(frame: VideoFrame, reformatter: VideoReformatter | None = None) ->
         return image
     # Ingest may ask for a smaller size than the decoded one (its resolution limit).
     width, height = min(frame.width, image.width), min(frame.height, image.height)
-    if width > MAX_FACE_WIDTH:
-        height = max(2, int(round(height * MAX_FACE_WIDTH / width / 2)) * 2)
-        width = MAX_FACE_WIDTH
+    rotation = getattr(image, "rotation", 0)
+    sideways = int(round(rotation / 90.0)) % 2 == 1  # stored width is the upright height
+    upright_width = height if sideways else width
+    if upright_width > MAX_FACE_WIDTH:
+        scale = MAX_FACE_WIDTH / upright_width
+        width = max(2, int(round(width * scale / 2)) * 2)
+        height = max(2, int(round(height * scale / 2)) * 2)
     if reformatter is None:
         rgb = image.to_ndarray(format="rgb24", width=width, height=height)
     else:
         rgb = reformatter.reformat(image, format="rgb24", width=width, height=height).to_ndarray()
-    return upright(rgb, getattr(image, "rotation", 0))
+    return upright(rgb, rotation)
 
 
 def join_words(words: list[Any]) -> str:

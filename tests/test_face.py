@@ -671,6 +671,15 @@ def test_a_phone_recording_is_analysed_upright(tmp_path, expression):
             assert np.abs(rgb.astype(int) - upright).mean() < 6.0, turn  # H.264's loss
             f = fa.analyze(rgb, 0.0)
             assert f is not None and f.p_happy > 0.8 and abs(f.roll) < 10, (turn, f)
+    # A portrait clip stored 1280 x 720 is analysed as the same picture stored upright
+    # (720 x 1280, scaled to 640 wide), not scaled by its stored width (to 360 wide).
+    tall = np.ascontiguousarray(np.repeat(np.repeat(upright, 6, axis=0), 3, axis=1)[:1280, :720])
+    stored = np.ascontiguousarray(np.rot90(tall, 1))  # 720 x 1280, shown turned 90 clockwise
+    clip = tag_rotation(write_media(tmp_path / "portrait.mp4", None, [stored], fps=10), 90)
+    with av.open(str(clip)) as container:
+        frame = next(container.decode(video=0))
+    assert (frame.width, frame.height) == (1280, 720)
+    assert frame_rgb(VideoFrame(0.0, frame, frame.width, frame.height)).shape == (1138, 640, 3)
 
 
 def test_onnxruntime_backend_matches_torch(expression, astronaut):
