@@ -76,6 +76,7 @@ class AudioRing:
             # `advance` may exceed x.size for long silent gaps: only the tail is kept.
             new_end = self._end + advance
             lost = max(0, (new_end - self.capacity) - max(0, self._end - self.capacity))
+            x = x[-self.capacity :]  # a write longer than the span: its newest part
             n = x.size
             pos = (new_end - n) % self.capacity
             first = min(n, self.capacity - pos)

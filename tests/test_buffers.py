@@ -108,3 +108,14 @@ def test_slot_drops_a_frame_behind_one_already_taken():
     slot.put(VideoFrame(1.04, None, 2, 2))
     assert slot.take_all_until(1.2) == [] and slot.dropped == 3
     assert slot.received == 5 and slot.taken == 2
+
+
+def test_a_write_longer_than_the_ring_keeps_its_newest_samples():
+    """One write of more than the span (a long file chunk, a backlog) overwrote past the
+    buffer's end (ValueError); the newest span of it is held, the rest counted lost."""
+    ring = AudioRing(sample_rate=100, span_s=1.0)
+    ring.write(np.arange(30, dtype=np.float32))
+    ring.write(np.arange(30, 280, dtype=np.float32))
+    assert ring.end_index == 280 and ring.start_index == 180
+    assert np.array_equal(ring.read(180, 280), np.arange(180, 280, dtype=np.float32))
+    assert ring.overwritten == 180
